@@ -1,0 +1,1 @@
+"""The ``bulkops`` command line."""

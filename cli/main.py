@@ -1,0 +1,515 @@
+"""``bulkops``: bulk delete, export and reprocess of a video library, from a terminal.
+
+Every reporting command takes ``--json`` and then prints exactly one JSON document
+on stdout; progress and logs go to stderr. Exit status: 0 done, 1 the operation ended
+partial/failed/cancelled, 2 refused before any flow run (CONTRACT.md).
+
+Commands that run no flow (``--help``, ``init``, ``seed``) never import prefect: it
+costs over a second before anything happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from videolib.ids import RequestError
+
+app = typer.Typer(
+    name="bulkops",
+    help="Bulk delete, export and reprocess for a video library, run as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+class Refused(Exception):
+    """Refused before any flow run: exit 2."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _prefect_env() -> None:
+    # No internet here: Prefect's telemetry attempt makes the ephemeral server's start
+    # fail with "database is locked". Per-task INFO lines would drown the progress bar.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def emit(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _settings():
+    from config import get_settings
+
+    return get_settings()
+
+
+# ----------------------------------------------------------------------------- init / seed
+
+
+@app.command()
+def init(json_out: JsonOpt = False) -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from videolib.db.engine import get_engine
+    from videolib.db.migrate import upgrade
+
+    settings = _settings()
+    before, after = upgrade(get_engine(settings.database_url))
+    document = {"database": _redact(settings.database_url), "before": before, "revision": after}
+    if json_out:
+        emit(document)
+    else:
+        what = "created" if before is None else ("upgraded" if before != after else "already up to date")
+        out.print(f"Schema {what} at revision {after} in {document['database']}")
+
+
+@app.command()
+def seed(
+    videos: Annotated[int, typer.Option(min=0, max=10_000_000, help="How many videos to create.")] = 100,
+    creators: Annotated[int, typer.Option(min=1, max=10_000, help="How many creators own them.")] = 3,
+    seed_value: Annotated[
+        int | None, typer.Option("--seed", help="Random seed (same seed, same library). Default: random.")
+    ] = None,
+    no_files: Annotated[bool, typer.Option("--no-files", help="Rows only: no files in storage.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Generate a demo library: rows, real files and thumbnails, transcript chunks."""
+    import random
+
+    from videolib.db.engine import get_engine
+    from videolib.db.migrate import ensure_schema
+    from videolib.embedders import get_embedder
+    from videolib.seed import SeedConflictError, seed_library
+    from videolib.storage import ObjectStore
+
+    settings = _settings()
+    engine = get_engine(settings.database_url)
+    ensure_schema(engine)
+    store = None if no_files else ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    seed_value = random.SystemRandom().randrange(2**31) if seed_value is None else seed_value
+    started = time.monotonic()
+    with _progress(not json_out and videos >= 1000, "seeding", videos) as advance:
+        try:
+            report = seed_library(
+                engine, store, get_embedder(settings.embedder),
+                videos=videos, creators=creators, seed=seed_value, on_progress=advance,
+            )
+        except SeedConflictError as exc:
+            raise Refused("already_seeded", str(exc)) from exc
+    document = report.to_dict()
+    if json_out:
+        emit(document)
+        return
+    out.print(
+        f"Seeded {report.videos} videos ({report.chunks} chunks, {report.objects} objects) "
+        f"for {len(report.creators)} creators with seed {seed_value} in {time.monotonic() - started:.1f}s"
+    )
+    for creator, count in report.creators.items():
+        out.print(f"  {creator}: {count} videos")
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def _read_selection(ids: str | None, ids_file: Path | None, all_videos: bool, *, allow_all: bool) -> list[str] | None:
+    given = [name for name, value in (("--ids", ids is not None), ("--ids-file", ids_file is not None),
+                                      ("--all", all_videos)) if value]
+    options = "--ids, --ids-file or --all" if allow_all else "--ids or --ids-file"
+    if len(given) != 1:
+        if not given:
+            raise Refused("bad_selection", f"select videos with exactly one of {options}")
+        raise Refused("bad_selection", f"{' and '.join(given)} given: use exactly one of {options}")
+    if all_videos:
+        return None
+    if ids is not None:
+        items = [part.strip() for part in ids.split(",")]
+    else:
+        assert ids_file is not None
+        try:
+            text = ids_file.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise Refused("ids_file_not_found", f"--ids-file {str(ids_file)!r} does not exist") from exc
+        except IsADirectoryError as exc:
+            raise Refused("ids_file_unreadable", f"--ids-file {str(ids_file)!r} is a directory") from exc
+        except UnicodeDecodeError as exc:
+            raise Refused("ids_file_unreadable", f"--ids-file {str(ids_file)!r} is not UTF-8 text") from exc
+        except OSError as exc:
+            raise Refused("ids_file_unreadable", f"cannot read --ids-file {str(ids_file)!r}: {exc.strerror}") from exc
+        items = [line.strip() for line in text.splitlines()]
+    items = [item for item in items if item]
+    if not items:
+        raise Refused("empty_selection", "the selection is empty: give at least one video id")
+    limit = _settings().max_ids
+    if len(items) > limit:
+        raise Refused(
+            "too_many_ids",
+            f"{len(items)} ids given; one request may list at most {limit} "
+            "(BULKOPS_MAX_IDS; split the list or use --all)",
+        )
+    return items
+
+
+def _check_creator(creator: str) -> None:
+    from videolib.ids import check_creator_id
+
+    try:
+        check_creator_id(creator)
+    except RequestError as exc:
+        raise Refused(exc.code, exc.message) from exc
+
+
+def _check_all_not_empty(creator: str) -> None:
+    from videolib.db.engine import get_engine
+    from videolib.selection import count_creator_videos
+
+    if count_creator_videos(get_engine(_settings().database_url), creator) == 0:
+        raise Refused("empty_selection", f"creator {creator!r} has no videos: nothing to select with --all")
+
+
+def _prepare_database() -> None:
+    from videolib.db.engine import get_engine
+    from videolib.db.migrate import ensure_schema
+
+    ensure_schema(get_engine(_settings().database_url))
+
+
+def run_flow(flow_name: str, parameters: dict[str, Any], *, json_out: bool, label: str) -> dict[str, Any]:
+    """Run a bulk flow in this process, with a live progress bar on stderr; its result document."""
+    _prefect_env()
+    started = time.monotonic()
+    if not json_out:
+        where = os.environ.get("PREFECT_API_URL") or "a temporary local Prefect server (set PREFECT_API_URL to reuse one)"
+        err.print(f"[dim]Starting {label} on {where}…[/dim]")
+    from flows.operation import add_progress_listener, remove_progress_listener
+
+    flow = _load_flow(flow_name)
+    final: dict[str, Any] = {}
+    bar = _OperationBar(enabled=not json_out, label=label, started=started)
+
+    def listen(event) -> None:
+        if event.result is not None:
+            final.update(event.result)
+        bar.update(event)
+
+    add_progress_listener(listen)
+    try:
+        with bar:
+            state = flow(**parameters, return_state=True)
+    finally:
+        remove_progress_listener(listen)
+    if not final:
+        message = state.message or f"the flow run ended {state.name} without a result"
+        final = {"status": "failed", "message": message, "operation": label, "requested": 0, "succeeded": 0,
+                 "failed": 0, "skipped": 0, "errors": []}
+    return final
+
+
+def _load_flow(name: str):
+    if name == "bulk-delete":
+        from flows.bulk_delete import bulk_delete
+
+        return bulk_delete
+    raise ValueError(name)
+
+
+class _OperationBar:
+    """A Rich progress bar driven by the flow's progress events (stderr)."""
+
+    def __init__(self, *, enabled: bool, label: str, started: float) -> None:
+        self.enabled = enabled and err.is_terminal or (enabled and os.environ.get("BULKOPS_PROGRESS") == "1")
+        self.plain = enabled and not self.enabled
+        self.label = label
+        self.started = started
+        self.first_event: float | None = None
+        self._progress = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[batches]}"), TimeRemainingColumn(), console=err, transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.label, total=None, batches="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, event) -> None:
+        if self.first_event is None:
+            self.first_event = time.monotonic()
+        if event.result is not None:
+            return
+        if self._progress is not None:
+            self._progress.update(
+                self._task, total=event.total, completed=event.current,
+                batches=f"{event.batches_done}/{event.batches} batches",
+            )
+        elif self.plain:
+            err.print(f"{self.label}: {event.current}/{event.total} videos, {event.batches_done}/{event.batches} batches")
+
+
+def finish_operation(document: dict[str, Any], *, json_out: bool) -> None:
+    if json_out:
+        emit(document)
+    else:
+        print_result(document)
+    status = document.get("status")
+    # A refused or broken run is "failed" with a message; a dry run that finished exits 0
+    # whatever its per-item findings (CONTRACT.md).
+    aborted = status == "failed" and bool(document.get("message"))
+    ok = status == "completed" or (bool(document.get("dry_run")) and status in {"partial", "failed"} and not aborted)
+    raise typer.Exit(0 if ok else 1)
+
+
+def print_result(document: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    status = document.get("status", "failed")
+    colour = {"completed": "green", "partial": "yellow", "cancelled": "yellow"}.get(status, "red")
+    title = f"{document.get('operation', 'operation')} {'(dry run) ' if document.get('dry_run') else ''}"
+    out.print(f"[bold]{title}[/bold][{colour}]{status}[/{colour}]  operation {document.get('operation_id', '-')}")
+    table = Table(show_header=True, header_style="bold")
+    for column in ("requested", "succeeded", "failed", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(document.get(c, 0)) for c in ("requested", "succeeded", "failed", "skipped")))
+    out.print(table)
+    if document.get("plan"):
+        plan = document["plan"]
+        out.print(
+            f"Would delete {plan.get('videos', 0)} videos: {plan.get('objects', 0)} objects, "
+            f"{_human_bytes(plan.get('bytes', 0))}. Nothing was changed."
+        )
+    errors = document.get("errors") or []
+    if errors:
+        counts: dict[str, int] = {}
+        for item in errors:
+            counts[item["error"]] = counts.get(item["error"], 0) + 1
+        out.print("Failed items: " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
+        for item in errors[:10]:
+            out.print(f"  {item['video_id']!r}: {item['error']} — {item['detail']}", markup=False)
+        if len(errors) > 10:
+            out.print(f"  … and {len(errors) - 10} more")
+    if document.get("report_path"):
+        out.print(f"Per-item report: {document['report_path']} (in storage)")
+    if document.get("manifest_path"):
+        out.print(f"Audit manifest: {document['manifest_path']} (in storage)")
+    if document.get("message"):
+        out.print(document["message"], markup=False)
+    if "duration_s" in document:
+        out.print(f"Took {document['duration_s']:.1f}s")
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@app.command()
+def delete(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are deleted.")],
+    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids.")] = None,
+    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Videos per batch.")] = 1000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete videos: rows, files, thumbnails and transcript chunks (tombstone first)."""
+    _check_creator(creator)
+    selection = _read_selection(ids, ids_file, all_videos, allow_all=True)
+    _prepare_database()
+    if selection is None:
+        _check_all_not_empty(creator)
+    parameters = {"creator_id": creator, "video_ids": selection, "all_videos": selection is None,
+                  "dry_run": dry_run, "batch_size": batch_size}
+    document = run_flow("bulk-delete", parameters, json_out=json_out, label="delete")
+    finish_operation(document, json_out=json_out)
+
+
+# ----------------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    operation_id: Annotated[str, typer.Argument(help="The operation id (its flow run id).")],
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the operation until it ends.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show an operation's status, progress and result (from its Prefect flow run)."""
+    import uuid
+
+    try:
+        uuid.UUID(operation_id)
+    except ValueError as exc:
+        raise Refused("unknown_operation", f"{operation_id!r} is not an operation id (a flow run UUID)") from exc
+    _prefect_env()
+    from flows.status import FINAL, read_status
+
+    document = read_status(operation_id)
+    if document is None:
+        raise Refused("unknown_operation", f"no bulkops operation with id {operation_id}")
+    while watch and document["status"] not in FINAL:
+        if not json_out:
+            p = document["progress"]
+            eta = f", ETA {document['eta_seconds']:.0f}s" if document["eta_seconds"] is not None else ""
+            err.print(f"{document['status']}: {p['current']}/{p['total']} ({p['percent']:.0f}%){eta}")
+        time.sleep(1.0)
+        document = read_status(operation_id) or document
+    if json_out:
+        emit(document)
+        return
+    p = document["progress"]
+    out.print(
+        f"{document['operation']} {document['operation_id']} for {document['creator_id']}: "
+        f"[bold]{document['status']}[/bold] — {p['current']}/{p['total']} ({p['percent']:.0f}%)"
+    )
+    if document["result"]:
+        print_result(document["result"])
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    videos: Annotated[int, typer.Option(min=10, max=100_000, help="Videos in the demo library.")] = 300,
+) -> None:
+    """Seed a demo library and run the bulk operations on it, with summaries."""
+    from videolib.db.engine import get_engine
+    from videolib.db.migrate import upgrade
+    from videolib.embedders import get_embedder
+    from videolib.seed import seed_library
+    from videolib.selection import iter_creator_video_ids
+    from videolib.storage import ObjectStore
+
+    settings = _settings()
+    engine = get_engine(settings.database_url)
+    upgrade(engine)
+    store = ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    import random
+
+    seed_value = random.SystemRandom().randrange(2**31)
+    out.rule("1. seed")
+    report = seed_library(engine, store, get_embedder(settings.embedder), videos=videos, creators=3, seed=seed_value)
+    out.print(f"Seeded {report.videos} videos, {report.chunks} chunks, {report.objects} objects "
+              f"in {settings.database_url} and {store.url}")
+    creator = next(iter(report.creators))
+    mine = list(iter_creator_video_ids(engine, creator))
+    targets = mine[: max(1, len(mine) // 2)]
+
+    out.rule("2. delete (dry run)")
+    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "dry_run": True},
+                        json_out=False, label="delete (dry run)")
+    print_result(document)
+    out.rule("3. delete")
+    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets}, json_out=False, label="delete")
+    print_result(document)
+    if document.get("status") != "completed":
+        raise typer.Exit(1)
+    out.print(f"\nDone. Check a run: bulkops status {document['operation_id']}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+class _NullProgress:
+    def __enter__(self):
+        return lambda n: None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _progress(enabled: bool, label: str, total: int):
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import Progress
+
+    class _Ctx:
+        def __enter__(self_inner):
+            self_inner.p = Progress(console=err, transient=True)
+            self_inner.p.__enter__()
+            task = self_inner.p.add_task(label, total=total)
+            return lambda n: self_inner.p.advance(task, n)
+
+        def __exit__(self_inner, *exc):
+            self_inner.p.__exit__(*exc)
+
+    return _Ctx()
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_out = "--json" in args
+    try:
+        # With standalone_mode=False, click returns an Exit's code instead of exiting.
+        code = app(args=args, prog_name="bulkops", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("Aborted.")
+        return 1
+    except click.UsageError as exc:
+        return _refuse("usage", exc.format_message(), json_out, ctx=exc.ctx)
+    except Refused as exc:
+        return _refuse(exc.code, exc.message, json_out)
+    except RequestError as exc:
+        return _refuse(exc.code, exc.message, json_out)
+
+
+def _refuse(code: str, message: str, json_out: bool, ctx=None) -> int:
+    if json_out:
+        emit({"error": code, "message": message})
+    else:
+        if ctx is not None:
+            err.print(ctx.get_usage(), markup=False)
+        err.print(f"Error: {message}", markup=False)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Settings for bulkops, read once from the environment (``BULKOPS_*``).
+
+Relative paths are relative to the working directory. S3 credentials come from
+the usual AWS variables (``AWS_ACCESS_KEY_ID`` ...), never from here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BULKOPS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    database_url: str = Field(
+        "sqlite:///.data/bulkops.db",
+        description="SQLAlchemy URL (PostgreSQL: postgresql+psycopg://...)",
+    )
+    storage_url: str = Field(
+        ".data/storage", description="fsspec URL of the storage root (s3://bucket/prefix)"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL")
+    data_dir: str = Field(".data", description="where the embedded defaults keep their files")
+    max_ids: int = Field(10_000, ge=1, description="most ids one request may list inline")
+    export_quota_bytes: int = Field(
+        50 * 1024**3, ge=0, description="per-creator bound on export storage"
+    )
+    signing_key: SecretStr | None = Field(
+        None, description="key for signed download links (generated under data_dir if unset)"
+    )
+    embedder: str = Field("hashing", description="hashing (built in) or minilm (extra)")
+    jwt_secret: SecretStr | None = None
+    webhook_url: str | None = None
+
+    # Operation tuning
+    batch_size: int = Field(1000, ge=1, description="default videos per batch")
+    max_batches: int = Field(
+        300, ge=1, description="most task runs one operation maps; batches grow past it"
+    )
+    task_workers: int = Field(8, ge=1, le=64, description="threads running batches at once")
+    lock_timeout_ms: int = Field(
+        5000, ge=0, description="PostgreSQL lock_timeout per delete batch"
+    )
+
+    @field_validator("embedder")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        if value not in {"hashing", "minilm"}:
+            raise ValueError("`BULKOPS_EMBEDDER` must be 'hashing' or 'minilm'")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def signing_key_bytes(self) -> bytes:
+        """The link-signing key: the setting, or one generated once under data_dir."""
+        if self.signing_key is not None:
+            return self.signing_key.get_secret_value().encode()
+        path = Path(self.data_dir) / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                tmp.rename(path) if not path.exists() else tmp.unlink()
+            except FileExistsError:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings; ``get_settings.cache_clear()`` re-reads the environment."""
+    return Settings()

@@ -1,0 +1,94 @@
+"""bulk-delete: delete a creator's videos with their files, thumbnails and chunks.
+
+Tombstone first (see ``videolib/delete.py``): a crash leaves videos gone, ``deleting``
+or untouched, and a later delete of the same ids finishes the job. Run it by hand:
+
+    bulkops delete --creator creator-001 --ids ID,ID   # or --ids-file F, or --all
+    python -m flows.bulk_delete                          # serves nothing; see prefect.yaml
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from config import get_settings
+from flows.operation import run_operation
+from tasks.common import engine, store
+from tasks.delete import delete_video_batch
+from videolib.delete import write_manifest
+from videolib.ids import RequestError, check_creator_id
+from videolib.operation import OperationResult, parse_video_ids
+from videolib.selection import iter_creator_video_ids, resolve_owned
+
+
+@flow(
+    name="bulk-delete",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    validate_parameters=True,
+)
+def bulk_delete(
+    creator_id: Annotated[str, Field(min_length=1, max_length=64)],
+    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    all_videos: bool = False,
+    dry_run: bool = False,
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000,
+):
+    """Delete videos of one creator: rows, files, thumbnails and transcript chunks.
+
+    Args:
+        creator_id: The creator whose videos are deleted; other creators' ids are reported as not_found.
+        video_ids: Video ids (UUIDs) to delete, at most BULKOPS_MAX_IDS (10,000 by default). Leave empty with all_videos.
+        all_videos: Delete every video of the creator. Must be set explicitly, and only without video_ids.
+        dry_run: Report what would be deleted (videos, objects, bytes) and change nothing.
+        batch_size: Videos per batch; grows automatically so one run maps at most a few hundred batches.
+    """
+    settings = get_settings()
+
+    def prepare(result: OperationResult) -> list[str]:
+        check_creator_id(creator_id)
+        if all_videos and video_ids:
+            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+        if all_videos:
+            ids = list(iter_creator_video_ids(engine(), creator_id))
+            result.requested = len(ids)
+            return ids
+        if not video_ids:
+            raise RequestError(
+                "empty_selection", "no videos selected: give `video_ids`, or set `all_videos` to delete everything"
+            )
+        parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
+        result.requested = parsed.requested
+        result.add_errors(parsed.errors)
+        owned, missing = resolve_owned(engine(), creator_id, parsed.ids)
+        result.add_errors(missing)
+        return owned
+
+    def finish(result: OperationResult, started_at: float) -> None:
+        if result.dry_run or result.succeeded == 0:
+            return
+        result.manifest_path = write_manifest(
+            store(),
+            operation_id=result.operation_id,
+            creator_id=creator_id,
+            started_at=datetime.fromtimestamp(started_at, UTC).isoformat(),
+            finished_at=datetime.now(UTC).isoformat(),
+            videos_deleted=result.succeeded,
+            objects_removed=result.objects,
+            batches=result.batches,
+        )
+
+    return run_operation(
+        operation="delete",
+        creator_id=creator_id,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        prepare=prepare,
+        batch_task=delete_video_batch,
+        task_kwargs={"creator_id": creator_id, "dry_run": dry_run},
+        finish=finish,
+    )

@@ -1,0 +1,292 @@
+"""The operation scaffold every bulk flow runs on.
+
+validate the request -> resolve the creator's own ids -> plan batches -> map a task
+over the batches (bounded thread pool) -> progress artifact as batches finish ->
+per-item errors (table artifact + CSV report) -> result document (returned, and
+stored as an artifact) -> final state:
+
+- Completed when every item succeeded, ``Completed(name="Partial")`` when some failed,
+- Failed when none succeeded or the run could not proceed,
+- Cancelled when a stop was requested (checked between batches).
+
+Progress is computed here, in the flow, as futures finish: concurrent updates of one
+artifact from tasks would overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import Task, get_run_logger, unmapped
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed, Failed, State
+
+from config import get_settings
+from tasks.common import clear_stop, store
+from videolib.ids import RequestError
+from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, plan_batches
+from videolib.report import render_error_report, report_key
+
+RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
+PROGRESS_UNIT = "videos"
+ARTIFACT_ERROR_ROWS = 1000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProgressEvent:
+    operation_id: str
+    operation: str
+    current: int
+    total: int
+    batches_done: int
+    batches: int
+    eta_seconds: float | None
+    result: dict[str, Any] | None = None  # set on the last event
+
+
+_listeners: list[Callable[[ProgressEvent], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_progress_listener(listener: Callable[[ProgressEvent], None]) -> None:
+    """Call ``listener`` in this process as batches finish (the CLI's progress bar)."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+
+def remove_progress_listener(listener: Callable[[ProgressEvent], None]) -> None:
+    with _listeners_lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def _notify(event: ProgressEvent) -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:  # a broken display must not break the operation
+            log.exception("progress listener failed")
+
+
+def progress_description(current: int, total: int, batches_done: int, batches: int, eta: float | None) -> str:
+    eta_text = "done" if current >= total else ("ETA --" if eta is None else f"ETA {eta:.0f}s")
+    return f"{current}/{total} {PROGRESS_UNIT} · {batches_done}/{batches} batches · {eta_text}"
+
+
+def current_operation_id() -> str:
+    run_id = flow_run.id
+    if not run_id:
+        raise RuntimeError("an operation must run inside a Prefect flow run")
+    return str(run_id)
+
+
+def run_operation(
+    *,
+    operation: str,
+    creator_id: str,
+    dry_run: bool,
+    batch_size: int,
+    prepare: Callable[[OperationResult], Sequence[str]],
+    batch_task: Task,
+    task_kwargs: dict[str, Any],
+    finish: Callable[[OperationResult, float], None] | None = None,
+) -> State:
+    """Run one bulk operation in the current flow run and return its final state.
+
+    ``prepare`` validates the request and resolves the selection: it sets
+    ``result.requested``, adds per-item errors for ids it rejects, and returns the ids
+    to process; raising ``RequestError`` refuses the whole request. ``batch_task`` is
+    mapped over the batches as ``batch_task(video_ids, batch_index, operation_id=...,
+    **task_kwargs)`` and
+    returns a ``BatchOutcome`` dict. ``finish`` runs after the last batch (not on a
+    refused request) with the result and the start time.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    started_wall = time.time()
+    operation_id = current_operation_id()
+    result = OperationResult(operation_id=operation_id, operation=operation, creator_id=creator_id, dry_run=dry_run)
+    if dry_run:
+        result.plan = {"videos": 0, "objects": 0, "bytes": 0}
+    try:
+        ids = list(prepare(result))
+    except RequestError as exc:
+        result.aborted = True
+        result.message = exc.message
+        result.duration_s = time.monotonic() - started
+        logger.error("request refused: %s", exc.message)
+        return _finalize(result, logger)
+    except Exception as exc:  # the run cannot proceed (database unreachable, ...)
+        result.aborted = True
+        result.message = f"could not resolve the selection: {type(exc).__name__}: {exc}"
+        result.duration_s = time.monotonic() - started
+        logger.exception("could not resolve the selection")
+        return _finalize(result, logger)
+
+    settings = get_settings()
+    batches = plan_batches(ids, batch_size=batch_size, max_batches=settings.max_batches)
+    result.batches = len(batches)
+    total = result.requested
+    current = result.failed
+    progress_id = create_progress_artifact(
+        progress=_percent(current, total),
+        description=progress_description(current, total, 0, len(batches), None),
+    )
+    _notify(ProgressEvent(operation_id, operation, current, total, 0, len(batches), None))
+    logger.info("%s: %s ids in %s batches", operation, len(ids), len(batches))
+
+    if batches:
+        futures = batch_task.map(
+            batches,
+            list(range(len(batches))),
+            operation_id=unmapped(operation_id),
+            **{k: unmapped(v) for k, v in task_kwargs.items()},
+        )
+        index_of = {future.task_run_id: i for i, future in enumerate(futures)}
+        done = 0
+        for future in as_completed(futures):
+            index = index_of[future.task_run_id]
+            try:
+                outcome = BatchOutcome.from_dict(future.result())
+            except Exception as exc:  # retries exhausted: every item of the batch failed
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                logger.error("batch %s failed after retries: %s", index, detail)
+                outcome = BatchOutcome(errors=[ItemError(v, BATCH_ERROR, detail) for v in batches[index]])
+            result.add(outcome)
+            done += 1
+            current += outcome.processed
+            elapsed = time.monotonic() - started
+            processed = max(current - (total - len(ids)), 0)
+            remaining = total - current
+            eta = elapsed / processed * remaining if processed else None
+            update_progress_artifact(
+                artifact_id=progress_id,
+                progress=_percent(current, total),
+                description=progress_description(current, total, done, len(batches), eta),
+            )
+            _notify(ProgressEvent(operation_id, operation, current, total, done, len(batches), eta))
+
+    if result.skipped:
+        # Batches that had not started when the stop was requested returned unstarted.
+        result.cancelled = True
+        result.message = f"stopped on request; {result.skipped} videos left unstarted"
+    if finish is not None:
+        finish(result, started_wall)
+    result.duration_s = time.monotonic() - started
+    return _finalize(result, logger)
+
+
+def _percent(current: int, total: int) -> float:
+    return 100.0 if total == 0 else round(100.0 * current / total, 2)
+
+
+def _finalize(result: OperationResult, logger) -> State:
+    """Report, artifacts, and the final state, for every way a run can end."""
+    if result.failed and not result.dry_run:
+        key = report_key(result.operation_id)
+        try:
+            store().put(key, render_error_report(result.errors))
+            result.report_path = key
+        except Exception:
+            logger.exception("could not write the error report %s", key)
+    document = result.to_dict()
+    if result.errors:
+        create_table_artifact(
+            table=[e.to_dict() for e in result.errors[:ARTIFACT_ERROR_ROWS]],
+            description=(
+                f"{result.failed} failed items"
+                + (f" (first {ARTIFACT_ERROR_ROWS})" if result.failed > ARTIFACT_ERROR_ROWS else "")
+                + (f"; all of them in {result.report_path}" if result.report_path else "")
+            ),
+        )
+    create_markdown_artifact(markdown=result_markdown(document), description=RESULT_ARTIFACT_DESCRIPTION)
+    clear_stop_quietly(result.operation_id)
+    _notify(
+        ProgressEvent(
+            result.operation_id, result.operation, result.succeeded + result.failed + result.skipped,
+            result.requested, 0, 0, 0.0, result=document,
+        )
+    )
+    summary = summary_line(document)
+    status = document["status"]
+    if status == "completed":
+        return Completed(message=summary, data=document)
+    if status == "partial":
+        return Completed(name="Partial", message=summary, data=document)
+    if status == "cancelled":
+        return Cancelled(message=summary, data=document)
+    return Failed(message=summary)
+
+
+def clear_stop_quietly(operation_id: str) -> None:
+    try:
+        clear_stop(operation_id)
+    except Exception:
+        log.debug("no stop flag to clear for %s", operation_id)
+
+
+def summary_line(document: dict[str, Any]) -> str:
+    verb = {"delete": "deleted", "export": "exported", "reprocess": "reprocessed"}.get(document["operation"], "done")
+    if document.get("dry_run"):
+        verb = f"would be {verb}"
+    text = (
+        f"{document['operation']} {document['status']}: {document['succeeded']}/{document['requested']} {verb}, "
+        f"{document['failed']} failed, {document['skipped']} skipped"
+    )
+    if document.get("message"):
+        text += f" — {document['message']}"
+    return text
+
+
+def result_markdown(document: dict[str, Any]) -> str:
+    """The result as a person reads it in the Prefect UI, with the JSON document below."""
+    stored = dict(document)
+    if len(stored["errors"]) > ARTIFACT_ERROR_ROWS:
+        stored["errors"] = stored["errors"][:ARTIFACT_ERROR_ROWS]
+        stored["errors_truncated"] = True
+    lines = [
+        f"# {document['operation']}: {document['status']}",
+        "",
+        summary_line(document),
+        "",
+        "| requested | succeeded | failed | skipped | duration |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {document['requested']} | {document['succeeded']} | {document['failed']} | "
+        f"{document['skipped']} | {document['duration_s']:.1f} s |",
+        "",
+    ]
+    if document.get("plan"):
+        plan = document["plan"]
+        lines += [f"Dry run plan: {plan.get('videos', 0)} videos, {plan.get('objects', 0)} objects, "
+                  f"{plan.get('bytes', 0)} bytes.", ""]
+    if document.get("report_path"):
+        lines += [f"Per-item report: `{document['report_path']}`", ""]
+    if document.get("manifest_path"):
+        lines += [f"Audit manifest: `{document['manifest_path']}`", ""]
+    lines += ["```json", json.dumps(stored, indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(lines)
+
+
+def parse_result_markdown(markdown: str) -> dict[str, Any] | None:
+    start = markdown.rfind("```json\n")
+    end = markdown.rfind("\n```")
+    if start < 0 or end <= start:
+        return None
+    return json.loads(markdown[start + len("```json\n") : end])

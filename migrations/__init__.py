@@ -1,0 +1,1 @@
+"""Alembic migrations of the bulkops schema (run by ``bulkops init``)."""

@@ -1,0 +1,51 @@
+"""Tasks of the bulk-delete flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from config import get_settings
+from tasks.common import engine, stop_requested, store
+from videolib.delete import delete_batch, plan_delete_batch
+from videolib.operation import BatchOutcome
+
+
+@task(
+    name="delete-video-batch",
+    task_run_name="delete-batch-{batch_index}",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_jitter_factor=0.5,
+    cache_policy=NONE,
+)
+def delete_video_batch(
+    video_ids: list[str],
+    batch_index: int,
+    *,
+    creator_id: str,
+    operation_id: str,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Delete (or, on a dry run, plan) one batch; returns the batch's outcome as a dict."""
+    if stop_requested(operation_id):
+        return BatchOutcome(skipped=len(video_ids)).to_dict()
+    if dry_run:
+        outcome = plan_delete_batch(engine(), store(), creator_id=creator_id, video_ids=video_ids)
+    else:
+        outcome = delete_batch(
+            engine(),
+            store(),
+            creator_id=creator_id,
+            video_ids=video_ids,
+            operation_id=operation_id,
+            batch_index=batch_index,
+            lock_timeout_ms=get_settings().lock_timeout_ms,
+        )
+    if outcome.errors:
+        get_run_logger().warning(
+            "batch %s: %s deleted, %s failed", batch_index, len(outcome.succeeded), len(outcome.errors)
+        )
+    return outcome.to_dict()

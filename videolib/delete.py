@@ -1,0 +1,254 @@
+"""Bulk delete of videos, tombstone first.
+
+For one batch of a creator's videos:
+
+1. mark the rows ``deleting`` in one transaction (only rows of this creator, only
+   rows whose storage keys lie under ``videos/{creator_id}/{video_id}/``);
+2. delete their files and thumbnails (a missing object counts as deleted) and write
+   the audit manifest part that records them;
+3. delete the rows; ``video_chunks`` go with them by ``ON DELETE CASCADE``.
+
+After a crash every video is gone with its objects, ``deleting``, or untouched: never
+a live row pointing at a missing file. Running a batch again (or any later delete of
+the same ids) takes the tombstones over and converges. A row is counted as deleted
+only by the operation whose ``DELETE`` removed it, so concurrent operations on the
+same videos count each video once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, delete, select, text, update
+
+from videolib.db.models import Video
+from videolib.operation import NOT_FOUND, STORAGE_ERROR, UNSAFE_KEY, BatchOutcome, ItemError
+from videolib.selection import chunked
+from videolib.storage import ObjectStore, UnsafeKeyError, validate_key
+
+log = logging.getLogger(__name__)
+
+
+def video_prefix(creator_id: str, video_id: str) -> str:
+    return f"videos/{creator_id}/{video_id}/"
+
+
+def manifest_part_key(operation_id: str, batch_index: int) -> str:
+    return f"audit/delete/{operation_id}/batch-{batch_index:05d}.jsonl"
+
+
+def manifest_key(operation_id: str) -> str:
+    return f"audit/delete/{operation_id}/manifest.json"
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: str
+    keys: tuple[str, ...]
+
+
+def check_video_keys(creator_id: str, video_id: str, *keys: str | None) -> tuple[str, ...]:
+    """The video's object keys, or ``UnsafeKeyError`` if one lies outside its own prefix."""
+    prefix = video_prefix(creator_id, video_id)
+    out = []
+    for key in keys:
+        if key is None or key == "":
+            continue
+        validate_key(key)
+        if not key.startswith(prefix) or len(key) == len(prefix):
+            raise UnsafeKeyError(f"{key!r} is not under {prefix!r}")
+        out.append(key)
+    return tuple(out)
+
+
+def _set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
+    if conn.dialect.name == "postgresql" and lock_timeout_ms > 0:
+        # SET LOCAL lasts for this transaction only; a blocked batch fails and is retried
+        # rather than waiting behind another operation's row locks indefinitely.
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+
+
+def _load_rows(conn: Connection, creator_id: str, ids: Sequence[str], *, for_update: bool):
+    rows = []
+    for part in chunked(ids):
+        query = select(Video.id, Video.storage_key, Video.thumbnail_key).where(
+            Video.creator_id == creator_id, Video.id.in_(part)
+        )
+        if for_update and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        rows.extend(conn.execute(query))
+    return rows
+
+
+def _classify(creator_id: str, ids: Sequence[str], rows) -> tuple[list[_Row], list[ItemError]]:
+    by_id = {row.id: row for row in rows}
+    eligible: list[_Row] = []
+    errors: list[ItemError] = []
+    for vid in ids:
+        row = by_id.get(vid)
+        if row is None:
+            errors.append(ItemError(vid, NOT_FOUND, "no such video for this creator"))
+            continue
+        try:
+            keys = check_video_keys(creator_id, vid, row.storage_key, row.thumbnail_key)
+        except UnsafeKeyError as exc:
+            errors.append(ItemError(vid, UNSAFE_KEY, f"stored object key refused, video left unchanged: {exc}"))
+            continue
+        eligible.append(_Row(vid, keys))
+    return eligible, errors
+
+
+def plan_delete_batch(
+    engine: Engine, store: ObjectStore, *, creator_id: str, video_ids: Sequence[str]
+) -> BatchOutcome:
+    """A dry run of one batch: what would be deleted (videos, objects, bytes); changes nothing."""
+    with engine.connect() as conn:
+        rows = _load_rows(conn, creator_id, video_ids, for_update=False)
+    eligible, errors = _classify(creator_id, video_ids, rows)
+    sizes = store.sizes([key for row in eligible for key in row.keys])
+    present = [size for size in sizes.values() if size is not None]
+    return BatchOutcome(
+        succeeded=[row.id for row in eligible], errors=errors, objects=len(present), bytes=sum(present)
+    )
+
+
+def delete_batch(
+    engine: Engine,
+    store: ObjectStore,
+    *,
+    creator_id: str,
+    video_ids: Sequence[str],
+    operation_id: str,
+    batch_index: int,
+    lock_timeout_ms: int = 5000,
+) -> BatchOutcome:
+    """Delete one batch of the creator's videos, tombstone first. Idempotent.
+
+    Returns the ids this call deleted and per-item errors; never raises for a single
+    item. Database errors raise (the batch is retried whole: every step is idempotent).
+    """
+    ids = list(dict.fromkeys(video_ids))
+    now = datetime.now(UTC)
+
+    # 1. Tombstones, in one transaction, only for this creator's safely-keyed rows.
+    with engine.begin() as conn:
+        _set_lock_timeout(conn, lock_timeout_ms)
+        rows = _load_rows(conn, creator_id, ids, for_update=True)
+        eligible, errors = _classify(creator_id, ids, rows)
+        for part in chunked([row.id for row in eligible]):
+            conn.execute(
+                update(Video)
+                .where(Video.creator_id == creator_id, Video.id.in_(part))
+                .values(status="deleting", updated_at=now)
+            )
+    if not eligible:
+        return BatchOutcome(errors=errors)
+
+    # 2. Objects. A video whose objects could not all be removed keeps its tombstone.
+    failures = store.delete_many([key for row in eligible for key in row.keys])
+    removed: list[_Row] = []
+    for row in eligible:
+        failed_keys = [key for key in row.keys if key in failures]
+        if failed_keys:
+            detail = "; ".join(f"{key}: {failures[key]}" for key in failed_keys)
+            errors.append(ItemError(row.id, STORAGE_ERROR, f"left as 'deleting' for a retry: {detail}"))
+        else:
+            removed.append(row)
+    if not removed:
+        return BatchOutcome(errors=errors)
+
+    # The evidence is written before the rows go: if this write fails the batch fails,
+    # the tombstones stay, and a retry writes it again.
+    deleted_at = datetime.now(UTC).isoformat()
+    _write_manifest_part(store, operation_id, batch_index, creator_id, removed, deleted_at)
+
+    # 3. Rows (chunks cascade). Only rows still tombstoned by a delete are removed; a
+    # row that another operation removed meanwhile is not counted here.
+    deleted: set[str] = set()
+    with engine.begin() as conn:
+        _set_lock_timeout(conn, lock_timeout_ms)
+        for part in chunked([row.id for row in removed]):
+            result = conn.execute(
+                delete(Video)
+                .where(Video.creator_id == creator_id, Video.id.in_(part), Video.status == "deleting")
+                .returning(Video.id)
+            )
+            deleted.update(result.scalars())
+    gone_elsewhere = [row for row in removed if row.id not in deleted]
+    for row in gone_elsewhere:
+        errors.append(ItemError(row.id, NOT_FOUND, "already deleted by another operation"))
+    mine = [row for row in removed if row.id in deleted]
+    if gone_elsewhere:
+        _write_manifest_part(store, operation_id, batch_index, creator_id, mine, deleted_at)
+    return BatchOutcome(
+        succeeded=[row.id for row in mine],
+        errors=errors,
+        objects=sum(len(row.keys) for row in mine),
+    )
+
+
+def _write_manifest_part(
+    store: ObjectStore,
+    operation_id: str,
+    batch_index: int,
+    creator_id: str,
+    rows: Sequence[_Row],
+    deleted_at: str,
+) -> None:
+    lines = [
+        json.dumps(
+            {
+                "video_id": row.id,
+                "creator_id": creator_id,
+                "objects": list(row.keys),
+                "deleted_at": deleted_at,
+                "operation_id": operation_id,
+            },
+            ensure_ascii=False,
+        )
+        for row in rows
+    ]
+    store.put(manifest_part_key(operation_id, batch_index), ("\n".join(lines) + "\n").encode() if lines else b"")
+
+
+def write_manifest(
+    store: ObjectStore,
+    *,
+    operation_id: str,
+    creator_id: str,
+    started_at: str,
+    finished_at: str,
+    videos_deleted: int,
+    objects_removed: int,
+    batches: int,
+) -> str:
+    """The manifest's index: which parts hold the per-video records of this delete."""
+    parts = [manifest_part_key(operation_id, index) for index in range(batches)]
+    parts = [key for key in parts if store.exists(key)]
+    key = manifest_key(operation_id)
+    document = {
+        "operation": "delete",
+        "operation_id": operation_id,
+        "creator_id": creator_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "videos_deleted": videos_deleted,
+        "objects_removed": objects_removed,
+        "parts": parts,
+        "format": "each part is JSON lines: video_id, creator_id, objects, deleted_at, operation_id",
+    }
+    store.put(key, json.dumps(document, indent=2).encode())
+    return key
+
+
+def read_manifest_records(store: ObjectStore, operation_id: str) -> list[dict]:
+    """Every per-video record of a delete's manifest (for audits and tests)."""
+    document = json.loads(store.get(manifest_key(operation_id)))
+    records = []
+    for part in document["parts"]:
+        records.extend(json.loads(line) for line in store.get(part).decode().splitlines() if line)
+    return records

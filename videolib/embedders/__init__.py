@@ -1,0 +1,37 @@
+"""Embedders: turn chunk texts into L2-normalised float32 vectors.
+
+``get_embedder(name)`` returns one by its setting name (``BULKOPS_EMBEDDER``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """A ``(len(texts), dim)`` float32 array of L2-normalised rows."""
+        ...
+
+
+def get_embedder(name: str = "hashing") -> Embedder:
+    if name == "hashing":
+        from videolib.embedders.hashing import HashingEmbedder
+
+        return HashingEmbedder()
+    raise ValueError(f"`embedder` must be 'hashing' or 'minilm', got {name!r}")
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """Little-endian float32 bytes, the stored form of an embedding."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")

@@ -1,0 +1,204 @@
+"""What every bulk operation shares, without any orchestrator: the request's id list,
+batch planning, per-item errors, counting and the result document (CONTRACT.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from videolib.ids import RequestError, normalize_video_id
+
+OPERATIONS = ("delete", "export", "reprocess")
+
+# Per-item error names. The first four count as failed items (CONTRACT.md).
+NOT_FOUND = "not_found"
+INVALID_ID = "invalid_id"
+UNSAFE_KEY = "unsafe_key"
+NO_TRANSCRIPT = "no_transcript"
+STORAGE_ERROR = "storage_error"
+DATABASE_ERROR = "database_error"
+BATCH_ERROR = "batch_error"
+
+
+@dataclass(frozen=True)
+class ItemError:
+    video_id: str
+    error: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"video_id": self.video_id, "error": self.error, "detail": self.detail}
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did. ``succeeded`` are ids; errors are per item."""
+
+    succeeded: list[str] = field(default_factory=list)
+    errors: list[ItemError] = field(default_factory=list)
+    skipped: int = 0
+    objects: int = 0
+    bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        return len(self.succeeded) + len(self.errors) + self.skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["errors"] = [e.to_dict() for e in self.errors]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchOutcome:
+        return cls(
+            succeeded=list(data.get("succeeded", [])),
+            errors=[ItemError(**e) for e in data.get("errors", [])],
+            skipped=int(data.get("skipped", 0)),
+            objects=int(data.get("objects", 0)),
+            bytes=int(data.get("bytes", 0)),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+@dataclass
+class ParsedIds:
+    """A request's id list: distinct valid ids in first-seen order, malformed ones as errors."""
+
+    ids: list[str]
+    errors: list[ItemError]
+
+    @property
+    def requested(self) -> int:
+        return len(self.ids) + len(self.errors)
+
+
+def parse_video_ids(raw_ids: Sequence[object] | None, *, max_ids: int) -> ParsedIds:
+    """Validate an inline id list: bounds for the whole list, then each id.
+
+    The list as a whole is refused (``RequestError``) when it is empty or longer than
+    ``max_ids``; single malformed ids become ``invalid_id`` items, echoed as given.
+    Duplicates collapse (after normalisation) and are not errors.
+    """
+    if raw_ids is None or len(raw_ids) == 0:
+        raise RequestError("empty_selection", "the selection is empty: give at least one video id")
+    if len(raw_ids) > max_ids:
+        raise RequestError(
+            "too_many_ids",
+            f"{len(raw_ids)} ids given; one request may list at most {max_ids} "
+            "(split the list, or select all of the creator's videos)",
+        )
+    seen: set[str] = set()
+    seen_bad: set[str] = set()
+    ids: list[str] = []
+    errors: list[ItemError] = []
+    for raw in raw_ids:
+        vid = normalize_video_id(raw)
+        if vid is None:
+            shown = raw if isinstance(raw, str) else repr(raw)
+            if shown not in seen_bad:
+                seen_bad.add(shown)
+                errors.append(ItemError(shown, INVALID_ID, "not a UUID (expected 8-4-4-4-12 hex digits)"))
+        elif vid not in seen:
+            seen.add(vid)
+            ids.append(vid)
+    return ParsedIds(ids=ids, errors=errors)
+
+
+def effective_batch_size(total: int, batch_size: int, max_batches: int) -> int:
+    """The batch size that keeps one operation to at most ``max_batches`` task runs."""
+    if batch_size < 1:
+        raise ValueError("`batch_size` must be at least 1")
+    if max_batches < 1:
+        raise ValueError("`max_batches` must be at least 1")
+    return max(batch_size, math.ceil(total / max_batches)) if total else batch_size
+
+
+def plan_batches(ids: Sequence[str], *, batch_size: int, max_batches: int) -> list[list[str]]:
+    size = effective_batch_size(len(ids), batch_size, max_batches)
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def decide_status(*, succeeded: int, failed: int, cancelled: bool = False, aborted: bool = False) -> str:
+    """``completed | partial | failed | cancelled`` exactly as CONTRACT.md counts them."""
+    if aborted:
+        return "failed"
+    if cancelled:
+        return "cancelled"
+    if failed == 0:
+        return "completed"
+    if succeeded == 0:
+        return "failed"
+    return "partial"
+
+
+@dataclass
+class OperationResult:
+    """The result document (CONTRACT.md), built up as batches finish."""
+
+    operation_id: str
+    operation: str
+    creator_id: str
+    dry_run: bool = False
+    requested: int = 0
+    succeeded: int = 0
+    skipped: int = 0
+    errors: list[ItemError] = field(default_factory=list)
+    report_path: str | None = None
+    output: dict[str, Any] | None = None
+    plan: dict[str, int] | None = None
+    manifest_path: str | None = None
+    message: str | None = None
+    cancelled: bool = False
+    aborted: bool = False
+    duration_s: float = 0.0
+    # Not part of the document: totals the flows use for manifests and summaries.
+    objects: int = 0
+    batches: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
+    @property
+    def status(self) -> str:
+        return decide_status(
+            succeeded=self.succeeded, failed=self.failed, cancelled=self.cancelled, aborted=self.aborted
+        )
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.succeeded += len(outcome.succeeded)
+        self.errors.extend(outcome.errors)
+        self.skipped += outcome.skipped
+        self.objects += outcome.objects
+        if self.plan is not None:
+            self.plan["videos"] = self.plan.get("videos", 0) + len(outcome.succeeded)
+            self.plan["objects"] = self.plan.get("objects", 0) + outcome.objects
+            self.plan["bytes"] = self.plan.get("bytes", 0) + outcome.bytes
+
+    def add_errors(self, errors: Iterable[ItemError]) -> None:
+        self.errors.extend(errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation_id": self.operation_id,
+            "operation": self.operation,
+            "creator_id": self.creator_id,
+            "status": self.status,
+            "requested": self.requested,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "errors": [e.to_dict() for e in self.errors],
+            "report_path": self.report_path,
+            "output": self.output,
+            "plan": self.plan,
+            "dry_run": self.dry_run,
+            "duration_s": round(self.duration_s, 3),
+            "manifest_path": self.manifest_path,
+            "message": self.message,
+        }

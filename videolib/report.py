@@ -1,0 +1,34 @@
+"""Per-item error reports: a CSV in storage that a person can open in a spreadsheet."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+from videolib.operation import ItemError
+
+# OWASP CSV injection: a spreadsheet evaluates a cell that starts with one of these.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def guard_formula(value: str) -> str:
+    """Prefix ``'`` to a cell a spreadsheet would read as a formula."""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def report_key(operation_id: str) -> str:
+    return f"reports/{operation_id}.csv"
+
+
+def render_error_report(errors: Iterable[ItemError]) -> bytes:
+    """RFC 4180 CSV (UTF-8, header row, CRLF) of the errors, formula-guarded.
+
+    Ids are echoed as the request gave them, so a hostile id stays harmless here.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(["video_id", "error", "detail"])
+    for err in errors:
+        writer.writerow([guard_formula(err.video_id), guard_formula(err.error), guard_formula(err.detail)])
+    return buffer.getvalue().encode("utf-8")
