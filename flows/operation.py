@@ -231,7 +231,8 @@ def _finalize(result: OperationResult, logger) -> State:
     if status == "partial":
         return Completed(name="Partial", message=summary, data=document)
     if status == "cancelled":
-        return Cancelled(message=summary, data=document)
+        # A Cancelled state's data must be an exception; the document is in the artifact.
+        return Cancelled(message=summary)
     return Failed(message=summary)
 
 

@@ -34,17 +34,19 @@ def stop_requested(operation_id: str) -> bool:
         cached = _stop_cache.get(operation_id)
         if cached and now - cached[0] < _STOP_TTL_S:
             return cached[1]
-    value = Variable.get(stop_variable_name(operation_id), default=None)
-    stopped = bool(value)
+    stopped = bool(Variable.get(stop_variable_name(operation_id), default=None))
     with _stop_lock:
-        _stop_cache[operation_id] = (now, stopped)
-    return stopped
+        # A stop is final: a slower reader's stale "not stopped" must not overwrite it.
+        if not (_stop_cache.get(operation_id) or (0.0, False))[1]:
+            _stop_cache[operation_id] = (now, stopped)
+        return _stop_cache[operation_id][1]
 
 
 def request_stop(operation_id: str) -> None:
+    """Ask a running operation to stop after its batches in flight (any process)."""
+    with _stop_lock:  # this process sees it at once
+        _stop_cache[operation_id] = (time.monotonic(), True)
     Variable.set(stop_variable_name(operation_id), True, overwrite=True)
-    with _stop_lock:
-        _stop_cache.pop(operation_id, None)
 
 
 def clear_stop(operation_id: str) -> None:

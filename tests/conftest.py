@@ -67,3 +67,185 @@ def pg_url(pg_server: PgServer):
 
 
 # ============================ end of real servers ============================
+
+
+# =============================================================================
+# bulkops: a library (database + storage) per test, and Prefect's test harness.
+# =============================================================================
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The harness's server takes ~10 s to start here; Prefect's default timeout is tighter.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@dataclass
+class Library:
+    """One test's video library: a database, a storage root, and the env pointing at them."""
+
+    database_url: str
+    storage_url: str
+    endpoint_url: str | None
+    data_dir: Path
+
+    @property
+    def engine(self):
+        from videolib.db.engine import get_engine
+
+        return get_engine(self.database_url)
+
+    @property
+    def store(self):
+        from videolib.storage import ObjectStore
+
+        return ObjectStore.from_url(self.storage_url, endpoint_url=self.endpoint_url)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "BULKOPS_DATABASE_URL": self.database_url,
+            "BULKOPS_STORAGE_URL": self.storage_url,
+            "BULKOPS_DATA_DIR": str(self.data_dir),
+        }
+        if self.endpoint_url:
+            env["BULKOPS_S3_ENDPOINT_URL"] = self.endpoint_url
+        return env
+
+    def seed(self, videos: int = 20, *, creators: int = 2, seed: int = 7, files: bool = True, **kwargs):
+        from videolib.embedders import get_embedder
+        from videolib.seed import seed_library
+
+        return seed_library(
+            self.engine, self.store if files else None, get_embedder("hashing"),
+            videos=videos, creators=creators, seed=seed, **kwargs,
+        )
+
+    def ids(self, creator_id: str) -> list[str]:
+        from videolib.selection import iter_creator_video_ids
+
+        return list(iter_creator_video_ids(self.engine, creator_id))
+
+
+def reset_bulkops_caches() -> None:
+    from config import get_settings
+    from videolib.db.engine import dispose_engines
+
+    get_settings.cache_clear()
+    dispose_engines()
+    try:
+        from tasks.common import _store
+
+        _store.cache_clear()
+    except ImportError:
+        pass
+
+
+def _make_library(monkeypatch, tmp_path: Path, database_url: str, storage_url: str, endpoint: str | None) -> Library:
+    from videolib.db.engine import get_engine
+    from videolib.db.migrate import upgrade
+
+    lib = Library(database_url, storage_url, endpoint, tmp_path / "data")
+    for name in ("BULKOPS_S3_ENDPOINT_URL", "BULKOPS_MAX_IDS", "BULKOPS_SIGNING_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in lib.env().items():
+        monkeypatch.setenv(name, value)
+    reset_bulkops_caches()
+    upgrade(get_engine(database_url))
+    return lib
+
+
+@pytest.fixture
+def sqlite_library(monkeypatch, tmp_path) -> Library:
+    """SQLite file + local directory, the embedded default."""
+    lib = _make_library(
+        monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'bulkops.db'}", str(tmp_path / "storage"), None
+    )
+    yield lib
+    reset_bulkops_caches()
+
+
+@pytest.fixture
+def pg_library(monkeypatch, tmp_path, pg_url) -> Library:
+    """A fresh PostgreSQL database + local directory."""
+    lib = _make_library(monkeypatch, tmp_path, pg_url, str(tmp_path / "storage"), None)
+    yield lib
+    reset_bulkops_caches()
+
+
+@pytest.fixture
+def s3_library(monkeypatch, tmp_path, s3_server, s3_prefix) -> Library:
+    """SQLite file + a fresh prefix on the loopback S3 endpoint."""
+    lib = _make_library(
+        monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'bulkops.db'}", s3_prefix, s3_server.endpoint_url
+    )
+    yield lib
+    reset_bulkops_caches()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def library(request) -> Library:
+    """The same test on SQLite and on a real PostgreSQL server."""
+    return request.getfixturevalue("sqlite_library" if request.param == "sqlite" else "pg_library")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (its start costs ~10 s here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` for CLI processes: concurrent CLI calls share it instead of
+    each starting an ephemeral server on the same database."""
+    from tests.servers import _stop_process, free_port
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            tail = (home / "server.log").read_text(errors="replace")[-3000:]
+            _stop_process(proc)
+            raise RuntimeError(f"prefect server did not start:\n{tail}")
+        time.sleep(0.5)
+    yield PrefectServer(api_url=f"http://127.0.0.1:{port}/api", process=proc)
+    _stop_process(proc)
+    log.close()

@@ -16,11 +16,13 @@ By hand::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import re
-import unicodedata
+import stat
+import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -34,6 +36,8 @@ MAX_KEY_BYTES = 1024
 DELETE_BATCH = 1000
 
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# Unicode category Cc: NUL, the C0 controls, DEL and the C1 controls.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class UnsafeKeyError(ValueError):
@@ -59,9 +63,8 @@ def validate_key(key: str) -> str:
         raise UnsafeKeyError(f"storage key must not start with '~', got {shown}")
     if "\\" in key:
         raise UnsafeKeyError(f"storage key must not contain a backslash, got {shown}")
-    # Cc covers NUL, C0 controls, DEL and C1 controls; newlines in keys break
-    # listings and reports, NUL truncates paths in C code.
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    # Newlines in keys break listings and reports; NUL truncates paths in C code.
+    if _CONTROL_RE.search(key):
         raise UnsafeKeyError(f"storage key must not contain control characters, got {shown}")
     if "://" in key or _SCHEME_RE.match(key.split("/", 1)[0]):
         raise UnsafeKeyError(f"storage key must not carry a scheme, got {shown}")
@@ -97,6 +100,15 @@ def _unique(keys: Iterable[str]) -> list[str]:
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def _gather_all(coros: Iterable) -> list:
+    """Await every coroutine, then raise the first failure: none is left running."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _check_in_flight(name: str, value: int) -> None:
@@ -228,15 +240,19 @@ class ObjectStore:
 
     @staticmethod
     def _local_put(path: str, data: bytes, made: set[str] | None = None) -> None:
-        parent = os.path.dirname(path)
+        # Written to a temporary name and renamed into place, so that a reader (or a
+        # crash) never sees half an object: an S3 PUT is all or nothing too.
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         for attempt in range(3):
             if made is None or parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 if made is not None:
                     made.add(parent)
             try:
-                with open(path, "wb") as fh:
+                with open(tmp, "wb") as fh:
                     fh.write(data)
+                os.replace(tmp, path)
                 return
             except FileNotFoundError:
                 # A concurrent delete_many can remove the parent between makedirs and
@@ -245,6 +261,10 @@ class ObjectStore:
                     made.discard(parent)
                 if attempt == 2:
                     raise
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
 
     def put_many(self, items: dict[str, bytes], *, max_in_flight: int = 32) -> None:
         """Write several objects; on S3 up to ``max_in_flight`` uploads run at once.
@@ -273,10 +293,14 @@ class ObjectStore:
             async with semaphore:
                 await self.fs._pipe_file(f"{self.root}/{key}", data)
 
-        await asyncio.gather(*(one(key, data) for key, data in items.items()))
+        await _gather_all(one(key, data) for key, data in items.items())
 
     def open(self, key: str, mode: str = "rb") -> IO[bytes]:
-        """A file object for streaming reads or writes (local "w"/"a" modes create parents)."""
+        """A file object for streaming reads or writes (local "w"/"a" modes create parents).
+
+        Locally a streamed write is visible while it is written; on S3 the object
+        appears when the file is closed.
+        """
         validate_key(key)
         if self._local:
             path = self._local_path(key)
@@ -319,7 +343,7 @@ class ObjectStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         # A directory is not an object (S3 would not find one either).
-        return st.st_size if not os.path.isdir(path) else None
+        return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     async def _s3_head(self, key: str) -> int | None:
         # head_object directly: s3fs's info()/exists() fall back to a listing when the
@@ -358,8 +382,7 @@ class ObjectStore:
             async with semaphore:
                 return await self._s3_head(key)
 
-        results = await asyncio.gather(*(one(key) for key in keys))
-        return dict(zip(keys, results))
+        return dict(zip(keys, await _gather_all(one(key) for key in keys)))
 
     def list_keys(self, prefix: str) -> list[str]:
         """Sorted keys at or under ``prefix`` (a key or "directory"; "" for all).

@@ -1,0 +1,768 @@
+#!/usr/bin/env python
+"""Bulk delete, four ways, side by side on the same seeded data, in one process.
+
+(a) flow      the ``bulk-delete`` Prefect flow (batches mapped as task runs, 8 workers)
+(b) library   the same library code without Prefect: ``plan_batches`` + ``delete_batch``
+              over a ThreadPoolExecutor(8)
+(c) baseline  the seed-style way the old system did it: one video at a time, individual
+              statements, one storage ``delete`` per object, a progress write + commit
+              per 10 videos
+(d) floor     removing the same objects and nothing else: an ``os.unlink`` loop on
+              local storage; ``ObjectStore.delete_many`` (1000-key DeleteObjects
+              requests, several in flight) on S3
+
+Scenarios: ``local`` (SQLite file + local directory, 100k videos by default) and ``s3``
+(SQLite file + SeaweedFS S3 on loopback, 10k videos by default). Each video has a
+file, a thumbnail and 10 transcript chunks with 384-dim embeddings. One template is
+seeded per scenario; every variant gets its own copy of the database file and of the
+objects, so all four start from identical data. Setup (copies, uploads) is never timed.
+
+    python benchmarks/delete.py                      # full size: 100k local, 10k S3
+    python benchmarks/delete.py --smoke              # tiny sizes, a quick check
+    python benchmarks/delete.py --only s3 --s3-videos 2000 --json results.json
+
+Rates are videos/s. Ratios are time ratios (a/b = time of a / time of b). "steady"
+leaves out the fixed cost before the first batch starts (for the flow: flow-run
+creation, parameter validation, id resolution); it is measured from the moment the
+batches are planned to the moment the last batch finishes.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports prefect.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor, as_completed  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CREATOR = "creator-001"
+SEED = 20261124
+CHUNKS_PER_VIDEO = 10
+MAX_BATCHES = 300  # the flow's default (config: max_batches)
+WORKERS = 8  # the flow's default (config: task_workers)
+PROGRESS_EVERY = 10  # (c): a progress write + commit per 10 videos
+S3_VERIFY_SAMPLE = 500
+
+TARGETS = {
+    "a/b": ("<=", 1.25, "(a) within 1.25x of (b)"),
+    "a/d": ("<=", 1.5, "(a) within 1.5x of (d)"),
+    "c/a": (">=", 6.0, "(c) at least 6x slower than (a) (S3)"),
+}
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def note(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    variant: str  # a | b | c | d
+    label: str
+    videos: int
+    objects: int
+    seconds: float
+    steady_seconds: float
+    batches: int = 0
+    verified: bool = False
+    verify_detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.videos / self.seconds if self.seconds else float("inf")
+
+    @property
+    def steady_rate(self) -> float:
+        return self.videos / self.steady_seconds if self.steady_seconds else float("inf")
+
+
+LABELS = {
+    "a": "(a) bulk-delete flow (Prefect)",
+    "b": "(b) library, no Prefect",
+    "c": "(c) seed-style baseline",
+    "d": "(d) floor (objects only)",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_servers_module():
+    """tests/servers.py by path (``tests`` is not an installed package)."""
+    spec = importlib.util.spec_from_file_location("bulkops_test_servers", REPO / "tests" / "servers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def reset_caches() -> None:
+    """Settings, cached stores and engines are read again from the environment."""
+    from config import get_settings
+    from tasks.common import _store
+    from videolib.db.engine import dispose_engines
+
+    get_settings.cache_clear()
+    _store.cache_clear()
+    dispose_engines()
+
+
+def point_settings_at(database_url: str, storage_url: str, endpoint: str | None, data_dir: Path) -> None:
+    os.environ["BULKOPS_DATABASE_URL"] = database_url
+    os.environ["BULKOPS_STORAGE_URL"] = storage_url
+    os.environ["BULKOPS_DATA_DIR"] = str(data_dir)
+    if endpoint:
+        os.environ["BULKOPS_S3_ENDPOINT_URL"] = endpoint
+    else:
+        os.environ.pop("BULKOPS_S3_ENDPOINT_URL", None)
+    reset_caches()
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def checkpoint_and_close(db_path: Path) -> None:
+    """Fold the WAL into the main file so that a plain file copy is the whole database."""
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    else:
+        shutil.copytree(src, dst, symlinks=True)
+
+
+def settle() -> None:
+    """Write dirty pages out so a variant does not pay for its own setup's writeback."""
+    os.sync()
+    time.sleep(0.5)
+
+
+def db_counts(engine) -> tuple[int, int]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        videos = conn.execute(text("SELECT count(*) FROM videos WHERE creator_id = :c"), {"c": CREATOR}).scalar_one()
+        chunks = conn.execute(text("SELECT count(*) FROM video_chunks")).scalar_one()
+    return int(videos), int(chunks)
+
+
+def object_keys(engine) -> list[str]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT storage_key, thumbnail_key FROM videos WHERE creator_id = :c ORDER BY id"), {"c": CREATOR}
+        ).all()
+    return [key for row in rows for key in row if key]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, size
+
+
+# --------------------------------------------------------------------------- template
+
+
+@dataclass
+class Template:
+    db_path: Path
+    storage: Path
+    videos: int
+    chunks: int
+    objects: int
+    keys: list[str]
+    db_bytes: int
+    storage_bytes: int
+    seed_seconds: float
+
+
+def build_template(base: Path, videos: int, *, embed: bool) -> Template:
+    """Seed one creator's library once: a SQLite file and a local storage tree."""
+    from videolib.db.engine import create_db_engine
+    from videolib.db.migrate import upgrade
+    from videolib.embedders import get_embedder
+    from videolib.seed import seed_library
+    from videolib.storage import ObjectStore
+
+    base.mkdir(parents=True, exist_ok=True)
+    db_path = base / "template.db"
+    storage = base / "storage"
+    started = time.monotonic()
+    engine = create_db_engine(sqlite_url(db_path))
+    upgrade(engine)
+    store = ObjectStore.from_url(str(storage))
+    last = [time.monotonic()]
+
+    def progress(_n: int) -> None:
+        if time.monotonic() - last[0] > 15:
+            last[0] = time.monotonic()
+            note(f"  seeding ... {time.monotonic() - started:.0f} s")
+
+    report = seed_library(
+        engine,
+        store,
+        get_embedder("hashing") if embed else None,
+        videos=videos,
+        creators=1,
+        seed=SEED,
+        chunks_per_video=CHUNKS_PER_VIDEO,
+        transcript_ratio=1.0,
+        on_progress=progress,
+    )
+    keys = object_keys(engine)
+    engine.dispose()
+    checkpoint_and_close(db_path)
+    files, size = tree_bytes(storage)
+    return Template(
+        db_path=db_path,
+        storage=storage,
+        videos=report.videos,
+        chunks=report.chunks,
+        objects=files,
+        keys=keys,
+        db_bytes=db_path.stat().st_size,
+        storage_bytes=size,
+        seed_seconds=time.monotonic() - started,
+    )
+
+
+# --------------------------------------------------------------------------- one variant's data
+
+
+@dataclass
+class Instance:
+    """One variant's private copy: database file + storage root."""
+
+    scenario: str
+    variant: str
+    db_path: Path
+    database_url: str
+    storage_url: str
+    endpoint: str | None
+    local_root: Path | None
+    data_dir: Path
+
+    def store(self):
+        from videolib.storage import ObjectStore
+
+        return ObjectStore.from_url(self.storage_url, endpoint_url=self.endpoint)
+
+    def cleanup(self) -> None:
+        from videolib.db.engine import dispose_engines
+
+        dispose_engines()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.db_path}{suffix}")
+        if self.local_root is not None:
+            shutil.rmtree(self.local_root, ignore_errors=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def make_local_instance(template: Template, work: Path, variant: str) -> Instance:
+    db_path = work / f"local-{variant}.db"
+    shutil.copyfile(template.db_path, db_path)
+    root = work / f"local-{variant}-storage"
+    copy_tree(template.storage, root)
+    return Instance(
+        "local", variant, db_path, sqlite_url(db_path), str(root), None, root, work / f"local-{variant}-data"
+    )
+
+
+def make_s3_instance(template: Template, work: Path, variant: str, s3) -> Instance:
+    from videolib.storage import ObjectStore
+
+    db_path = work / f"s3-{variant}.db"
+    shutil.copyfile(template.db_path, db_path)
+    url = f"s3://{s3.bucket}/bench-{variant}-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore.from_url(url, endpoint_url=s3.endpoint_url)
+    step = 2000
+    for start in range(0, len(template.keys), step):
+        part = template.keys[start : start + step]
+        store.put_many({key: (template.storage / key).read_bytes() for key in part}, max_in_flight=32)
+    return Instance("s3", variant, db_path, sqlite_url(db_path), url, s3.endpoint_url, None, work / f"s3-{variant}-data")
+
+
+def verify(instance: Instance, keys: list[str], *, rows_deleted: bool) -> tuple[bool, str]:
+    """Rows and chunks gone (unless only objects were removed) and objects gone (HEAD/stat)."""
+    from videolib.db.engine import create_db_engine
+
+    problems = []
+    engine = create_db_engine(instance.database_url)
+    try:
+        videos, chunks = db_counts(engine)
+    finally:
+        engine.dispose()
+    if rows_deleted and (videos or chunks):
+        problems.append(f"{videos} videos and {chunks} chunks left")
+    store = instance.store()
+    if instance.endpoint:  # S3: a random sample, one HEAD each (listing an emptied prefix is slow)
+        sample = random.Random(1).sample(keys, min(S3_VERIFY_SAMPLE, len(keys)))
+    else:
+        sample = keys
+    sizes = store.sizes(sample)
+    present = [key for key, size in sizes.items() if size is not None]
+    if present:
+        problems.append(f"{len(present)} of {len(sample)} checked objects still present (e.g. {present[0]})")
+    detail = f"rows {videos}/{chunks}, {len(sample)} objects checked" if not problems else "; ".join(problems)
+    return not problems, detail
+
+
+# --------------------------------------------------------------------------- the variants
+
+
+def run_flow(instance: Instance, *, videos: int, objects: int, batch_size: int) -> Measurement:
+    """(a) the bulk-delete flow under Prefect."""
+    from flows.bulk_delete import bulk_delete
+    from flows.operation import add_progress_listener, remove_progress_listener
+
+    point_settings_at(instance.database_url, instance.storage_url, instance.endpoint, instance.data_dir)
+    events: list[tuple[float, Any]] = []
+    lock = threading.Lock()
+
+    def listener(event) -> None:
+        with lock:
+            events.append((time.monotonic(), event))
+
+    add_progress_listener(listener)
+    try:
+        started = time.monotonic()
+        state = bulk_delete(creator_id=CREATOR, all_videos=True, batch_size=batch_size, return_state=True)
+        ended = time.monotonic()
+    finally:
+        remove_progress_listener(listener)
+    document = state.result() if state.is_completed() else None
+    planned = [t for t, e in events if e.result is None and e.batches_done == 0]
+    batch_done = [(t, e) for t, e in events if e.result is None and e.batches_done > 0]
+    steady = (batch_done[-1][0] - planned[0]) if planned and batch_done else ended - started
+    batches = batch_done[-1][1].batches if batch_done else 0
+    first_done = batch_done[0][0] - started if batch_done else None
+    m = Measurement(
+        instance.scenario, "a", LABELS["a"], videos, objects, ended - started, steady, batches=batches,
+        extra={
+            "state": f"{state.type.value}/{state.name}",
+            "until_planned_s": round(planned[0] - started, 3) if planned else None,
+            "until_first_batch_done_s": round(first_done, 3) if first_done is not None else None,
+            "after_last_batch_s": round(ended - batch_done[-1][0], 3) if batch_done else None,
+        },
+    )
+    reset_caches()
+    ok, detail = verify(instance, TEMPLATE_KEYS[instance.scenario], rows_deleted=True)
+    if document is None:
+        ok, detail = False, f"flow ended {state.type.value}/{state.name}: {state.message}; " + detail
+    elif document.get("status") != "completed" or document.get("succeeded") != videos:
+        ok = False
+        detail = f"status {document.get('status')}, succeeded {document.get('succeeded')}/{videos}; " + detail
+    else:
+        detail = f"completed, succeeded {document['succeeded']}; " + detail
+    m.verified, m.verify_detail = ok, detail
+    return m
+
+
+def run_library(instance: Instance, *, videos: int, objects: int, batch_size: int) -> Measurement:
+    """(b) the same library code, no Prefect: plan_batches + delete_batch on 8 threads."""
+    from videolib.db.engine import get_engine
+    from videolib.delete import delete_batch, write_manifest
+    from videolib.operation import BatchOutcome, plan_batches
+    from videolib.selection import iter_creator_video_ids
+
+    point_settings_at(instance.database_url, instance.storage_url, instance.endpoint, instance.data_dir)
+    engine = get_engine(instance.database_url)
+    store = instance.store()
+    operation_id = str(uuid.uuid4())
+    started = time.monotonic()
+    started_wall = datetime.now(UTC).isoformat()
+    ids = list(iter_creator_video_ids(engine, CREATOR))
+    batches = plan_batches(ids, batch_size=batch_size, max_batches=MAX_BATCHES)
+    planned = time.monotonic()
+    outcome = BatchOutcome()
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        futures = [
+            pool.submit(
+                delete_batch, engine, store, creator_id=CREATOR, video_ids=batch,
+                operation_id=operation_id, batch_index=index,
+            )
+            for index, batch in enumerate(batches)
+        ]
+        for future in as_completed(futures):
+            one = future.result()
+            outcome.succeeded.extend(one.succeeded)
+            outcome.errors.extend(one.errors)
+            outcome.objects += one.objects
+    last_done = time.monotonic()
+    write_manifest(
+        store, operation_id=operation_id, creator_id=CREATOR, started_at=started_wall,
+        finished_at=datetime.now(UTC).isoformat(), videos_deleted=len(outcome.succeeded),
+        objects_removed=outcome.objects, batches=len(batches),
+    )
+    ended = time.monotonic()
+    m = Measurement(instance.scenario, "b", LABELS["b"], videos, objects, ended - started, last_done - planned,
+                    batches=len(batches))
+    reset_caches()
+    ok, detail = verify(instance, TEMPLATE_KEYS[instance.scenario], rows_deleted=True)
+    if len(outcome.succeeded) != videos or outcome.errors:
+        ok = False
+        detail = f"succeeded {len(outcome.succeeded)}/{videos}, {len(outcome.errors)} errors; " + detail
+    m.verified, m.verify_detail = ok, detail
+    return m
+
+
+def run_baseline(instance: Instance, *, videos: int, objects: int) -> Measurement:
+    """(c) one video at a time: file, thumbnail, chunks, row; progress + commit per 10 videos."""
+    from sqlalchemy import text
+
+    from videolib.db.engine import create_db_engine
+
+    engine = create_db_engine(instance.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_progress (id INTEGER PRIMARY KEY, done INTEGER, updated_at TEXT)"))
+        conn.execute(text("INSERT OR REPLACE INTO bench_progress (id, done, updated_at) VALUES (1, 0, '')"))
+    store = instance.store()
+    select_rows = text("SELECT id, storage_key, thumbnail_key FROM videos WHERE creator_id = :c")
+    delete_chunks = text("DELETE FROM video_chunks WHERE video_id = :id")
+    delete_video = text("DELETE FROM videos WHERE id = :id")
+    progress = text("UPDATE bench_progress SET done = :done, updated_at = :at WHERE id = 1")
+    started = time.monotonic()
+    deleted = 0
+    with engine.connect() as conn:
+        rows = conn.execute(select_rows, {"c": CREATOR}).all()
+        conn.commit()
+        for row in rows:
+            if row.storage_key:
+                store.delete(row.storage_key)
+            if row.thumbnail_key:
+                store.delete(row.thumbnail_key)
+            conn.execute(delete_chunks, {"id": row.id})
+            conn.execute(delete_video, {"id": row.id})
+            deleted += 1
+            if deleted % PROGRESS_EVERY == 0 or deleted == len(rows):
+                conn.execute(progress, {"done": deleted, "at": datetime.now(UTC).isoformat()})
+                conn.commit()
+    ended = time.monotonic()
+    engine.dispose()
+    m = Measurement(instance.scenario, "c", LABELS["c"], videos, objects, ended - started, ended - started)
+    ok, detail = verify(instance, TEMPLATE_KEYS[instance.scenario], rows_deleted=True)
+    if deleted != videos:
+        ok, detail = False, f"deleted {deleted}/{videos}; " + detail
+    m.verified, m.verify_detail = ok, detail
+    return m
+
+
+def run_floor(instance: Instance, *, videos: int, objects: int) -> Measurement:
+    """(d) the objects and nothing else: os.unlink loop (local), delete_many (S3)."""
+    keys = TEMPLATE_KEYS[instance.scenario]
+    if instance.local_root is not None:
+        paths = [os.path.join(instance.local_root, key) for key in keys]
+        unlink = os.unlink
+        started = time.monotonic()
+        for path in paths:
+            unlink(path)
+        ended = time.monotonic()
+        errors: dict[str, str] = {}
+        how = "os.unlink loop"
+    else:
+        store = instance.store()
+        started = time.monotonic()
+        errors = store.delete_many(keys)
+        ended = time.monotonic()
+        how = "ObjectStore.delete_many (1000-key DeleteObjects, 10 in flight)"
+    m = Measurement(instance.scenario, "d", LABELS["d"], videos, objects, ended - started, ended - started,
+                    extra={"how": how})
+    ok, detail = verify(instance, keys, rows_deleted=False)
+    if errors:
+        ok, detail = False, f"{len(errors)} delete errors; " + detail
+    m.verified, m.verify_detail = ok, detail
+    return m
+
+
+TEMPLATE_KEYS: dict[str, list[str]] = {}
+
+
+def warm_up_flow(work: Path) -> None:
+    """One tiny flow run first, so that (a) is not charged Prefect's first-run costs
+    (flow registration, client set-up, imports done lazily) that a long-running
+    worker pays once."""
+    from videolib.db.engine import create_db_engine
+    from videolib.db.migrate import upgrade
+    from videolib.seed import seed_library
+    from videolib.storage import ObjectStore
+
+    from flows.bulk_delete import bulk_delete
+
+    base = work / "warmup"
+    db = base / "warmup.db"
+    engine = create_db_engine(sqlite_url(db))
+    upgrade(engine)
+    seed_library(engine, ObjectStore.from_url(str(base / "storage")), None, videos=20, creators=1, seed=1,
+                 chunks_per_video=2, transcript_ratio=1.0)
+    engine.dispose()
+    point_settings_at(sqlite_url(db), str(base / "storage"), None, base / "data")
+    state = bulk_delete(creator_id=CREATOR, all_videos=True, batch_size=5, return_state=True)
+    if not state.is_completed():
+        raise RuntimeError(f"warm-up flow run ended {state.type.value}: {state.message}")
+    reset_caches()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def run_scenario(name: str, template: Template, work: Path, batch_size: int, order: list[str], s3=None):
+    TEMPLATE_KEYS[name] = template.keys
+    results: dict[str, Measurement] = {}
+    for variant in order:
+        note(f"[{name}] preparing a private copy for {LABELS[variant]} ...")
+        t = time.monotonic()
+        instance = (
+            make_local_instance(template, work, variant) if s3 is None else make_s3_instance(template, work, variant, s3)
+        )
+        settle()
+        note(f"[{name}] copy ready in {time.monotonic() - t:.1f} s; running {LABELS[variant]} ...")
+        try:
+            if variant == "a":
+                m = run_flow(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
+            elif variant == "b":
+                m = run_library(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
+            elif variant == "c":
+                m = run_baseline(instance, videos=template.videos, objects=template.objects)
+            else:
+                m = run_floor(instance, videos=template.videos, objects=template.objects)
+        finally:
+            instance.cleanup()
+        status = "[green]verified[/green]" if m.verified else "[red]NOT VERIFIED[/red]"
+        note(f"[{name}] {m.label}: {m.seconds:.2f} s, {m.rate:,.0f} videos/s "
+             f"(steady {m.steady_rate:,.0f}/s) {status}: {m.verify_detail}")
+        results[variant] = m
+    return results
+
+
+def ratios(results: dict[str, Measurement], scenario: str) -> list[dict[str, Any]]:
+    out = []
+
+    def add(name: str, num: str, den: str) -> None:
+        if num not in results or den not in results:
+            return
+        total = results[num].seconds / results[den].seconds
+        steady = results[num].steady_seconds / results[den].steady_seconds
+        op, bound, text = TARGETS[name]
+        applies = name != "c/a" or scenario == "s3"
+        met = None
+        if applies:
+            met = {
+                "total": total <= bound if op == "<=" else total >= bound,
+                "steady": steady <= bound if op == "<=" else steady >= bound,
+            }
+        out.append({"ratio": name, "total": total, "steady": steady, "target": f"{op} {bound:g}" if applies else "(info)",
+                    "met": met, "text": text})
+
+    add("a/b", "a", "b")
+    add("a/d", "a", "d")
+    add("c/a", "c", "a")
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    import prefect
+
+    info = {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "prefect": prefect.__version__,
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(Exception):
+        import sqlalchemy
+
+        info["sqlalchemy"] = sqlalchemy.__version__
+    return info
+
+
+def print_report(machine, templates, all_results, all_ratios, args) -> None:
+    console.print()
+    console.rule("bulk delete benchmark")
+    console.print(
+        f"machine: nproc={machine['nproc']} (usable {machine['cpus_usable']}), python {machine['python']}, "
+        f"sqlite {machine['sqlite']}, prefect {machine['prefect']}, {machine['platform']}"
+    )
+    console.print(f"batch size {args.batch_size}, {WORKERS} workers, max {MAX_BATCHES} batches; "
+                  f"embeddings: {'hashing, 384 dims' if not args.no_embed else 'none (--no-embed)'}")
+    for name, t in templates.items():
+        console.print(
+            f"{name}: {t.videos:,} videos, {t.chunks:,} chunks, {t.objects:,} objects "
+            f"(db {human_bytes(t.db_bytes)}, objects {human_bytes(t.storage_bytes)}; seeded in {t.seed_seconds:.0f} s)"
+        )
+    table = Table(title="videos deleted per second (higher is better)")
+    for col in ("scenario", "variant", "videos", "objects", "time s", "videos/s", "steady s", "steady videos/s",
+                "batches", "verified"):
+        table.add_column(col, justify="left" if col in ("scenario", "variant", "verified") else "right")
+    for scenario, results in all_results.items():
+        for variant in "abcd":
+            if variant not in results:
+                continue
+            m = results[variant]
+            table.add_row(
+                scenario, m.label, f"{m.videos:,}", f"{m.objects:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
+                f"{m.steady_seconds:.2f}", f"{m.steady_rate:,.0f}", str(m.batches or "-"),
+                "yes" if m.verified else f"NO: {m.verify_detail}",
+            )
+    console.print(table)
+    rt = Table(title="time ratios (a/b = time of (a) / time of (b))")
+    for col in ("scenario", "ratio", "total", "steady", "target", "met (total / steady)"):
+        rt.add_column(col, justify="left" if col in ("scenario", "ratio", "target", "met (total / steady)") else "right")
+    for scenario, rows in all_ratios.items():
+        for r in rows:
+            met = "-" if r["met"] is None else (
+                f"{'yes' if r['met']['total'] else 'NO'} / {'yes' if r['met']['steady'] else 'NO'}"
+            )
+            rt.add_row(scenario, r["ratio"], f"{r['total']:.2f}", f"{r['steady']:.2f}", r["target"], met)
+    console.print(rt)
+    console.print("targets: (a) within 1.25x of (b); (a) within 1.5x of (d); on S3 (a) >= 6x faster than (c).")
+    for scenario, results in all_results.items():
+        if "a" in results:
+            console.print(f"{scenario} flow detail: {results['a'].extra}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=100_000, help="videos in the local scenario")
+    parser.add_argument("--s3-videos", type=int, default=10_000, help="videos in the S3 scenario")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--only", choices=("local", "s3"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (300 local, 100 S3): a quick check")
+    parser.add_argument("--variants", default="abcd", help="which variants to run, in this order (default abcd)")
+    parser.add_argument("--no-embed", action="store_true", help="seed chunks without embeddings (faster setup)")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (templates) afterwards")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.videos, args.s3_videos = 300, 100
+        if args.batch_size == 1000:
+            args.batch_size = 50
+    order = [v for v in args.variants if v in "abcd"]
+    scenarios = [s for s in ("local", "s3") if args.only in (None, s)]
+
+    work = args.work_dir / f"run-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    note(f"machine: {machine}")
+    templates: dict[str, Template] = {}
+    all_results: dict[str, dict[str, Measurement]] = {}
+    all_ratios: dict[str, list] = {}
+    s3 = None
+    harness = contextlib.nullcontext()
+    try:
+        if "a" in order and not os.environ.get("PREFECT_API_URL"):
+            from prefect.testing.utilities import prefect_test_harness
+
+            note("starting Prefect's test server (prefect_test_harness) ...")
+            harness = prefect_test_harness(server_startup_timeout=120)
+        with harness:
+            if "a" in order:
+                note("warm-up flow run (untimed) ...")
+                warm_up_flow(work)
+            for scenario in scenarios:
+                videos = args.videos if scenario == "local" else args.s3_videos
+                note(f"[{scenario}] seeding the template: {videos:,} videos x ({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
+                template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed)
+                templates[scenario] = template
+                note(f"[{scenario}] template: {template.videos:,} videos, {template.chunks:,} chunks, "
+                     f"{template.objects:,} objects, db {human_bytes(template.db_bytes)} ({template.seed_seconds:.0f} s)")
+                if scenario == "s3":
+                    servers = load_servers_module()
+                    note("[s3] starting SeaweedFS ...")
+                    s3 = servers.start_s3(work / "seaweedfs")
+                    os.environ["AWS_ACCESS_KEY_ID"] = s3.key
+                    os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret
+                    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+                    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                        os.environ.pop(name, None)
+                results = run_scenario(scenario, template, work, args.batch_size, order, s3=s3)
+                all_results[scenario] = results
+                all_ratios[scenario] = ratios(results, scenario)
+                if scenario == "local":
+                    # The template is not needed any more; it is the largest thing on disk.
+                    shutil.rmtree(work / f"template-{scenario}", ignore_errors=True)
+    finally:
+        if s3 is not None:
+            s3.stop()
+        reset_caches()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print_report(machine, templates, all_results, all_ratios, args)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": datetime.now(UTC).date().isoformat(),
+            "machine": machine,
+            "batch_size": args.batch_size,
+            "sizes": {k: {kk: vv for kk, vv in asdict(v).items() if kk not in ("keys", "db_path", "storage")}
+                      for k, v in templates.items()},
+            "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
+                        for s, r in all_results.items()},
+            "ratios": all_ratios,
+        }, indent=2, default=str))
+    failed = [m for r in all_results.values() for m in r.values() if not m.verified]
+    if failed:
+        console.print(f"[red]{len(failed)} variant(s) did not verify[/red]")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

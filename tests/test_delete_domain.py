@@ -1,0 +1,309 @@
+"""Bulk delete in the domain (no Prefect): tombstones, ownership, keys, faults, concurrency.
+
+Runs on SQLite and on a real PostgreSQL server (``library`` is parametrized), with real
+files; one case runs on the loopback S3 endpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from videolib.db.models import Video, VideoChunk
+from videolib.delete import (
+    check_video_keys,
+    delete_batch,
+    manifest_part_key,
+    plan_delete_batch,
+    read_manifest_records,
+    write_manifest,
+)
+from videolib.storage import ObjectStore, UnsafeKeyError
+
+OP = "11111111-1111-4111-8111-111111111111"
+
+
+def _rows(engine, ids):
+    with engine.connect() as conn:
+        return {r.id: r for r in conn.execute(select(Video).where(Video.id.in_(ids)))}
+
+
+def _chunks(engine, ids):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(VideoChunk).where(VideoChunk.video_id.in_(ids))).scalar_one()
+
+
+def _keys(engine, ids):
+    rows = _rows(engine, ids)
+    return [k for r in rows.values() for k in (r.storage_key, r.thumbnail_key) if k]
+
+
+def test_delete_removes_rows_objects_and_chunks(library):
+    library.seed(30, creators=2, chunks_per_video=3, transcript_ratio=1.0)
+    ids = library.ids("creator-001")[:10]
+    keys = _keys(library.engine, ids)
+    assert len(keys) == 20 and _chunks(library.engine, ids) == 30
+    store = library.store
+    assert all(store.exists(k) for k in keys)
+
+    outcome = delete_batch(library.engine, store, creator_id="creator-001", video_ids=ids, operation_id=OP, batch_index=0)
+
+    assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == [] and outcome.objects == 20
+    assert _rows(library.engine, ids) == {}
+    assert _chunks(library.engine, ids) == 0, "chunks must cascade with the row"
+    assert not any(store.exists(k) for k in keys)
+    # Empty per-video folders are gone too (local storage).
+    assert store.list_keys(f"videos/creator-001/{ids[0]}") == []
+    # The other creator is untouched.
+    assert len(library.ids("creator-002")) > 0
+
+
+def test_foreign_and_unknown_ids_are_not_found_and_untouched(library):
+    library.seed(20, creators=2)
+    mine = library.ids("creator-001")[:3]
+    theirs = library.ids("creator-002")[:3]
+    unknown = str(uuid.uuid4())
+    before = {vid: r.status for vid, r in _rows(library.engine, theirs).items()}
+
+    outcome = delete_batch(
+        library.engine, library.store, creator_id="creator-001", video_ids=mine + theirs + [unknown],
+        operation_id=OP, batch_index=0,
+    )
+
+    assert sorted(outcome.succeeded) == sorted(mine)
+    errors = {e.video_id: e for e in outcome.errors}
+    assert set(errors) == set(theirs) | {unknown}
+    assert {e.error for e in errors.values()} == {"not_found"}
+    # Never "belongs to someone else": the same words for foreign and unknown ids.
+    assert len({e.detail for e in errors.values()}) == 1
+    after = _rows(library.engine, theirs)
+    assert {vid: r.status for vid, r in after.items()} == before
+    assert all(library.store.exists(k) for k in _keys(library.engine, theirs))
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [
+        "videos/creator-002/{vid}/source.mp4",  # another creator's folder
+        "videos/creator-001/{other}/source.mp4",  # another video's folder
+        "videos/creator-001/{vid}/../{other}/source.mp4",  # climbs out
+        "/etc/passwd",
+        "reports/important.csv",
+        "videos/creator-001/{vid}/",  # the folder itself
+    ],
+)
+def test_unsafe_key_refused_and_video_unchanged(sqlite_library, bad_key):
+    lib = sqlite_library
+    lib.seed(10, creators=1)
+    vid, other = lib.ids("creator-001")[:2]
+    key = bad_key.format(vid=vid, other=other)
+    with lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id == vid).values(storage_key=key))
+    other_keys = _keys(lib.engine, [other])
+
+    outcome = delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=[vid, other],
+                           operation_id=OP, batch_index=0)
+
+    assert outcome.succeeded == [other]
+    assert [(e.video_id, e.error) for e in outcome.errors] == [(vid, "unsafe_key")]
+    row = _rows(lib.engine, [vid])[vid]
+    assert row.status != "deleting" and row.storage_key == key
+    assert lib.store.exists(f"videos/creator-001/{vid}/thumbnail.jpg"), "nothing of an unsafe video is touched"
+    assert not any(lib.store.exists(k) for k in other_keys)
+
+
+def test_check_video_keys():
+    vid = str(uuid.uuid4())
+    assert check_video_keys("c1", vid, f"videos/c1/{vid}/a.mp4", None) == (f"videos/c1/{vid}/a.mp4",)
+    for bad in (f"videos/c1/{vid}", f"videos/c2/{vid}/a.mp4", f"videos/c1/{vid}/../x", f"videos/c1/{vid}//a"):
+        with pytest.raises(UnsafeKeyError):
+            check_video_keys("c1", vid, bad)
+
+
+def test_delete_is_idempotent(library):
+    library.seed(10, creators=1)
+    ids = library.ids("creator-001")[:5]
+    first = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids,
+                         operation_id=OP, batch_index=0)
+    again = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids,
+                         operation_id=OP, batch_index=1)
+    assert len(first.succeeded) == 5
+    assert again.succeeded == [] and {e.error for e in again.errors} == {"not_found"}
+
+
+def test_dry_run_plans_exactly_and_changes_nothing(library):
+    library.seed(12, creators=1)
+    ids = library.ids("creator-001")[:6]
+    store = library.store
+    keys = _keys(library.engine, ids)
+    store.delete(keys[0])  # one object already missing: not counted
+    expected_bytes = sum(store.size(k) for k in keys[1:])
+    before = {vid: (r.status, r.updated_at) for vid, r in _rows(library.engine, ids).items()}
+
+    plan = plan_delete_batch(library.engine, store, creator_id="creator-001", video_ids=ids + [str(uuid.uuid4())])
+
+    assert sorted(plan.succeeded) == sorted(ids)
+    assert plan.objects == len(keys) - 1 and plan.bytes == expected_bytes
+    assert [e.error for e in plan.errors] == ["not_found"]
+    assert {vid: (r.status, r.updated_at) for vid, r in _rows(library.engine, ids).items()} == before
+    assert all(store.exists(k) for k in keys[1:])
+    assert store.list_keys("audit") == []
+
+
+class CrashingStore(ObjectStore):
+    """A real store that dies at a chosen step (fault injection, not a mock)."""
+
+    def __init__(self, inner: ObjectStore, *, fail_delete: bool = False, fail_keys: set[str] | None = None,
+                 fail_put_prefix: str | None = None) -> None:
+        super().__init__(inner.fs, inner.root)
+        self.fail_delete = fail_delete
+        self.fail_keys = fail_keys or set()
+        self.fail_put_prefix = fail_put_prefix
+
+    def delete_many(self, keys, **kwargs):
+        keys = list(keys)
+        if self.fail_delete:
+            # Half the objects go, then the process "dies".
+            super().delete_many(keys[: len(keys) // 2], **kwargs)
+            raise ConnectionError("injected crash during object deletes")
+        errors = super().delete_many([k for k in keys if k not in self.fail_keys], **kwargs)
+        errors.update({k: "injected: AccessDenied" for k in keys if k in self.fail_keys})
+        return errors
+
+    def put(self, key, data):
+        if self.fail_put_prefix and key.startswith(self.fail_put_prefix):
+            raise ConnectionError("injected crash while writing the manifest")
+        return super().put(key, data)
+
+
+def _assert_converged_states(lib, ids):
+    """Every video is gone with its objects, 'deleting', or untouched; never live without its files."""
+    rows = _rows(lib.engine, ids)
+    store = lib.store
+    for vid in ids:
+        row = rows.get(vid)
+        keys = [f"videos/creator-001/{vid}/source.mp4", f"videos/creator-001/{vid}/thumbnail.jpg"]
+        if row is None:
+            assert not any(store.exists(k) for k in keys)
+        elif row.status != "deleting":
+            assert all(store.exists(k) for k in keys), f"live video {vid} lost a file"
+
+
+@pytest.mark.parametrize("fault", ["objects", "manifest"])
+def test_crash_leaves_tombstones_and_a_rerun_converges(library, fault):
+    library.seed(16, creators=1)
+    ids = library.ids("creator-001")[:8]
+    chunk_count = _chunks(library.engine, ids)
+    crashing = CrashingStore(
+        library.store, fail_delete=fault == "objects", fail_put_prefix="audit/" if fault == "manifest" else None
+    )
+    with pytest.raises(ConnectionError):
+        delete_batch(library.engine, crashing, creator_id="creator-001", video_ids=ids, operation_id=OP, batch_index=0)
+
+    rows = _rows(library.engine, ids)
+    assert len(rows) == 8 and {r.status for r in rows.values()} == {"deleting"}
+    assert _chunks(library.engine, ids) == chunk_count
+    _assert_converged_states(library, ids)
+
+    # A later delete of the same ids (another operation) takes the tombstones over.
+    other_op = str(uuid.uuid4())
+    outcome = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids,
+                           operation_id=other_op, batch_index=0)
+    assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == []
+    assert _rows(library.engine, ids) == {} and _chunks(library.engine, ids) == 0
+    _assert_converged_states(library, ids)
+
+
+def test_storage_error_keeps_tombstone_and_reports_item(library):
+    library.seed(6, creators=1)
+    ids = library.ids("creator-001")[:3]
+    bad = f"videos/creator-001/{ids[0]}/source.mp4"
+    outcome = delete_batch(library.engine, CrashingStore(library.store, fail_keys={bad}), creator_id="creator-001",
+                           video_ids=ids, operation_id=OP, batch_index=0)
+    assert sorted(outcome.succeeded) == sorted(ids[1:])
+    assert [(e.video_id, e.error) for e in outcome.errors] == [(ids[0], "storage_error")]
+    assert "AccessDenied" in outcome.errors[0].detail
+    assert _rows(library.engine, [ids[0]])[ids[0]].status == "deleting"
+    # Retried with a healthy store, it converges.
+    retry = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=[ids[0]],
+                         operation_id=OP, batch_index=0)
+    assert retry.succeeded == [ids[0]]
+
+
+def test_concurrent_deletes_count_each_video_once(library):
+    library.seed(60, creators=1, chunks_per_video=2, transcript_ratio=1.0)
+    ids = library.ids("creator-001")
+    overlap = ids[:40]
+    results = {}
+    barrier = threading.Barrier(4)
+
+    def run(name, batch):
+        barrier.wait()
+        results[name] = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=batch,
+                                     operation_id=str(uuid.uuid4()), batch_index=0)
+
+    batches = {"a": overlap, "b": list(reversed(overlap)), "c": ids[20:60], "d": ids[::2]}
+    threads = [threading.Thread(target=run, args=(name, batch)) for name, batch in batches.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    succeeded = [vid for r in results.values() for vid in r.succeeded]
+    assert sorted(succeeded) == sorted(ids), "each video deleted and counted exactly once"
+    for r in results.values():
+        assert {e.error for e in r.errors} <= {"not_found"}
+    assert _rows(library.engine, ids) == {} and _chunks(library.engine, ids) == 0
+
+
+def test_manifest_records_what_was_deleted(sqlite_library):
+    lib = sqlite_library
+    lib.seed(8, creators=1)
+    ids = lib.ids("creator-001")[:4]
+    keys = set(_keys(lib.engine, ids))
+    delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=ids[:2], operation_id=OP, batch_index=0)
+    delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=ids[2:], operation_id=OP, batch_index=1)
+    write_manifest(lib.store, operation_id=OP, creator_id="creator-001", started_at="s", finished_at="f",
+                   videos_deleted=4, objects_removed=8, batches=2)
+    records = read_manifest_records(lib.store, OP)
+    assert sorted(r["video_id"] for r in records) == sorted(ids)
+    assert {k for r in records for k in r["objects"]} == keys
+    assert {r["operation_id"] for r in records} == {OP} and all(r["deleted_at"] for r in records)
+    assert lib.store.exists(manifest_part_key(OP, 1))
+
+
+def test_postgres_lock_timeout_fails_fast_instead_of_waiting(pg_library):
+    from sqlalchemy.exc import OperationalError
+
+    lib = pg_library
+    lib.seed(4, creators=1)
+    ids = lib.ids("creator-001")
+    blocker = lib.engine.connect()
+    tx = blocker.begin()
+    blocker.execute(text("SELECT id FROM videos WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+    try:
+        with pytest.raises(OperationalError, match="lock timeout"):
+            delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=ids, operation_id=OP,
+                         batch_index=0, lock_timeout_ms=200)
+    finally:
+        tx.rollback()
+        blocker.close()
+    # Nothing was marked: the tombstone transaction rolled back whole.
+    assert all(r.status != "deleting" for r in _rows(lib.engine, ids).values())
+    outcome = delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=ids, operation_id=OP, batch_index=0)
+    assert sorted(outcome.succeeded) == sorted(ids)
+
+
+def test_delete_on_s3(s3_library):
+    lib = s3_library
+    lib.seed(12, creators=1)
+    ids = lib.ids("creator-001")
+    keys = _keys(lib.engine, ids)
+    assert all(lib.store.exists(k) for k in keys)
+    outcome = delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=ids, operation_id=OP, batch_index=0)
+    assert sorted(outcome.succeeded) == sorted(ids)
+    assert not any(lib.store.exists(k) for k in keys)
+    assert _rows(lib.engine, ids) == {}

@@ -1,0 +1,192 @@
+"""The bulk-delete flow under Prefect's real test harness: states, artifacts, reports,
+batch sizing, refusal and the stop flag."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _run(**params):
+    from flows.bulk_delete import bulk_delete
+
+    return bulk_delete(**params, return_state=True)
+
+
+def _artifacts(run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import Artifact
+
+    with get_client(sync_client=True) as client:
+        response = client.request(
+            "POST", "/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC", "limit": 200, "offset": 0},
+        )
+    return Artifact.model_validate_list(response.json())
+
+
+def _status(run_id: str):
+    from flows.status import read_status
+
+    return read_status(run_id)
+
+
+def test_completed_delete(library):
+    library.seed(30, creators=2)
+    ids = library.ids("creator-001")
+    state = _run(creator_id="creator-001", video_ids=ids, batch_size=4)
+    assert state.is_completed() and state.name == "Completed"
+    doc = state.result()
+    assert doc["status"] == "completed" and doc["requested"] == len(ids) == doc["succeeded"]
+    assert doc["failed"] == 0 and doc["report_path"] is None and doc["errors"] == []
+    assert library.ids("creator-001") == [] and library.ids("creator-002")
+    assert doc["manifest_path"] and library.store.exists(doc["manifest_path"])
+
+    status = _status(doc["operation_id"])
+    assert status["status"] == "completed" and status["operation"] == "delete"
+    assert status["creator_id"] == "creator-001"
+    assert status["progress"] == {"current": len(ids), "total": len(ids), "percent": 100.0}
+    assert status["result"]["succeeded"] == len(ids)
+    kinds = {a.type for a in _artifacts(doc["operation_id"])}
+    assert {"progress", "markdown"} <= kinds and "table" not in kinds
+
+
+def test_partial_delete_reports_every_failed_item(sqlite_library):
+    lib = sqlite_library
+    lib.seed(20, creators=2)
+    mine = lib.ids("creator-001")[:5]
+    theirs = lib.ids("creator-002")[:2]
+    hostile = '=HYPERLINK("http://evil.example","x")'
+    request = mine + mine[:2] + theirs + ["not-a-uuid", hostile, str(uuid.uuid4())]
+
+    state = _run(creator_id="creator-001", video_ids=request)
+
+    assert state.is_completed() and state.name == "Partial"
+    doc = state.result()
+    assert doc["status"] == "partial"
+    assert doc["requested"] == 5 + 2 + 3  # duplicates collapse, are not errors
+    assert doc["succeeded"] == 5 and doc["failed"] == 5 and doc["skipped"] == 0
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"]
+    errors = {e["video_id"]: e["error"] for e in doc["errors"]}
+    assert errors == {theirs[0]: "not_found", theirs[1]: "not_found", "not-a-uuid": "invalid_id",
+                      hostile: "invalid_id", request[-1]: "not_found"}
+    # The CSV report lists every failed item, and a hostile id cannot become a formula.
+    assert doc["report_path"] == f"reports/{doc['operation_id']}.csv"
+    rows = list(csv.DictReader(io.StringIO(lib.store.get(doc["report_path"]).decode("utf-8"))))
+    assert len(rows) == 5
+    assert "'" + hostile in {r["video_id"] for r in rows}
+    assert not any(r["video_id"].startswith(("=", "+", "-", "@")) for r in rows)
+    kinds = [a.type for a in _artifacts(doc["operation_id"])]
+    assert "table" in kinds
+    assert _status(doc["operation_id"])["status"] == "partial"
+
+
+def test_nothing_succeeded_is_failed_with_readable_result(sqlite_library):
+    lib = sqlite_library
+    lib.seed(6, creators=2)
+    theirs = lib.ids("creator-002")[:2]
+    state = _run(creator_id="creator-001", video_ids=theirs + ["bogus"])
+    assert state.is_failed()
+    status = _status(str(state.state_details.flow_run_id))
+    assert status["status"] == "failed"
+    assert status["result"]["failed"] == 3 and status["result"]["succeeded"] == 0
+    assert len(lib.ids("creator-002")) == 3
+
+
+@pytest.mark.parametrize(
+    "params, code_words",
+    [
+        ({"video_ids": []}, "no videos selected"),
+        ({"video_ids": None}, "no videos selected"),
+        ({"all_videos": True, "video_ids": ["x"]}, "not both"),
+        ({"creator_id": "../../etc", "video_ids": ["x"]}, "creator_id"),
+        ({"creator_id": "a b", "all_videos": True}, "creator_id"),
+    ],
+)
+def test_bad_request_fails_at_once_touching_nothing(sqlite_library, params, code_words):
+    lib = sqlite_library
+    lib.seed(6, creators=1)
+    before = lib.ids("creator-001")
+    state = _run(**{"creator_id": "creator-001", **params})
+    assert state.is_failed()
+    assert code_words in state.message
+    assert lib.ids("creator-001") == before
+    result = _status(str(state.state_details.flow_run_id))["result"]
+    assert result["status"] == "failed" and code_words in result["message"] and result["report_path"] is None
+    assert lib.store.list_keys("reports") == []
+
+
+def test_over_limit_request_refused(sqlite_library, monkeypatch):
+    from config import get_settings
+
+    monkeypatch.setenv("BULKOPS_MAX_IDS", "5")
+    get_settings.cache_clear()
+    lib = sqlite_library
+    lib.seed(10, creators=1)
+    ids = lib.ids("creator-001")
+    state = _run(creator_id="creator-001", video_ids=ids)
+    assert state.is_failed() and "at most 5" in state.message
+    assert lib.ids("creator-001") == ids
+
+
+def test_dry_run_reports_plan_and_changes_nothing(sqlite_library):
+    lib = sqlite_library
+    lib.seed(10, creators=1)
+    ids = lib.ids("creator-001")
+    state = _run(creator_id="creator-001", video_ids=ids + ["bad-id"], dry_run=True)
+    doc = state.result()
+    assert doc["dry_run"] is True and doc["status"] == "partial"
+    assert doc["plan"]["videos"] == 10 and doc["plan"]["objects"] == 20 and doc["plan"]["bytes"] > 0
+    assert doc["succeeded"] == 10 and doc["report_path"] is None and doc["manifest_path"] is None
+    assert lib.ids("creator-001") == ids
+    assert lib.store.list_keys("reports") == [] and lib.store.list_keys("audit") == []
+
+
+def test_all_videos_with_batches_growing_past_the_cap(sqlite_library, monkeypatch):
+    from config import get_settings
+
+    monkeypatch.setenv("BULKOPS_MAX_BATCHES", "4")
+    get_settings.cache_clear()
+    lib = sqlite_library
+    lib.seed(50, creators=2, files=False)
+    count = len(lib.ids("creator-001"))
+    state = _run(creator_id="creator-001", all_videos=True, batch_size=1)
+    doc = state.result()
+    assert doc["succeeded"] == count and lib.ids("creator-001") == []
+    status = _status(doc["operation_id"])
+    progress = next(a for a in _artifacts(doc["operation_id"]) if a.type == "progress")
+    assert progress.description.startswith(f"{count}/{count} videos") and "/4 batches" in progress.description
+    assert status["progress"]["current"] == count
+
+
+def test_stop_flag_cancels_after_batches_in_flight(sqlite_library):
+    from flows.operation import add_progress_listener, remove_progress_listener
+    from tasks.common import request_stop
+
+    lib = sqlite_library
+    lib.seed(40, creators=1)
+    ids = lib.ids("creator-001")
+
+    def stop_after_first(event):
+        if event.batches_done == 1 and event.result is None:
+            request_stop(event.operation_id)
+
+    add_progress_listener(stop_after_first)
+    try:
+        state = _run(creator_id="creator-001", video_ids=ids, batch_size=1)
+    finally:
+        remove_progress_listener(stop_after_first)
+    assert state.is_cancelled()
+    status = _status(str(state.state_details.flow_run_id))
+    doc = status["result"]
+    assert doc["status"] == "cancelled" and doc["skipped"] > 0
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] == 40
+    remaining = lib.ids("creator-001")
+    assert len(remaining) == doc["skipped"]
+    assert status["status"] == "cancelled"
+    assert doc["skipped"] >= 40 - 1 - 8 - 8, "at most the batches in flight finish after the stop"
