@@ -561,13 +561,13 @@ def run_scenario(name: str, template: Template, work: Path, batch_size: int, ord
     TEMPLATE_KEYS[name] = template.keys
     results: dict[str, Measurement] = {}
     for variant in order:
-        note(f"[{name}] preparing a private copy for {LABELS[variant]} ...")
+        note(f"{name}: preparing a private copy for {LABELS[variant]} ...")
         t = time.monotonic()
         instance = (
             make_local_instance(template, work, variant) if s3 is None else make_s3_instance(template, work, variant, s3)
         )
         settle()
-        note(f"[{name}] copy ready in {time.monotonic() - t:.1f} s; running {LABELS[variant]} ...")
+        note(f"{name}: copy ready in {time.monotonic() - t:.1f} s; running {LABELS[variant]} ...")
         try:
             if variant == "a":
                 m = run_flow(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
@@ -580,7 +580,7 @@ def run_scenario(name: str, template: Template, work: Path, batch_size: int, ord
         finally:
             instance.cleanup()
         status = "[green]verified[/green]" if m.verified else "[red]NOT VERIFIED[/red]"
-        note(f"[{name}] {m.label}: {m.seconds:.2f} s, {m.rate:,.0f} videos/s "
+        note(f"{name}: {m.label}: {m.seconds:.2f} s, {m.rate:,.0f} videos/s "
              f"(steady {m.steady_rate:,.0f}/s) {status}: {m.verify_detail}")
         results[variant] = m
     return results
@@ -718,14 +718,14 @@ def main(argv: list[str] | None = None) -> int:
                 warm_up_flow(work)
             for scenario in scenarios:
                 videos = args.videos if scenario == "local" else args.s3_videos
-                note(f"[{scenario}] seeding the template: {videos:,} videos x ({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
+                note(f"{scenario}: seeding the template: {videos:,} videos x ({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
                 template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed)
                 templates[scenario] = template
-                note(f"[{scenario}] template: {template.videos:,} videos, {template.chunks:,} chunks, "
+                note(f"{scenario}: template: {template.videos:,} videos, {template.chunks:,} chunks, "
                      f"{template.objects:,} objects, db {human_bytes(template.db_bytes)} ({template.seed_seconds:.0f} s)")
                 if scenario == "s3":
                     servers = load_servers_module()
-                    note("[s3] starting SeaweedFS ...")
+                    note("s3: starting SeaweedFS ...")
                     s3 = servers.start_s3(work / "seaweedfs")
                     os.environ["AWS_ACCESS_KEY_ID"] = s3.key
                     os.environ["AWS_SECRET_ACCESS_KEY"] = s3.secret

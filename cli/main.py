@@ -21,6 +21,17 @@ import click
 import typer
 from rich.console import Console
 
+try:  # typer >= 0.20 carries its own copy of click, with its own exception classes
+    from typer._click import exceptions as _tclick
+
+    _USAGE_ERRORS: tuple[type[Exception], ...] = (click.UsageError, _tclick.UsageError)
+    _NO_ARGS: tuple[type[Exception], ...] = (_tclick.NoArgsIsHelpError,)
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _USAGE_ERRORS = (click.UsageError,)
+    _NO_ARGS = ()
+_EXITS: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+
 from videolib.ids import RequestError
 
 app = typer.Typer(
@@ -243,6 +254,7 @@ class _OperationBar:
         self.label = label
         self.started = started
         self.first_event: float | None = None
+        self._last_plain = 0.0
         self._progress = None
         self._task = None
 
@@ -273,7 +285,15 @@ class _OperationBar:
                 batches=f"{event.batches_done}/{event.batches} batches",
             )
         elif self.plain:
-            err.print(f"{self.label}: {event.current}/{event.total} videos, {event.batches_done}/{event.batches} batches")
+            # Not a terminal (a log file, CI): a line every few seconds, not one per batch.
+            now = time.monotonic()
+            if event.batches_done in (0, 1, event.batches) or now - self._last_plain >= 5.0:
+                self._last_plain = now
+                eta = "" if event.eta_seconds is None else f", ETA {event.eta_seconds:.0f}s"
+                err.print(
+                    f"{self.label}: {event.current}/{event.total} videos, "
+                    f"{event.batches_done}/{event.batches} batches{eta}"
+                )
 
 
 def finish_operation(document: dict[str, Any], *, json_out: bool) -> None:
@@ -486,14 +506,15 @@ def main(argv: list[str] | None = None) -> int:
         # With standalone_mode=False, click returns an Exit's code instead of exiting.
         code = app(args=args, prog_name="bulkops", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except typer.Exit as exc:
+    except _EXITS as exc:
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except _ABORTS:
         err.print("Aborted.")
         return 1
-    except click.UsageError as exc:
+    except _NO_ARGS as exc:
+        err.print(exc.ctx.get_help() if exc.ctx else "Usage: bulkops COMMAND --help", markup=False)
+        return 2
+    except _USAGE_ERRORS as exc:
         return _refuse("usage", exc.format_message(), json_out, ctx=exc.ctx)
     except Refused as exc:
         return _refuse(exc.code, exc.message, json_out)

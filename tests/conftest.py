@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.servers import PgServer, S3Server, start_postgres, start_s3
+# `python -m pytest` puts the repo root on sys.path, a bare `pytest` does not; the
+# server helpers are imported as `tests.servers` either way.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.servers import PgServer, S3Server, start_postgres, start_s3  # noqa: E402
 
 # =============================================================================
 # Real servers: PostgreSQL 15 and S3 (SeaweedFS) on loopback, free ports.

