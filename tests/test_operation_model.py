@@ -1,0 +1,136 @@
+"""The request and result model shared by every operation: ids, batches, counting."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import pytest
+
+from videolib.ids import RequestError, check_creator_id, is_valid_creator_id, normalize_video_id
+from videolib.operation import (
+    BatchOutcome,
+    ItemError,
+    OperationResult,
+    decide_status,
+    effective_batch_size,
+    parse_video_ids,
+    plan_batches,
+)
+from videolib.report import guard_formula, render_error_report
+
+GOOD = "3f2c1a9e-8b7d-4c6e-9f01-23456789abcd"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (GOOD, GOOD),
+        (GOOD.upper(), GOOD),
+        (f"  {GOOD}\t", GOOD),
+        (GOOD.replace("-", ""), None),
+        ("{" + GOOD + "}", None),
+        ("urn:uuid:" + GOOD, None),
+        (GOOD + "0", None),
+        (GOOD[:-1] + "g", None),
+        ("", None),
+        ("' OR 1=1 --", None),
+        ("../../etc/passwd", None),
+        ("3f2c1a9e-8b7d-4c6e-9f01-23456789abc\u0434", None),
+        (12345, None),
+        (None, None),
+        (["x"], None),
+    ],
+)
+def test_normalize_video_id(raw, expected):
+    assert normalize_video_id(raw) == expected
+
+
+@pytest.mark.parametrize("creator", ["creator-001", "a", "user_42", "team.a@b", "x" * 64])
+def test_valid_creator_ids(creator):
+    assert check_creator_id(creator) == creator
+
+
+@pytest.mark.parametrize(
+    "creator", ["", "x" * 65, "../x", "a/b", "a..b", ".hidden", "-flag", "a b", "a\nb", "c'; DROP TABLE videos;--",
+                "é", None, 7]
+)
+def test_invalid_creator_ids(creator):
+    assert not is_valid_creator_id(creator)
+    with pytest.raises(RequestError) as info:
+        check_creator_id(creator)
+    assert info.value.code == "invalid_creator"
+
+
+def test_parse_ids_collapses_duplicates_and_echoes_malformed_as_given():
+    other = str(uuid.uuid4())
+    parsed = parse_video_ids([GOOD, GOOD.upper(), other, "bad", "bad", " =1+1", GOOD], max_ids=10)
+    assert parsed.ids == [GOOD, other]
+    assert [(e.video_id, e.error) for e in parsed.errors] == [("bad", "invalid_id"), (" =1+1", "invalid_id")]
+    assert parsed.requested == 4
+
+
+@pytest.mark.parametrize("ids, code", [([], "empty_selection"), (None, "empty_selection"),
+                                       ([GOOD] * 11, "too_many_ids")])
+def test_parse_ids_refuses_whole_request(ids, code):
+    with pytest.raises(RequestError) as info:
+        parse_video_ids(ids, max_ids=10)
+    assert info.value.code == code and info.value.message
+
+
+@pytest.mark.parametrize(
+    "total, batch_size, cap, expected",
+    [(0, 100, 300, 100), (10, 100, 300, 100), (1_000, 100, 300, 100), (30_000, 100, 300, 100),
+     (30_001, 100, 300, 101), (1_000_000, 1000, 300, 3334), (7, 1, 3, 3)],
+)
+def test_batch_size_grows_with_the_job(total, batch_size, cap, expected):
+    size = effective_batch_size(total, batch_size, cap)
+    assert size == expected
+    ids = [str(i) for i in range(total)]
+    batches = plan_batches(ids, batch_size=batch_size, max_batches=cap)
+    assert len(batches) <= cap
+    assert [i for b in batches for i in b] == ids
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="batch_size"):
+        effective_batch_size(10, 0, 5)
+
+
+@pytest.mark.parametrize(
+    "succeeded, failed, cancelled, aborted, status",
+    [(5, 0, False, False, "completed"), (0, 0, False, False, "completed"), (3, 2, False, False, "partial"),
+     (0, 2, False, False, "failed"), (3, 0, True, False, "cancelled"), (3, 1, True, False, "cancelled"),
+     (0, 0, False, True, "failed")],
+)
+def test_status_rules(succeeded, failed, cancelled, aborted, status):
+    assert decide_status(succeeded=succeeded, failed=failed, cancelled=cancelled, aborted=aborted) == status
+
+
+def test_result_document_counts_add_up():
+    result = OperationResult(operation_id="op", operation="delete", creator_id="c", requested=6)
+    result.add_errors([ItemError("x", "invalid_id")])
+    result.add(BatchOutcome(succeeded=["a", "b"], errors=[ItemError("c", "not_found")], objects=4))
+    result.add(BatchOutcome(skipped=2))
+    doc = result.to_dict()
+    assert (doc["requested"], doc["succeeded"], doc["failed"], doc["skipped"]) == (6, 2, 2, 2)
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"]
+    assert doc["status"] == "partial" and doc["errors"][0] == {"video_id": "x", "error": "invalid_id", "detail": ""}
+    assert BatchOutcome.from_dict(BatchOutcome(succeeded=["a"], objects=2).to_dict()).objects == 2
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+def test_formula_guard(cell):
+    assert guard_formula(cell) == "'" + cell
+    assert guard_formula("plain " + cell) == "plain " + cell
+
+
+def test_error_report_is_rfc4180_and_guarded():
+    errors = [ItemError('=cmd|" /C calc"!A0', "invalid_id", 'a "quoted", multi\nline detail'),
+              ItemError(GOOD, "not_found", "ünïcode ✓")]
+    data = render_error_report(errors)
+    assert data.startswith(b"video_id,error,detail\r\n")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert rows[1] == ["'=cmd|\" /C calc\"!A0", "invalid_id", 'a "quoted", multi\nline detail']
+    assert rows[2] == [GOOD, "not_found", "ünïcode ✓"]
