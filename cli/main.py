@@ -206,13 +206,18 @@ def _prepare_database() -> None:
     ensure_schema(get_engine(_settings().database_url))
 
 
+_announced = False
+
+
 def run_flow(flow_name: str, parameters: dict[str, Any], *, json_out: bool, label: str) -> dict[str, Any]:
     """Run a bulk flow in this process, with a live progress bar on stderr; its result document."""
     _prefect_env()
     started = time.monotonic()
-    if not json_out:
+    global _announced
+    if not json_out and not _announced:
+        _announced = True
         where = os.environ.get("PREFECT_API_URL") or "a temporary local Prefect server (set PREFECT_API_URL to reuse one)"
-        err.print(f"[dim]Starting {label} on {where}…[/dim]")
+        err.print(f"[dim]Running on {where}…[/dim]")
     from flows.operation import add_progress_listener, remove_progress_listener
 
     flow = _load_flow(flow_name)
@@ -424,7 +429,7 @@ def status(
 
 @app.command()
 def demo(
-    videos: Annotated[int, typer.Option(min=10, max=100_000, help="Videos in the demo library.")] = 300,
+    videos: Annotated[int, typer.Option(min=10, max=100_000, help="Videos in the demo library.")] = 2000,
 ) -> None:
     """Seed a demo library and run the bulk operations on it, with summaries."""
     from videolib.db.engine import get_engine
@@ -450,11 +455,13 @@ def demo(
     targets = mine[: max(1, len(mine) // 2)]
 
     out.rule("2. delete (dry run)")
-    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "dry_run": True},
-                        json_out=False, label="delete (dry run)")
+    batch = max(10, len(targets) // 5)
+    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "dry_run": True,
+                                        "batch_size": batch}, json_out=False, label="delete (dry run)")
     print_result(document)
     out.rule("3. delete")
-    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets}, json_out=False, label="delete")
+    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch},
+                        json_out=False, label="delete")
     print_result(document)
     if document.get("status") != "completed":
         raise typer.Exit(1)

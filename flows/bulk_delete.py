@@ -28,6 +28,7 @@ from videolib.selection import iter_creator_video_ids, resolve_owned
 
 @flow(
     name="bulk-delete",
+    flow_run_name="delete-{creator_id}",
     task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
     validate_parameters=True,
 )
