@@ -1,0 +1,68 @@
+"""Tasks called as plain functions (``task.fn``), the S3 path of the flow, and prefect.yaml."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_delete_task_fn_runs_without_a_flow(sqlite_library, prefect_harness):
+    from tasks.delete import delete_video_batch
+
+    lib = sqlite_library
+    lib.seed(6, creators=1)
+    ids = lib.ids("creator-001")
+    op = "22222222-2222-4222-8222-222222222222"
+    planned = delete_video_batch.fn(ids, 0, creator_id="creator-001", operation_id=op, dry_run=True)
+    assert sorted(planned["succeeded"]) == sorted(ids) and planned["objects"] == 12
+    assert lib.ids("creator-001") == ids
+    done = delete_video_batch.fn(ids, 0, creator_id="creator-001", operation_id=op)
+    assert sorted(done["succeeded"]) == sorted(ids) and lib.ids("creator-001") == []
+
+
+def test_flow_on_postgres_and_s3(pg_url, s3_server, s3_prefix, monkeypatch, tmp_path, prefect_harness):
+    from tests.conftest import _make_library
+
+    lib = _make_library(monkeypatch, tmp_path, pg_url, s3_prefix, s3_server.endpoint_url)
+    lib.seed(40, creators=2)
+    ids = lib.ids("creator-001")
+    keys = [f"videos/creator-001/{vid}/source.mp4" for vid in ids]
+    assert all(lib.store.exists(k) for k in keys)
+    from flows.bulk_delete import bulk_delete
+
+    state = bulk_delete(creator_id="creator-001", video_ids=ids + ["bad"], batch_size=7, return_state=True)
+    doc = state.result()
+    assert state.name == "Partial" and doc["succeeded"] == len(ids) and doc["failed"] == 1
+    assert not any(lib.store.exists(k) for k in keys)
+    assert lib.ids("creator-001") == [] and lib.ids("creator-002")
+    assert lib.store.exists(doc["report_path"]) and lib.store.exists(doc["manifest_path"])
+
+
+def test_prefect_yaml_deployments_point_at_real_flows():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in spec["deployments"]}
+    assert "bulk-delete" in names
+    for deployment in spec["deployments"]:
+        path, func = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        assert flow.name == deployment["name"]
+        # The UI's run form takes each parameter's description from the docstring's Args.
+        for parameter in flow.parameters.properties:
+            assert f"{parameter}:" in flow.__doc__ or f"{parameter}:" in (flow.fn.__doc__ or "")
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"batch_size": 10**9}, {"creator_id": "x" * 65}])
+def test_flow_parameters_carry_bounds(bad):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.bulk_delete import bulk_delete
+
+    params = {"creator_id": "creator-001", "video_ids": ["x"], **bad}
+    with pytest.raises(ParameterTypeError):
+        bulk_delete.validate_parameters(params)
