@@ -164,29 +164,58 @@ def test_all_videos_with_batches_growing_past_the_cap(sqlite_library, monkeypatc
     assert status["progress"]["current"] == count
 
 
-def test_stop_flag_cancels_after_batches_in_flight(sqlite_library):
-    from flows.operation import add_progress_listener, remove_progress_listener
+def test_stop_flag_cancels_after_batches_in_flight(sqlite_library, monkeypatch):
+    import threading
+
+    import tasks.delete
+    from config import get_settings
     from tasks.common import request_stop
 
     lib = sqlite_library
     lib.seed(40, creators=1)
     ids = lib.ids("creator-001")
+    real_delete = tasks.delete.delete_batch
+    first = threading.Lock()
 
-    def stop_after_first(event):
-        if event.batches_done == 1 and event.result is None:
-            request_stop(event.operation_id)
+    def delete_and_stop(*args, **kwargs):
+        # The first batch to start asks for the stop: at that moment at most the
+        # task runner's workers have begun a batch, and none has finished.
+        if first.acquire(blocking=False):
+            request_stop(kwargs["operation_id"])
+        return real_delete(*args, **kwargs)
 
-    add_progress_listener(stop_after_first)
-    try:
-        state = _run(creator_id="creator-001", video_ids=ids, batch_size=1)
-    finally:
-        remove_progress_listener(stop_after_first)
+    monkeypatch.setattr(tasks.delete, "delete_batch", delete_and_stop)
+    state = _run(creator_id="creator-001", video_ids=ids, batch_size=1)
+
     assert state.is_cancelled()
     status = _status(str(state.state_details.flow_run_id))
-    doc = status["result"]
-    assert doc["status"] == "cancelled" and doc["skipped"] > 0
-    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] == 40
-    remaining = lib.ids("creator-001")
-    assert len(remaining) == doc["skipped"]
     assert status["status"] == "cancelled"
-    assert doc["skipped"] >= 40 - 1 - 8 - 8, "at most the batches in flight finish after the stop"
+    doc = status["result"]
+    assert doc["status"] == "cancelled" and doc["failed"] == 0
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] == 40
+    assert 1 <= doc["succeeded"] <= get_settings().task_workers, "only the batches in flight finish"
+    assert len(lib.ids("creator-001")) == doc["skipped"]
+    assert "stopped on request" in doc["message"]
+
+
+def test_stop_before_any_batch_skips_everything(sqlite_library):
+    from flows.operation import add_progress_listener, remove_progress_listener
+    from tasks.common import request_stop
+
+    lib = sqlite_library
+    lib.seed(10, creators=1)
+    ids = lib.ids("creator-001")
+
+    def stop_at_plan(event):
+        if event.batches_done == 0 and event.result is None:
+            request_stop(event.operation_id)
+
+    add_progress_listener(stop_at_plan)
+    try:
+        state = _run(creator_id="creator-001", video_ids=ids, batch_size=2)
+    finally:
+        remove_progress_listener(stop_at_plan)
+    assert state.is_cancelled()
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert (doc["succeeded"], doc["skipped"], doc["status"]) == (0, 10, "cancelled")
+    assert lib.ids("creator-001") == ids

@@ -23,6 +23,12 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
+    # 64 MiB of page cache instead of 2 MiB: bulk deletes walk large indexes.
+    cursor.execute("PRAGMA cache_size=-65536")
+    # Debian builds SQLite with secure_delete on, which zero-fills every freed page and
+    # made bulk deletes ~30% slower here. PostgreSQL does not zero deleted tuples
+    # either; erasure evidence is the audit manifest, not a zeroed file.
+    cursor.execute("PRAGMA secure_delete=OFF")
     cursor.close()
 
 
