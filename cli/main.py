@@ -247,6 +247,10 @@ def _load_flow(name: str):
         from flows.bulk_delete import bulk_delete
 
         return bulk_delete
+    if name == "bulk-export":
+        from flows.bulk_export import bulk_export
+
+        return bulk_export
     raise ValueError(name)
 
 
@@ -342,6 +346,12 @@ def print_result(document: dict[str, Any]) -> None:
             out.print(f"  {item['video_id']!r}: {item['error']} — {item['detail']}", markup=False)
         if len(errors) > 10:
             out.print(f"  … and {len(errors) - 10} more")
+    output = document.get("output")
+    if output:
+        out.print(
+            f"Exported {output['rows']} rows to {output['path']} ({_human_bytes(output['bytes'])}, {output['format']})"
+        )
+        out.print(f"Download (until {output['expires_at']}): {output['url']}", markup=False, soft_wrap=True)
     if document.get("report_path"):
         out.print(f"Per-item report: {document['report_path']} (in storage)")
     if document.get("manifest_path"):
@@ -381,6 +391,67 @@ def delete(
                   "dry_run": dry_run, "batch_size": batch_size}
     document = run_flow("bulk-delete", parameters, json_out=json_out, label="delete")
     finish_operation(document, json_out=json_out)
+
+
+@app.command()
+def export(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are exported.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")],
+    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids (default: all).")] = None,
+    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated subset of columns.")] = None,
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only videos with this status.")] = None,
+    created_after: Annotated[str | None, typer.Option("--created-after", help="ISO 8601 time (inclusive).")] = None,
+    created_before: Annotated[str | None, typer.Option("--created-before", help="ISO 8601 time (exclusive).")] = None,
+    no_formula_guard: Annotated[
+        bool, typer.Option("--no-formula-guard", help="CSV: keep cells starting with = + - @ as they are.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=100, max=1_000_000, help="Rows per task.")] = 20_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export video metadata to one Parquet or CSV file in storage, with an expiring download link."""
+    from videolib.export import ExportFilter, check_format, parse_timestamp, resolve_columns
+
+    _check_creator(creator)
+    try:
+        check_format(fmt)
+        cols = resolve_columns([c for c in columns.split(",") if c.strip()] if columns else None)
+        flt = ExportFilter(
+            status=status_filter,
+            created_after=parse_timestamp(created_after, name="created-after") if created_after else None,
+            created_before=parse_timestamp(created_before, name="created-before") if created_before else None,
+        )
+    except RequestError as exc:
+        raise Refused(exc.code, exc.message) from exc
+    selection = None
+    if ids is not None or ids_file is not None:
+        if status_filter or created_after or created_before:
+            raise Refused("bad_selection", "give either ids or a filter (--status, --created-after/before), not both")
+        selection = _read_selection(ids, ids_file, False, allow_all=False)
+    _prepare_database()
+    if selection is None:
+        _check_export_not_empty(creator, flt)
+    parameters = {
+        "creator_id": creator, "format": fmt, "video_ids": selection, "columns": cols,
+        "status": flt.status, "created_after": flt.created_after, "created_before": flt.created_before,
+        "formula_guard": not no_formula_guard, "batch_size": batch_size,
+    }
+    document = run_flow("bulk-export", parameters, json_out=json_out, label="export")
+    finish_operation(document, json_out=json_out)
+
+
+def _check_export_not_empty(creator: str, flt) -> None:
+    from sqlalchemy import func, select
+
+    from videolib.db.engine import get_engine
+    from videolib.db.models import Video
+
+    with get_engine(_settings().database_url).connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(Video).where(Video.creator_id == creator, *flt.clauses())
+        ).scalar_one()
+    if count == 0:
+        raise Refused("empty_selection", f"no videos of creator {creator!r} match: nothing to export")
 
 
 # ----------------------------------------------------------------------------- status

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         None, description="key for signed download links (generated under data_dir if unset)"
     )
     embedder: str = Field("hashing", description="hashing (built in) or minilm (extra)")
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="base URL of the API, for local-storage download links"
+    )
     jwt_secret: SecretStr | None = None
     webhook_url: str | None = None
 

@@ -48,6 +48,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Plan:
+    """Batches an operation planned itself (instead of a list of ids to cut).
+
+    ``batches[i]`` is what task ``i`` receives first; ``sizes[i]`` its item count (for
+    progress); ``failed_items(i, detail)`` the per-item errors when batch ``i`` fails
+    whole after its retries.
+    """
+
+    batches: list[Any]
+    sizes: list[int]
+    failed_items: Callable[[int, str], list[ItemError]]
+
+
+@dataclass
 class ProgressEvent:
     operation_id: str
     operation: str
@@ -103,21 +117,40 @@ def run_operation(
     creator_id: str,
     dry_run: bool,
     batch_size: int,
-    prepare: Callable[[OperationResult], Sequence[str]],
+    prepare: Callable[[OperationResult], Sequence[str] | Plan],
     batch_task: Task,
     task_kwargs: dict[str, Any],
+    on_outcome: Callable[[int, BatchOutcome], None] | None = None,
     finish: Callable[[OperationResult, float], None] | None = None,
+    cleanup: Callable[[], None] | None = None,
 ) -> State:
     """Run one bulk operation in the current flow run and return its final state.
 
     ``prepare`` validates the request and resolves the selection: it sets
     ``result.requested``, adds per-item errors for ids it rejects, and returns the ids
-    to process; raising ``RequestError`` refuses the whole request. ``batch_task`` is
-    mapped over the batches as ``batch_task(video_ids, batch_index, operation_id=...,
-    **task_kwargs)`` and
-    returns a ``BatchOutcome`` dict. ``finish`` runs after the last batch (not on a
-    refused request) with the result and the start time.
+    to process (cut into batches here) or its own ``Plan``; raising ``RequestError``
+    refuses the whole request. ``batch_task`` is mapped over the batches as
+    ``batch_task(batch, batch_index, operation_id=..., **task_kwargs)`` and returns a
+    ``BatchOutcome`` dict. ``on_outcome(index, outcome)`` sees each batch's outcome as
+    it finishes; ``finish`` runs after the last batch (not on a refused request) with
+    the result and the start time; ``cleanup`` runs last, however the run ends.
     """
+    try:
+        return _run_operation(
+            operation=operation, creator_id=creator_id, dry_run=dry_run, batch_size=batch_size,
+            prepare=prepare, batch_task=batch_task, task_kwargs=task_kwargs, on_outcome=on_outcome,
+            finish=finish,
+        )
+    finally:
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception:
+                get_run_logger().exception("cleanup after the operation failed")
+
+
+def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch_task, task_kwargs,
+                   on_outcome, finish) -> State:
     logger = get_run_logger()
     started = time.monotonic()
     started_wall = time.time()
@@ -126,7 +159,7 @@ def run_operation(
     if dry_run:
         result.plan = {"videos": 0, "objects": 0, "bytes": 0}
     try:
-        ids = list(prepare(result))
+        prepared = prepare(result)
     except RequestError as exc:
         result.aborted = True
         result.message = exc.message
@@ -140,8 +173,17 @@ def run_operation(
         logger.exception("could not resolve the selection")
         return _finalize(result, logger)
 
-    settings = get_settings()
-    batches = plan_batches(ids, batch_size=batch_size, max_batches=settings.max_batches)
+    if isinstance(prepared, Plan):
+        plan = prepared
+    else:
+        id_batches = plan_batches(list(prepared), batch_size=batch_size, max_batches=get_settings().max_batches)
+        plan = Plan(
+            batches=id_batches,
+            sizes=[len(b) for b in id_batches],
+            failed_items=lambda i, detail: [ItemError(v, BATCH_ERROR, detail) for v in id_batches[i]],
+        )
+    batches = plan.batches
+    planned_items = sum(plan.sizes)
     result.batches = len(batches)
     total = result.requested
     current = result.failed
@@ -150,7 +192,7 @@ def run_operation(
         description=progress_description(current, total, 0, len(batches), None),
     )
     _notify(ProgressEvent(operation_id, operation, current, total, 0, len(batches), None))
-    logger.info("%s: %s ids in %s batches", operation, len(ids), len(batches))
+    logger.info("%s: %s items in %s batches", operation, planned_items, len(batches))
 
     if batches:
         futures = batch_task.map(
@@ -168,12 +210,14 @@ def run_operation(
             except Exception as exc:  # retries exhausted: every item of the batch failed
                 detail = f"{type(exc).__name__}: {exc}"[:500]
                 logger.error("batch %s failed after retries: %s", index, detail)
-                outcome = BatchOutcome(errors=[ItemError(v, BATCH_ERROR, detail) for v in batches[index]])
+                outcome = BatchOutcome(errors=plan.failed_items(index, detail))
             result.add(outcome)
+            if on_outcome is not None:
+                on_outcome(index, outcome)
             done += 1
             current += outcome.processed
             elapsed = time.monotonic() - started
-            processed = max(current - (total - len(ids)), 0)
+            processed = max(current - (total - planned_items), 0)
             remaining = total - current
             eta = elapsed / processed * remaining if processed else None
             update_progress_artifact(
@@ -188,7 +232,12 @@ def run_operation(
         result.cancelled = True
         result.message = f"stopped on request; {result.skipped} videos left unstarted"
     if finish is not None:
-        finish(result, started_wall)
+        try:
+            finish(result, started_wall)
+        except Exception as exc:
+            result.aborted = True
+            result.message = f"could not finish the {operation}: {type(exc).__name__}: {exc}"
+            logger.exception("could not finish the operation")
     result.duration_s = time.monotonic() - started
     return _finalize(result, logger)
 

@@ -43,10 +43,16 @@ class BatchOutcome:
     objects: int = 0
     bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set when a batch counts its successes without listing them (export rows).
+    succeeded_count: int | None = None
+
+    @property
+    def n_succeeded(self) -> int:
+        return len(self.succeeded) if self.succeeded_count is None else self.succeeded_count
 
     @property
     def processed(self) -> int:
-        return len(self.succeeded) + len(self.errors) + self.skipped
+        return self.n_succeeded + len(self.errors) + self.skipped
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -62,6 +68,7 @@ class BatchOutcome:
             objects=int(data.get("objects", 0)),
             bytes=int(data.get("bytes", 0)),
             extra=dict(data.get("extra", {})),
+            succeeded_count=data.get("succeeded_count"),
         )
 
 
@@ -171,12 +178,12 @@ class OperationResult:
         )
 
     def add(self, outcome: BatchOutcome) -> None:
-        self.succeeded += len(outcome.succeeded)
+        self.succeeded += outcome.n_succeeded
         self.errors.extend(outcome.errors)
         self.skipped += outcome.skipped
         self.objects += outcome.objects
         if self.plan is not None:
-            self.plan["videos"] = self.plan.get("videos", 0) + len(outcome.succeeded)
+            self.plan["videos"] = self.plan.get("videos", 0) + outcome.n_succeeded
             self.plan["objects"] = self.plan.get("objects", 0) + outcome.objects
             self.plan["bytes"] = self.plan.get("bytes", 0) + outcome.bytes
 

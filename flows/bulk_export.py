@@ -1,0 +1,172 @@
+"""bulk-export: a creator's video metadata to one Parquet or CSV file, with an expiring link.
+
+Mapped tasks read id ranges from the database as Arrow batches into part files;
+the flow streams the parts, in order, into one writer (see ``videolib/export.py``).
+By hand:
+
+    bulkops export --creator creator-001 --format parquet
+    bulkops export --creator creator-001 --format csv --status ready --columns id,title
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from config import get_settings
+from flows.operation import Plan, run_operation
+from tasks.common import engine, store
+from tasks.export import read_export_batch
+from videolib.export import (
+    ExportBatch,
+    ExportFilter,
+    ExportWriter,
+    check_format,
+    estimate_bytes,
+    export_key,
+    ids_in_range,
+    parts_prefix,
+    plan_export_batches,
+    resolve_columns,
+    schema_for,
+    used_export_bytes,
+    read_part,
+)
+from videolib.ids import RequestError, check_creator_id
+from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids
+from videolib.selection import resolve_owned
+from videolib.signing import signed_link
+
+
+@flow(
+    name="bulk-export",
+    flow_run_name="export-{creator_id}",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    validate_parameters=True,
+)
+def bulk_export(
+    creator_id: Annotated[str, Field(min_length=1, max_length=64)],
+    format: Literal["parquet", "csv"] = "parquet",
+    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    columns: list[str] | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    formula_guard: bool = True,
+    batch_size: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000,
+    link_expires_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
+):
+    """Export video metadata of one creator to a Parquet or CSV file with an expiring download link.
+
+    Args:
+        creator_id: The creator whose videos are exported; other creators' ids are reported as not_found.
+        format: parquet (typed, zstd) or csv (RFC 4180, UTF-8, header row).
+        video_ids: Only these videos (at most BULKOPS_MAX_IDS); leave empty to export all of the creator's videos.
+        columns: Subset of columns, in this order; default every metadata column.
+        status: Only videos with this status (uploaded, processing, ready, failed).
+        created_after: Only videos created at or after this time (ISO 8601, UTC if no zone).
+        created_before: Only videos created before this time.
+        formula_guard: CSV only: prefix ' to cells starting with = + - @ tab or CR (OWASP CSV injection).
+        batch_size: Rows per read task; grows automatically so one run maps at most a few hundred tasks.
+        link_expires_s: Lifetime of the download link in seconds (at most 7 days).
+    """
+    settings = get_settings()
+    logger = get_run_logger()
+    state: dict = {}
+
+    def prepare(result: OperationResult):
+        check_creator_id(creator_id)
+        check_format(format)
+        state["columns"] = cols = resolve_columns(columns)
+        state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
+        if video_ids is not None:
+            if video_ids and (status or created_after or created_before):
+                raise RequestError("bad_selection", "give either `video_ids` or a filter (status, created_after/before)")
+            parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
+            result.add_errors(parsed.errors)
+            owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=("deleting",))
+            result.add_errors(missing)
+            result.requested = parsed.requested
+            batches = plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
+                                          max_batches=settings.max_batches)
+        else:
+            batches = plan_export_batches(engine(), creator_id, flt, batch_rows=batch_size,
+                                          max_batches=settings.max_batches)
+            result.requested = sum(b.rows for b in batches)
+        rows = sum(b.rows for b in batches)
+        estimate = estimate_bytes(engine(), creator_id, rows, cols)
+        used = used_export_bytes(store(), creator_id)
+        if used + estimate > settings.export_quota_bytes:
+            raise RequestError(
+                "quota_exceeded",
+                f"this export needs about {estimate:,} bytes and {used:,} of the creator's "
+                f"{settings.export_quota_bytes:,}-byte export quota are in use; delete old exports or narrow the selection",
+            )
+        state["key"] = export_key(creator_id, result.operation_id, format)
+        state["writer"] = ExportWriter(store(), state["key"], format, schema_for(cols), formula_guard=formula_guard).open()
+        state["parts"] = {}
+        state["next"] = 0
+        state["operation_id"] = result.operation_id
+        task_kwargs.update(columns=cols, export_filter=flt)
+        return Plan(batches=batches, sizes=[b.rows for b in batches],
+                    failed_items=lambda i, detail: _failed_items(creator_id, batches[i], flt, detail))
+
+    def on_outcome(index: int, outcome: BatchOutcome) -> None:
+        # Write parts strictly in batch order, each as soon as its predecessors are in.
+        state["parts"][index] = outcome.extra.get("part")
+        writer: ExportWriter = state["writer"]
+        while state["next"] in state["parts"]:
+            part = state["parts"].pop(state["next"])
+            if part:
+                for record_batch in read_part(store(), part):
+                    writer.write(record_batch)
+                store().delete(part)
+            state["next"] += 1
+
+    def finish(result: OperationResult, _started: float) -> None:
+        writer: ExportWriter = state.pop("writer")
+        if result.cancelled or (result.succeeded == 0 and result.failed):
+            writer.abort()  # an incomplete file is no export
+            return
+        writer.close()
+        size = store().size(state["key"]) or 0
+        link = signed_link(store(), state["key"], secret=settings.signing_key_bytes(), base_url=settings.public_url,
+                           expires_in_s=link_expires_s)
+        result.output = {"format": format, "path": state["key"], "rows": writer.rows, "bytes": size, **link.to_dict()}
+        create_link_artifact(link=link.url, link_text=f"{state['key']} ({writer.rows} rows, {size:,} bytes)",
+                             description=f"download link, valid until {link.to_dict()['expires_at']}")
+        logger.info("exported %s rows to %s", writer.rows, state["key"])
+
+    def cleanup() -> None:
+        writer = state.pop("writer", None)
+        if writer is not None:  # the run broke before finish(): drop the partial file
+            writer.abort()
+        if "operation_id" in state:
+            prefix = parts_prefix(creator_id, state["operation_id"])
+            leftovers = store().list_keys(prefix)
+            if leftovers:
+                store().delete_many(leftovers)
+
+    task_kwargs = {"creator_id": creator_id}  # columns and filter join it once validated
+    return run_operation(
+        operation="export",
+        creator_id=creator_id,
+        dry_run=False,
+        batch_size=batch_size,
+        prepare=prepare,
+        batch_task=read_export_batch,
+        task_kwargs=task_kwargs,
+        on_outcome=on_outcome,
+        finish=finish,
+        cleanup=cleanup,
+    )
+
+
+def _failed_items(creator_id: str, batch: ExportBatch, flt: ExportFilter, detail: str) -> list[ItemError]:
+    ids = batch.ids if batch.ids is not None else ids_in_range(engine(), creator_id, flt, batch.lo, batch.hi)
+    return [ItemError(v, BATCH_ERROR, f"not exported: {detail}") for v in ids]

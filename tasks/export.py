@@ -1,0 +1,50 @@
+"""Tasks of the bulk-export flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from config import get_settings
+from tasks.common import engine, stop_requested, store
+from videolib.export import ExportBatch, ExportFilter, part_key, read_batch, resolve_export_ids, schema_for, write_part
+from videolib.operation import NOT_FOUND, BatchOutcome, ItemError
+
+
+@task(
+    name="read-export-batch",
+    task_run_name="export-batch-{batch_index}",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_jitter_factor=0.5,
+    cache_policy=NONE,
+)
+def read_export_batch(
+    batch: ExportBatch,
+    batch_index: int,
+    *,
+    creator_id: str,
+    operation_id: str,
+    columns: list[str],
+    export_filter: ExportFilter,
+) -> dict[str, Any]:
+    """Read one batch of rows (Arrow, straight from the database) into a part file."""
+    if stop_requested(operation_id):
+        return BatchOutcome(skipped=batch.rows).to_dict()
+    errors: list[ItemError] = []
+    if batch.ids is not None:
+        # Videos deleted since the plan are reported, not silently dropped.
+        owned = resolve_export_ids(engine(), creator_id, batch.ids)
+        errors = [ItemError(v, NOT_FOUND, "no such video for this creator") for v in batch.ids if v not in owned]
+        batch = ExportBatch(ids=[v for v in batch.ids if v in owned], rows=len(owned))
+    key = part_key(creator_id, operation_id, batch_index)
+    rows = 0
+    if batch.ids is None or batch.ids:
+        rows = write_part(
+            store(), key,
+            read_batch(get_settings().database_url, creator_id, columns, batch, export_filter),
+            schema_for(columns),
+        )
+    return BatchOutcome(errors=errors, succeeded_count=rows, extra={"part": key if rows else None}).to_dict()

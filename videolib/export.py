@@ -1,0 +1,419 @@
+"""Export a creator's video metadata to one Parquet or CSV file in storage, streaming.
+
+Rows leave the database as Arrow record batches (ADBC drivers for SQLite and
+PostgreSQL), one batch range per task; each task writes its rows as an Arrow IPC part
+file (cheap: no compression, no encoding). One writer then streams the parts, in
+order, into the single file the user downloads: a pyarrow ``ParquetWriter`` (zstd,
+row groups of ~64k rows) or Polars' CSV writer. Memory holds one part and one row
+group at a time, whatever the library's size.
+
+Why parts + one writer: the database reads run in parallel, the expensive encoding
+(Parquet/CSV) runs once, and the order of the file does not depend on which task
+finished first. Encoding every part as Parquet and merging would encode twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from sqlalchemy import Engine, func, select
+from sqlalchemy.engine import make_url
+
+from videolib.db.models import VIDEO_STATUSES, Video
+from videolib.ids import RequestError
+from videolib.report import FORMULA_PREFIXES
+from videolib.selection import chunked
+from videolib.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "csv")
+TS = pa.timestamp("us", tz="UTC")
+
+# name -> (SQL expression over ``v`` (videos), Arrow type). Only these names ever
+# reach SQL: user input selects from this table, it is never interpolated.
+EXPORT_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
+    "id": ("v.id", pa.string()),
+    "title": ("v.title", pa.string()),
+    "description": ("v.description", pa.string()),
+    "status": ("v.status", pa.string()),
+    "duration_s": ("v.duration_s", pa.float64()),
+    "size_bytes": ("v.size_bytes", pa.int64()),
+    "created_at": ("v.created_at", TS),
+    "updated_at": ("v.updated_at", TS),
+    "storage_key": ("v.storage_key", pa.string()),
+    "thumbnail_key": ("v.thumbnail_key", pa.string()),
+    "has_transcript": (
+        "CASE WHEN v.transcript IS NOT NULL AND v.transcript <> '' THEN 1 ELSE 0 END",
+        pa.bool_(),
+    ),
+    "chunk_count": ("(SELECT count(*) FROM video_chunks c WHERE c.video_id = v.id)", pa.int64()),
+    "embedded_at": ("v.embedded_at", TS),
+}
+DEFAULT_COLUMNS = tuple(EXPORT_COLUMNS)
+ROW_GROUP_ROWS = 64 * 1024
+
+
+def export_key(creator_id: str, operation_id: str, fmt: str) -> str:
+    return f"exports/{creator_id}/{operation_id}.{fmt}"
+
+
+def parts_prefix(creator_id: str, operation_id: str) -> str:
+    return f"exports/{creator_id}/{operation_id}.parts"
+
+
+def part_key(creator_id: str, operation_id: str, index: int) -> str:
+    return f"{parts_prefix(creator_id, operation_id)}/part-{index:05d}.arrow"
+
+
+def check_format(fmt: object) -> str:
+    if fmt not in FORMATS:
+        raise RequestError("unknown_format", f"`format` must be 'parquet' or 'csv', got {str(fmt)[:40]!r}")
+    return fmt  # type: ignore[return-value]
+
+
+def resolve_columns(columns: Sequence[str] | None) -> list[str]:
+    """The requested columns in the order given (default: all), or ``unknown_column``."""
+    if not columns:
+        return list(DEFAULT_COLUMNS)
+    chosen: list[str] = []
+    for name in columns:
+        name = name.strip() if isinstance(name, str) else name
+        if name not in EXPORT_COLUMNS:
+            raise RequestError(
+                "unknown_column",
+                f"unknown column {str(name)[:40]!r}; choose from {', '.join(DEFAULT_COLUMNS)}",
+            )
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def schema_for(columns: Sequence[str]) -> pa.Schema:
+    return pa.schema([(name, EXPORT_COLUMNS[name][1]) for name in columns])
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which of the creator's videos: optionally one status and a created_at window."""
+
+    status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in VIDEO_STATUSES[:-1]:
+            raise RequestError(
+                "bad_filter", f"`status` must be one of {', '.join(VIDEO_STATUSES[:-1])}; got {str(self.status)[:40]!r}"
+            )
+        for name in ("created_after", "created_before"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=UTC))
+        if self.created_after and self.created_before and self.created_after >= self.created_before:
+            raise RequestError("bad_filter", "`created_after` must be earlier than `created_before`")
+
+    def clauses(self):
+        out = [Video.status != "deleting"]
+        if self.status:
+            out.append(Video.status == self.status)
+        if self.created_after:
+            out.append(Video.created_at >= self.created_after)
+        if self.created_before:
+            out.append(Video.created_at < self.created_before)
+        return out
+
+
+def parse_timestamp(value: str, *, name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise RequestError("bad_filter", f"`{name}` must be an ISO 8601 date or time, got {str(value)[:40]!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class ExportBatch:
+    """One task's share: explicit ids, or an inclusive id range under the filter."""
+
+    ids: list[str] | None = None
+    lo: str | None = None
+    hi: str | None = None
+    rows: int = 0
+
+
+def plan_export_batches(
+    engine: Engine, creator_id: str, flt: ExportFilter, *, batch_rows: int, max_batches: int,
+    ids: Sequence[str] | None = None,
+) -> list[ExportBatch]:
+    """Cut the selection into batches; filter selections become id ranges (keyset)."""
+    if ids is not None:
+        from videolib.operation import plan_batches
+
+        return [ExportBatch(ids=list(b), rows=len(b)) for b in plan_batches(ids, batch_size=batch_rows, max_batches=max_batches)]
+    with engine.connect() as conn:
+        total = conn.execute(
+            select(func.count()).select_from(Video).where(Video.creator_id == creator_id, *flt.clauses())
+        ).scalar_one()
+    if total == 0:
+        return []
+    from videolib.operation import effective_batch_size
+
+    size = effective_batch_size(total, batch_rows, max_batches)
+    batches: list[ExportBatch] = []
+    query = (
+        select(Video.id).where(Video.creator_id == creator_id, *flt.clauses()).order_by(Video.id)
+        .execution_options(yield_per=10_000, stream_results=True)
+    )
+    with engine.connect() as conn:
+        current: ExportBatch | None = None
+        for (vid,) in conn.execute(query):
+            if current is None or current.rows >= size:
+                current = ExportBatch(lo=vid, hi=vid, rows=0)
+                batches.append(current)
+            current.hi = vid
+            current.rows += 1
+    return batches
+
+
+def _adbc_connect(database_url: str):
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        import adbc_driver_sqlite.dbapi as adbc
+
+        return adbc.connect(url.database or ":memory:"), "?"
+    if backend == "postgresql":
+        import adbc_driver_postgresql.dbapi as adbc
+
+        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return adbc.connect(plain), "$"
+    raise ValueError(f"no Arrow reader for database {backend!r}")
+
+
+def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
+    params: list[object] = [creator_id]
+
+    def p(value: object) -> str:
+        params.append(value)
+        return "?" if placeholder == "?" else f"${len(params)}"
+
+    select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
+    where = ["v.creator_id = " + ("?" if placeholder == "?" else "$1"), "v.status <> 'deleting'"]
+    if flt.status:
+        where.append(f"v.status = {p(flt.status)}")
+    for value, op in ((flt.created_after, ">="), (flt.created_before, "<")):
+        if value is not None:
+            where.append(f"v.created_at {op} {p(_db_timestamp(value, placeholder))}")
+    if batch.ids is not None:
+        where.append(f"v.id IN ({', '.join(p(i) for i in batch.ids)})")
+    else:
+        where.append(f"v.id >= {p(batch.lo)}")
+        where.append(f"v.id <= {p(batch.hi)}")
+    sql = f"SELECT {select_list} FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
+    return sql, params
+
+
+def _db_timestamp(value: datetime, placeholder: str):
+    value = value.astimezone(UTC)
+    # SQLAlchemy keeps SQLite timestamps as naive UTC text: compare in the same form.
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if placeholder == "?" else value
+
+
+def read_batch(database_url: str, creator_id: str, columns: Sequence[str], batch: ExportBatch,
+               flt: ExportFilter) -> Iterator[pa.RecordBatch]:
+    """The batch's rows as Arrow record batches with the export schema."""
+    schema = schema_for(columns)
+    conn, placeholder = _adbc_connect(database_url)
+    try:
+        sql, params = _sql(columns, batch, flt, placeholder, creator_id)
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            reader = cursor.fetch_record_batch()
+            for record_batch in reader:
+                yield conform(record_batch, schema)
+        finally:
+            cursor.close()
+    finally:
+        conn.close()
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a driver's batch to the export schema (SQLite gives timestamps as text)."""
+    arrays = []
+    for target in schema:
+        column = batch.column(target.name)
+        if column.type == target.type:
+            arrays.append(column)
+        elif pa.types.is_timestamp(target.type) and pa.types.is_string(column.type):
+            # SQLAlchemy stores SQLite timestamps as naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff".
+            arrays.append(pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC"))
+        elif pa.types.is_timestamp(target.type):
+            arrays.append(column.cast(target.type))
+        elif pa.types.is_boolean(target.type):
+            arrays.append(pc.not_equal(column, 0) if not pa.types.is_boolean(column.type) else column)
+        else:
+            arrays.append(column.cast(target.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def write_part(store: ObjectStore, key: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
+    """Write record batches as one Arrow IPC part file; returns its row count."""
+    rows = 0
+    with store.open(key, "wb") as raw, ipc.new_stream(raw, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def read_part(store: ObjectStore, key: str) -> Iterator[pa.RecordBatch]:
+    with store.open(key, "rb") as raw, ipc.open_stream(raw) as reader:
+        yield from reader
+
+
+def guard_formulas(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """OWASP CSV injection guard: prefix ``'`` to string cells a spreadsheet would run."""
+    pattern = "^[" + "".join("\\" + c if c in "-+" else c for c in FORMULA_PREFIXES) + "]"
+    arrays = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            risky = pc.match_substring_regex(column, pattern)
+            column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+@dataclass
+class ExportWriter:
+    """The single writer of an export: takes record batches in order, writes one file."""
+
+    store: ObjectStore
+    key: str
+    fmt: str
+    schema: pa.Schema
+    formula_guard: bool = True
+    rows: int = 0
+    _raw: object = None
+    _parquet: pq.ParquetWriter | None = None
+    _pending: list[pa.RecordBatch] = field(default_factory=list)
+    _pending_rows: int = 0
+    _header_written: bool = False
+
+    def open(self) -> ExportWriter:
+        check_format(self.fmt)
+        self._raw = self.store.open(self.key, "wb")
+        if self.fmt == "parquet":
+            self._parquet = pq.ParquetWriter(self._raw, self.schema, compression="zstd")
+        return self
+
+    __enter__ = open
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self.rows += batch.num_rows
+        if self._parquet is not None:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            if self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush_row_group()
+        else:
+            self._write_csv(batch)
+
+    def _flush_row_group(self) -> None:
+        if self._pending:
+            table = pa.Table.from_batches(self._pending, schema=self.schema)
+            self._parquet.write_table(table, row_group_size=max(table.num_rows, 1))
+            self._pending, self._pending_rows = [], 0
+
+    def _write_csv(self, batch: pa.RecordBatch) -> None:
+        import polars as pl
+
+        if self.formula_guard:
+            batch = guard_formulas(batch)
+        frame = pl.from_arrow(batch)
+        buffer = io.BytesIO()
+        frame.write_csv(
+            buffer, include_header=not self._header_written, quote_style="necessary",
+            line_terminator="\r\n", null_value="", datetime_format="%Y-%m-%dT%H:%M:%S%.6fZ",
+        )
+        self._header_written = True
+        self._raw.write(buffer.getvalue())
+
+    def _write_empty_csv_header(self) -> None:
+        header = ",".join(self.schema.names) + "\r\n"
+        self._raw.write(header.encode("utf-8"))
+        self._header_written = True
+
+    def close(self) -> None:
+        """Finish the file (Parquet footer, or a CSV header for an empty export)."""
+        try:
+            if self._parquet is not None:
+                self._flush_row_group()
+                self._parquet.close()
+            elif not self._header_written:
+                self._write_empty_csv_header()
+        finally:
+            self._raw.close()
+
+    def abort(self) -> None:
+        """Drop the incomplete file: nobody may download half an export."""
+        try:
+            self._raw.close()
+        except Exception:  # the stream may be broken already
+            log.debug("closing an aborted export failed", exc_info=True)
+        try:
+            self.store.delete(self.key)
+        except OSError:
+            log.warning("could not remove the incomplete export %s", self.key)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def estimate_bytes(engine: Engine, creator_id: str, rows: int, columns: Sequence[str]) -> int:
+    """A rough size of the export (uncompressed text), from the average of the stored text."""
+    if rows == 0:
+        return 0
+    text_columns = [c for c in ("title", "description", "storage_key", "thumbnail_key", "id", "status") if c in columns]
+    with engine.connect() as conn:
+        parts = [func.coalesce(func.avg(func.length(getattr(Video, c))), 0) for c in text_columns]
+        averages = conn.execute(select(*parts).where(Video.creator_id == creator_id)).one() if parts else []
+    per_row = sum(float(a or 0) for a in averages) + 16 * (len(columns) - len(text_columns)) + len(columns)
+    return int(rows * per_row)
+
+
+def used_export_bytes(store: ObjectStore, creator_id: str) -> int:
+    """Bytes of the creator's finished exports already in storage."""
+    keys = [k for k in store.list_keys(f"exports/{creator_id}") if not k.rsplit("/", 2)[-2].endswith(".parts")]
+    sizes = store.sizes(keys) if keys else {}
+    return sum(size for size in sizes.values() if size)
+
+
+def ids_in_range(engine: Engine, creator_id: str, flt: ExportFilter, lo: str, hi: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(Video.id).where(
+            Video.creator_id == creator_id, Video.id >= lo, Video.id <= hi, *flt.clauses()).order_by(Video.id)).scalars())
+
+
+def resolve_export_ids(engine: Engine, creator_id: str, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` the creator owns (not being deleted)."""
+    owned: set[str] = set()
+    with engine.connect() as conn:
+        for part in chunked(list(ids)):
+            owned.update(conn.execute(select(Video.id).where(
+                Video.creator_id == creator_id, Video.id.in_(part), Video.status != "deleting")).scalars())
+    return owned
