@@ -1,0 +1,257 @@
+"""bulk-export: round trips against the database, CSV rules and the formula guard,
+selections and filters, quota, cleanup of parts, S3 presigned download, flat memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from videolib.db.models import Video
+from videolib.export import DEFAULT_COLUMNS
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _export(**params):
+    from flows.bulk_export import bulk_export
+
+    state = bulk_export(**params, return_state=True)
+    from flows.status import read_status
+
+    return state, read_status(str(state.state_details.flow_run_id))["result"]
+
+
+def _db_rows(lib, creator_id):
+    with Session(lib.engine) as session:
+        videos = session.scalars(select(Video).where(Video.creator_id == creator_id).order_by(Video.id)).all()
+        from sqlalchemy import func
+
+        from videolib.db.models import VideoChunk
+
+        counts = dict(session.execute(select(VideoChunk.video_id, func.count()).group_by(VideoChunk.video_id)).all())
+    return videos, counts
+
+
+def _utc(value):
+    return None if value is None else (value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+def _awkward(lib, creator_id):
+    """Make sure the awkward cases are present: empty string, NULL, quotes, newlines, formulas."""
+    vid = lib.ids(creator_id)[:4]
+    with lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id == vid[0]).values(description="", title='He said "hi", then\nleft'))
+        conn.execute(update(Video).where(Video.id == vid[1]).values(description=None, title="=HYPERLINK(\"x\")"))
+        conn.execute(update(Video).where(Video.id == vid[2]).values(title="+1 @home -minus \ttab"))
+        conn.execute(update(Video).where(Video.id == vid[3]).values(title="日本語 ünïcödé ✓ 🚀", transcript=None))
+    return vid
+
+
+def test_parquet_round_trip_matches_the_database(library):
+    library.seed(120, creators=2)
+    _awkward(library, "creator-001")
+    state, doc = _export(creator_id="creator-001", format="parquet", batch_size=100)
+    assert state.is_completed() and doc["status"] == "completed"
+    videos, counts = _db_rows(library, "creator-001")
+    out = doc["output"]
+    assert out["format"] == "parquet" and out["rows"] == len(videos) == doc["succeeded"] == doc["requested"]
+    assert out["path"] == f"exports/creator-001/{doc['operation_id']}.parquet"
+    data = library.store.get(out["path"])
+    assert out["bytes"] == len(data) and out["url"] and out["expires_at"]
+    table = pq.read_table(io.BytesIO(data))
+    assert table.column_names == list(DEFAULT_COLUMNS)
+    assert str(table.schema.field("created_at").type) == "timestamp[us, tz=UTC]"
+    assert str(table.schema.field("duration_s").type) == "double"
+    assert str(table.schema.field("size_bytes").type) == "int64"
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [v.id for v in videos]
+    for row, video in zip(rows, videos, strict=True):
+        assert row["title"] == video.title and row["description"] == video.description
+        assert row["status"] == video.status and row["duration_s"] == video.duration_s
+        assert row["size_bytes"] == video.size_bytes and row["storage_key"] == video.storage_key
+        assert row["created_at"] == _utc(video.created_at) and row["updated_at"] == _utc(video.updated_at)
+        assert row["embedded_at"] == _utc(video.embedded_at)
+        assert row["has_transcript"] == bool(video.transcript)
+        assert row["chunk_count"] == counts.get(video.id, 0)
+    # The parts are gone, the other creator never appears.
+    assert library.store.list_keys(f"exports/creator-001/{doc['operation_id']}.parts") == []
+    assert not set(r["id"] for r in rows) & set(library.ids("creator-002"))
+
+
+def test_csv_round_trip_without_guard(sqlite_library):
+    lib = sqlite_library
+    lib.seed(60, creators=1)
+    awkward = _awkward(lib, "creator-001")
+    _, doc = _export(creator_id="creator-001", format="csv", formula_guard=False)
+    raw = lib.store.get(doc["output"]["path"])
+    text = raw.decode("utf-8")
+    assert text.startswith(",".join(DEFAULT_COLUMNS) + "\r\n")
+    # NULL is an empty unquoted field, an empty string is "".
+    line0 = next(line for line in text.split("\r\n") if line.startswith(awkward[1]))
+    assert ",," in line0
+    assert f'{awkward[0]},"He said ""hi"", then\nleft",""' in text
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    videos, _ = _db_rows(lib, "creator-001")
+    assert len(rows) == len(videos)
+    by_id = {r["id"]: r for r in rows}
+    for video in videos:
+        row = by_id[video.id]
+        assert row["title"] == video.title
+        assert row["description"] == (video.description or "")
+        assert float(row["duration_s"]) == video.duration_s
+        assert datetime.fromisoformat(row["created_at"].replace("Z", "+00:00")) == _utc(video.created_at)
+    assert by_id[awkward[1]]["title"] == '=HYPERLINK("x")'
+    # Polars reads it back with NULLs and empty strings kept apart.
+    frame = pl.read_csv(io.BytesIO(raw), infer_schema=False)
+    described = dict(zip(frame["id"].to_list(), frame["description"].to_list(), strict=True))
+    assert described[awkward[0]] == "" and described[awkward[1]] is None
+
+
+def test_csv_formula_guard_on_by_default(sqlite_library):
+    lib = sqlite_library
+    lib.seed(30, creators=1)
+    awkward = _awkward(lib, "creator-001")
+    _, doc = _export(creator_id="creator-001", format="csv")
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(lib.store.get(doc["output"]["path"]).decode(), newline=""))}
+    assert rows[awkward[1]]["title"] == "'=HYPERLINK(\"x\")"
+    assert rows[awkward[2]]["title"] == "'+1 @home -minus \ttab"
+    for row in rows.values():
+        for value in row.values():
+            assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), value
+
+
+def test_column_subset_and_order(sqlite_library):
+    lib = sqlite_library
+    lib.seed(20, creators=1)
+    _, doc = _export(creator_id="creator-001", format="parquet", columns=["title", "id", "chunk_count"])
+    table = pq.read_table(io.BytesIO(lib.store.get(doc["output"]["path"])))
+    assert table.column_names == ["title", "id", "chunk_count"]
+    _, doc = _export(creator_id="creator-001", format="csv", columns=["id", "has_transcript"])
+    first = lib.store.get(doc["output"]["path"]).decode().split("\r\n")[0]
+    assert first == "id,has_transcript"
+
+
+def test_ids_foreign_and_unknown_are_per_item(sqlite_library):
+    lib = sqlite_library
+    lib.seed(30, creators=2)
+    mine = lib.ids("creator-001")[:5]
+    theirs = lib.ids("creator-002")[:2]
+    state, doc = _export(creator_id="creator-001", format="parquet",
+                         video_ids=mine + theirs + ["nope", str(uuid.uuid4()), mine[0]])
+    assert state.name == "Partial" and doc["status"] == "partial"
+    assert (doc["requested"], doc["succeeded"], doc["failed"]) == (9, 5, 4)
+    assert {e["error"] for e in doc["errors"]} == {"not_found", "invalid_id"}
+    table = pq.read_table(io.BytesIO(lib.store.get(doc["output"]["path"])))
+    assert sorted(table.column("id").to_pylist()) == sorted(mine)
+
+
+def test_filters(sqlite_library):
+    lib = sqlite_library
+    lib.seed(200, creators=1)
+    videos, _ = _db_rows(lib, "creator-001")
+    cut = sorted(v.created_at for v in videos)[100]
+    _, doc = _export(creator_id="creator-001", format="parquet", status="ready", created_after=cut)
+    table = pq.read_table(io.BytesIO(lib.store.get(doc["output"]["path"])))
+    expected = sorted(v.id for v in videos if v.status == "ready" and _utc(v.created_at) >= _utc(cut))
+    assert sorted(table.column("id").to_pylist()) == expected and expected
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [({"format": "xlsx"}, "format"), ({"columns": ["id", "password"]}, "unknown column"),
+     ({"status": "deleted"}, "status"), ({"video_ids": []}, "empty"),
+     ({"creator_id": "../x"}, "creator_id")],
+)
+def test_bad_requests_refused_touching_nothing(sqlite_library, params, words):
+    lib = sqlite_library
+    lib.seed(10, creators=1)
+    state, doc = _export(**{"creator_id": "creator-001", "format": "parquet", **params})
+    assert state.is_failed()
+    if doc is None:  # refused by the flow's parameter schema (the UI shows the choices) before it ran
+        assert params.get("format") == "xlsx" and "'parquet' or 'csv'" in state.message
+    else:
+        assert words in doc["message"]
+    assert lib.store.list_keys("exports") == []
+
+
+def test_quota_refuses_and_writes_nothing(sqlite_library, monkeypatch):
+    from config import get_settings
+
+    lib = sqlite_library
+    lib.seed(50, creators=1)
+    monkeypatch.setenv("BULKOPS_EXPORT_QUOTA_BYTES", "1000")
+    get_settings.cache_clear()
+    state, doc = _export(creator_id="creator-001", format="csv")
+    assert state.is_failed() and "quota" in doc["message"] and doc["output"] is None
+    assert lib.store.list_keys("exports") == []
+
+
+def test_postgres_and_s3_presigned_download(pg_url, s3_server, s3_prefix, monkeypatch, tmp_path):
+    from tests.conftest import _make_library
+
+    lib = _make_library(monkeypatch, tmp_path, pg_url, s3_prefix, s3_server.endpoint_url)
+    lib.seed(80, creators=2)
+    _awkward(lib, "creator-001")
+    _, doc = _export(creator_id="creator-001", format="parquet", batch_size=100)
+    out = doc["output"]
+    with urllib.request.urlopen(out["url"], timeout=30) as response:
+        body = response.read()
+    assert body == lib.store.get(out["path"]) and len(body) == out["bytes"]
+    videos, counts = _db_rows(lib, "creator-001")
+    rows = pq.read_table(io.BytesIO(body)).to_pylist()
+    assert [r["id"] for r in rows] == [v.id for v in videos]
+    for row, video in zip(rows, videos, strict=True):
+        assert row["title"] == video.title and row["created_at"] == video.created_at
+        assert row["chunk_count"] == counts.get(video.id, 0)
+    _, doc = _export(creator_id="creator-001", format="csv", formula_guard=False)
+    text = lib.store.get(doc["output"]["path"]).decode()
+    assert len(list(csv.DictReader(io.StringIO(text, newline="")))) == len(videos)
+    assert lib.store.list_keys(f"exports/creator-001/{doc['operation_id']}.parts") == []
+
+
+MEMORY_SCRIPT = r"""
+import json, os, resource, sys
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+from flows.bulk_export import bulk_export
+import pyarrow, polars, adbc_driver_sqlite.dbapi  # noqa: F401
+from prefect.testing.utilities import prefect_test_harness
+with prefect_test_harness(server_startup_timeout=120):
+    bulk_export(creator_id="creator-001", format=sys.argv[1], columns=["id"], batch_size=1000)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    state = bulk_export(creator_id="creator-001", format=sys.argv[1], return_state=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kb": base, "peak_kb": peak, "ok": state.is_completed()}))
+"""
+
+
+def test_memory_of_a_200k_row_export_stays_bounded(sqlite_library):
+    """Peak RSS growth of a 200k-row export, measured in its own process (a memory bound, not time)."""
+    from videolib.seed import seed_library
+
+    lib = sqlite_library
+    seed_library(lib.engine, None, None, videos=200_000, creators=1, seed=9, chunks_per_video=1, transcript_ratio=0.2)
+    env = dict(os.environ, **lib.env(), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "parquet"], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"]
+    growth_mb = (result["peak_kb"] - result["base_kb"]) / 1024
+    print(f"200k-row export: base {result['base_kb'] // 1024} MB, peak RSS growth {growth_mb:.0f} MB")
+    assert growth_mb <= 350, f"peak RSS grew by {growth_mb:.0f} MB"
