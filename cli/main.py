@@ -343,7 +343,8 @@ def print_result(document: dict[str, Any]) -> None:
             counts[item["error"]] = counts.get(item["error"], 0) + 1
         out.print("Failed items: " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
         for item in errors[:10]:
-            out.print(f"  {item['video_id']!r}: {item['error']} — {item['detail']}", markup=False)
+            detail = item['detail'] if len(item['detail']) <= 160 else item['detail'][:157] + '...'
+            out.print(f"  {item['video_id']!r}: {item['error']} — {detail}", markup=False)
         if len(errors) > 10:
             out.print(f"  … and {len(errors) - 10} more")
     output = document.get("output")
@@ -525,17 +526,28 @@ def demo(
     mine = list(iter_creator_video_ids(engine, creator))
     targets = mine[: max(1, len(mine) // 2)]
 
-    out.rule("2. delete (dry run)")
+    steps = [
+        ("2. export to Parquet", "bulk-export", {"creator_id": creator, "format": "parquet", "batch_size": 200}, "export"),
+        ("3. export to CSV (formula guard on)", "bulk-export", {"creator_id": creator, "format": "csv", "batch_size": 200},
+         "export"),
+    ]
     batch = max(10, len(targets) // 5)
-    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "dry_run": True,
-                                        "batch_size": batch}, json_out=False, label="delete (dry run)")
-    print_result(document)
-    out.rule("3. delete")
-    document = run_flow("bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch},
-                        json_out=False, label="delete")
-    print_result(document)
-    if document.get("status") != "completed":
-        raise typer.Exit(1)
+    steps += [
+        ("4. delete (dry run)", "bulk-delete",
+         {"creator_id": creator, "video_ids": targets, "dry_run": True, "batch_size": batch}, "delete (dry run)"),
+        ("5. delete", "bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch}, "delete"),
+    ]
+    document: dict = {}
+    for title, flow_name, parameters, label in steps:
+        out.rule(title)
+        document = run_flow(flow_name, parameters, json_out=False, label=label)
+        print_result(document)
+        if document.get("status") != "completed":
+            out.print(f"[red]{title} ended {document.get('status')}[/red]")
+            raise typer.Exit(1)
+        if document.get("output"):
+            where = Path(store.root) / document["output"]["path"] if not store.is_s3 else document["output"]["path"]
+            out.print(f"File: {where}")
     out.print(f"\nDone. Check a run: bulkops status {document['operation_id']}")
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from config import get_settings
 from tasks.common import engine, stop_requested, store
 from videolib.export import ExportBatch, ExportFilter, part_key, read_batch, resolve_export_ids, schema_for, write_part
 from videolib.operation import NOT_FOUND, BatchOutcome, ItemError
@@ -44,7 +43,7 @@ def read_export_batch(
     if batch.ids is None or batch.ids:
         rows = write_part(
             store(), key,
-            read_batch(get_settings().database_url, creator_id, columns, batch, export_filter),
+            read_batch(engine(), creator_id, columns, batch, export_filter),
             schema_for(columns),
         )
     return BatchOutcome(errors=errors, succeeded_count=rows, extra={"part": key if rows else None}).to_dict()

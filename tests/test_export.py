@@ -255,3 +255,24 @@ def test_memory_of_a_200k_row_export_stays_bounded(sqlite_library):
     growth_mb = (result["peak_kb"] - result["base_kb"]) / 1024
     print(f"200k-row export: base {result['base_kb'] // 1024} MB, peak RSS growth {growth_mb:.0f} MB")
     assert growth_mb <= 350, f"peak RSS grew by {growth_mb:.0f} MB"
+
+
+def test_export_then_delete_in_one_process_keeps_sqlite_intact(sqlite_library):
+    """Regression: a second copy of SQLite in the process (ADBC's bundled one) that opens
+    and closes the same WAL database deletes the WAL under the other connections and
+    corrupts the file (sqlite.org/howtocorrupt.html, section 2.2.1)."""
+    from sqlalchemy import text
+
+    from flows.bulk_delete import bulk_delete
+
+    lib = sqlite_library
+    lib.seed(300, creators=1)
+    ids = lib.ids("creator-001")
+    for fmt in ("parquet", "csv"):
+        state, _ = _export(creator_id="creator-001", format=fmt, batch_size=100)
+        assert state.is_completed()
+    state = bulk_delete(creator_id="creator-001", video_ids=ids, batch_size=50, return_state=True)
+    assert state.is_completed(), state.message
+    with lib.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+    assert lib.ids("creator-001") == []

@@ -184,19 +184,11 @@ def plan_export_batches(
     return batches
 
 
-def _adbc_connect(database_url: str):
-    url = make_url(database_url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        import adbc_driver_sqlite.dbapi as adbc
+def _adbc_postgres(database_url: str):
+    import adbc_driver_postgresql.dbapi as adbc
 
-        return adbc.connect(url.database or ":memory:"), "?"
-    if backend == "postgresql":
-        import adbc_driver_postgresql.dbapi as adbc
-
-        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return adbc.connect(plain), "$"
-    raise ValueError(f"no Arrow reader for database {backend!r}")
+    url = make_url(database_url).set(drivername="postgresql")
+    return adbc.connect(url.render_as_string(hide_password=False))
 
 
 def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
@@ -228,23 +220,53 @@ def _db_timestamp(value: datetime, placeholder: str):
     return value.strftime("%Y-%m-%d %H:%M:%S.%f") if placeholder == "?" else value
 
 
-def read_batch(database_url: str, creator_id: str, columns: Sequence[str], batch: ExportBatch,
-               flt: ExportFilter) -> Iterator[pa.RecordBatch]:
-    """The batch's rows as Arrow record batches with the export schema."""
+def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: ExportBatch,
+               flt: ExportFilter, *, rows_per_batch: int = 16_384) -> Iterator[pa.RecordBatch]:
+    """The batch's rows as Arrow record batches with the export schema.
+
+    PostgreSQL: the ADBC driver (COPY in Arrow's binary format, no Python objects).
+    SQLite: Python's own sqlite3, through the engine's pool. ADBC's SQLite driver
+    bundles a second copy of SQLite; two copies in one process that open the same WAL
+    database corrupt it (the second copy's close deletes the WAL under the first:
+    sqlite.org/howtocorrupt.html 2.2.1), and this process also deletes and writes.
+    """
     schema = schema_for(columns)
-    conn, placeholder = _adbc_connect(database_url)
+    if engine.dialect.name == "postgresql":
+        sql, params = _sql(columns, batch, flt, "$", creator_id)
+        conn = _adbc_postgres(engine.url.render_as_string(hide_password=False))
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, params)
+                for record_batch in cursor.fetch_record_batch():
+                    yield conform(record_batch, schema)
+            finally:
+                cursor.close()
+        finally:
+            conn.close()
+        return
+    sql, params = _sql(columns, batch, flt, "?", creator_id)
+    raw = engine.raw_connection()
     try:
-        sql, params = _sql(columns, batch, flt, placeholder, creator_id)
-        cursor = conn.cursor()
+        cursor = raw.cursor()
         try:
             cursor.execute(sql, params)
-            reader = cursor.fetch_record_batch()
-            for record_batch in reader:
-                yield conform(record_batch, schema)
+            while rows := cursor.fetchmany(rows_per_batch):
+                arrays = [_sqlite_array(values, field.type) for values, field in zip(zip(*rows), schema, strict=True)]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         finally:
             cursor.close()
     finally:
-        conn.close()
+        raw.close()
+
+
+def _sqlite_array(values: Sequence[object], target: pa.DataType) -> pa.Array:
+    if pa.types.is_timestamp(target):
+        # SQLAlchemy stores SQLite timestamps as naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff".
+        return pc.assume_timezone(pa.array(values, pa.string()).cast(pa.timestamp("us")), "UTC")
+    if pa.types.is_boolean(target):
+        return pa.array([None if v is None else bool(v) for v in values], pa.bool_())
+    return pa.array(values, target)
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
