@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from config import get_settings
-from tasks.common import clear_stop, store
+from tasks.common import clear_stop, request_stop, store
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, plan_batches
 from videolib.report import render_error_report, report_key
@@ -212,8 +212,14 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
                 logger.error("batch %s failed after retries: %s", index, detail)
                 outcome = BatchOutcome(errors=plan.failed_items(index, detail))
             result.add(outcome)
-            if on_outcome is not None:
-                on_outcome(index, outcome)
+            if on_outcome is not None and not result.aborted:
+                try:
+                    on_outcome(index, outcome)
+                except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
+                    result.aborted = True
+                    result.message = f"{operation} could not proceed: {type(exc).__name__}: {exc}"
+                    logger.exception("stopping the %s", operation)
+                    request_stop(operation_id)  # batches not yet started return unstarted
             done += 1
             current += outcome.processed
             elapsed = time.monotonic() - started
@@ -227,11 +233,11 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
             )
             _notify(ProgressEvent(operation_id, operation, current, total, done, len(batches), eta))
 
-    if result.skipped:
+    if result.skipped and not result.aborted:
         # Batches that had not started when the stop was requested returned unstarted.
         result.cancelled = True
         result.message = f"stopped on request; {result.skipped} videos left unstarted"
-    if finish is not None:
+    if finish is not None and not result.aborted:
         try:
             finish(result, started_wall)
         except Exception as exc:

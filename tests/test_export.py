@@ -276,3 +276,24 @@ def test_export_then_delete_in_one_process_keeps_sqlite_intact(sqlite_library):
     with lib.engine.connect() as conn:
         assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
     assert lib.ids("creator-001") == []
+
+
+def test_broken_writer_fails_the_run_and_leaves_no_file_or_parts(sqlite_library, monkeypatch):
+    import flows.bulk_export as module
+
+    lib = sqlite_library
+    lib.seed(400, creators=1, files=False)
+    real_read_part = module.read_part
+    calls = []
+
+    def failing_read_part(store, key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError("injected: storage went away while merging")
+        return real_read_part(store, key)
+
+    monkeypatch.setattr(module, "read_part", failing_read_part)
+    state, doc = _export(creator_id="creator-001", format="parquet", batch_size=100)
+    assert state.is_failed()
+    assert "injected" in doc["message"] and doc["output"] is None
+    assert lib.store.list_keys("exports") == [], "no half export, no leftover parts"

@@ -390,6 +390,12 @@ class ExportWriter:
 
     def abort(self) -> None:
         """Drop the incomplete file: nobody may download half an export."""
+        if self._parquet is not None:
+            try:  # or its finaliser writes to the closed stream later
+                self._parquet.close()
+            except Exception:
+                log.debug("closing an aborted Parquet writer failed", exc_info=True)
+            self._parquet = None
         try:
             self._raw.close()
         except Exception:  # the stream may be broken already
