@@ -41,16 +41,20 @@ class HashingEmbedder:
         if n == 0:
             return out
         hashes: list[int] = []
-        rows: list[int] = []
-        lookup = self._token_hash
-        for row, text in enumerate(texts):
-            tokens = _TOKEN_RE.findall(text.lower())
-            hashes.extend(lookup(t) for t in tokens)
-            rows.extend([row] * len(tokens))
+        counts: list[int] = []
+        get = self._cache.get
+        findall = _TOKEN_RE.findall
+        for text in texts:
+            tokens = findall(text.lower())
+            values = [get(t) for t in tokens]  # C-level lookups; misses filled below
+            if None in values:
+                values = [self._token_hash(t) if v is None else v for t, v in zip(tokens, values, strict=True)]
+            hashes.extend(values)
+            counts.append(len(values))
         if not hashes:
             return out
         h = np.array(hashes, dtype=np.uint64)
-        r = np.array(rows, dtype=np.int64)
+        r = np.repeat(np.arange(n, dtype=np.int64), counts)
         # Bigrams: mix each hash with its successor's, within the same text only.
         same = r[1:] == r[:-1]
         with np.errstate(over="ignore"):
