@@ -228,7 +228,7 @@ MEMORY_SCRIPT = r"""
 import json, os, resource, sys
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 from flows.bulk_export import bulk_export
-import pyarrow, polars, adbc_driver_sqlite.dbapi  # noqa: F401
+import pyarrow, polars, pyarrow.parquet  # noqa: F401  (imports before the baseline)
 from prefect.testing.utilities import prefect_test_harness
 with prefect_test_harness(server_startup_timeout=120):
     bulk_export(creator_id="creator-001", format=sys.argv[1], columns=["id"], batch_size=1000)
