@@ -142,7 +142,7 @@ def seed_library(
                     row["embedded_at"] = now
                     row["embedding_model"] = embedder.name
         if store is not None:
-            store.put_many(files)
+            store.put_many(files, atomic=False)  # new objects nobody reads yet
             report.objects += len(files)
         with engine.begin() as conn:
             conn.execute(insert(Video), video_rows)

@@ -240,11 +240,11 @@ class ObjectStore:
             self.fs.pipe_file(self.path(key), data)
 
     @staticmethod
-    def _local_put(path: str, data: bytes, made: set[str] | None = None) -> None:
+    def _local_put(path: str, data: bytes, made: set[str] | None = None, atomic: bool = True) -> None:
         # Written to a temporary name and renamed into place, so that a reader (or a
         # crash) never sees half an object: an S3 PUT is all or nothing too.
         parent, name = os.path.split(path)
-        tmp = os.path.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = os.path.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp") if atomic else path
         for attempt in range(3):
             if made is None or parent not in made:
                 os.makedirs(parent, exist_ok=True)
@@ -253,7 +253,8 @@ class ObjectStore:
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                os.replace(tmp, path)
+                if atomic:
+                    os.replace(tmp, path)
                 return
             except FileNotFoundError:
                 # A concurrent delete_many can remove the parent between makedirs and
@@ -267,8 +268,12 @@ class ObjectStore:
                     os.unlink(tmp)
                 raise
 
-    def put_many(self, items: dict[str, bytes], *, max_in_flight: int = 32) -> None:
+    def put_many(self, items: dict[str, bytes], *, max_in_flight: int = 32, atomic: bool = True) -> None:
         """Write several objects; on S3 up to ``max_in_flight`` uploads run at once.
+
+        Local writes go through a temporary file and a rename unless ``atomic=False``
+        (new objects that nobody reads yet, such as a seeded library: half the file
+        system operations).
 
         Every key is validated before anything is written. Raises on the first failure
         (objects already written stay written; a put is idempotent, so retry the call).
@@ -292,12 +297,12 @@ class ObjectStore:
                 jobs.append((path, data))
             if len(jobs) < 64:
                 for path, data in jobs:
-                    self._local_put(path, data, made)
+                    self._local_put(path, data, made, atomic)
             else:
                 # Creating files and folders costs ~0.3 ms each on this kind of disk and
                 # releases the GIL: a few threads overlap the waits.
                 with ThreadPoolExecutor(max_workers=min(8, max_in_flight)) as pool:
-                    for future in [pool.submit(self._local_put, path, data, made) for path, data in jobs]:
+                    for future in [pool.submit(self._local_put, path, data, made, atomic) for path, data in jobs]:
                         future.result()
         elif self.is_s3:
             self._run(self._s3_put_many, items, max_in_flight)
