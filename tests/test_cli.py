@@ -188,6 +188,9 @@ def test_delete_json_result_and_status(seeded, prefect_server, tmp_path):
     assert status["status"] == "partial" and status["result"]["succeeded"] == 5
     assert status["progress"] == {"current": 7, "total": 7, "percent": 100.0}
 
+    proc, watched = run_cli(lib, "status", doc["operation_id"], "--watch", "--json", prefect=prefect_server)
+    assert proc.returncode == 0 and watched["status"] == "partial" and watched["result"] == status["result"]
+
     for bad in ("00000000-0000-4000-8000-000000000000", "not-an-id"):
         proc, missing = run_cli(lib, "status", bad, "--json", prefect=prefect_server)
         assert proc.returncode == 2 and missing["error"] == "unknown_operation"
