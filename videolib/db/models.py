@@ -30,6 +30,8 @@ class Video(Base):
     __tablename__ = "videos"
     __table_args__ = (
         Index("ix_videos_creator_status", "creator_id", "status"),
+        # Batch statements filter creator_id = ? AND id IN (...): see migration 0002.
+        Index("ix_videos_creator_id", "creator_id", "id"),
         CheckConstraint(
             "status IN ('uploaded', 'processing', 'ready', 'failed', 'deleting')",
             name="ck_videos_status",
