@@ -176,7 +176,9 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
     if isinstance(prepared, Plan):
         plan = prepared
     else:
-        id_batches = plan_batches(list(prepared), batch_size=batch_size, max_batches=get_settings().max_batches)
+        settings = get_settings()
+        id_batches = plan_batches(list(prepared), batch_size=batch_size, max_batches=settings.max_batches,
+                                  workers=settings.task_workers)
         plan = Plan(
             batches=id_batches,
             sizes=[len(b) for b in id_batches],

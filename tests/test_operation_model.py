@@ -93,6 +93,18 @@ def test_batch_size_grows_with_the_job(total, batch_size, cap, expected):
     assert [i for b in batches for i in b] == ids
 
 
+@pytest.mark.parametrize(
+    "total, batch_size, workers, batches",
+    [(10_000, 1000, 8, 16), (8_000, 1000, 8, 8), (52, 10, 8, 8), (3, 10, 8, 1), (100_000, 1000, 8, 100),
+     (5, 1, 8, 5), (12, 1, 8, 12)],
+)
+def test_short_jobs_are_cut_for_the_workers(total, batch_size, workers, batches):
+    ids = [str(i) for i in range(total)]
+    planned = plan_batches(ids, batch_size=batch_size, max_batches=300, workers=workers)
+    assert len(planned) == batches
+    assert [i for b in planned for i in b] == ids
+
+
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="batch_size"):
         effective_batch_size(10, 0, 5)
