@@ -221,7 +221,7 @@ def _db_timestamp(value: datetime, placeholder: str):
 
 
 def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: ExportBatch,
-               flt: ExportFilter, *, rows_per_batch: int = 16_384) -> Iterator[pa.RecordBatch]:
+               flt: ExportFilter, *, rows_per_batch: int = 2048) -> Iterator[pa.RecordBatch]:
     """The batch's rows as Arrow record batches with the export schema.
 
     PostgreSQL: the ADBC driver (COPY in Arrow's binary format, no Python objects).
