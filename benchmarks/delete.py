@@ -10,16 +10,21 @@
 (d) floor     removing the same objects and nothing else: an ``os.unlink`` loop on
               local storage; ``ObjectStore.delete_many`` (1000-key DeleteObjects
               requests, several in flight) on S3
+(d+)          local only, for information: (d) plus the rmdir of every emptied video
+              directory, which the library also does
 
 Scenarios: ``local`` (SQLite file + local directory, 100k videos by default) and ``s3``
 (SQLite file + SeaweedFS S3 on loopback, 10k videos by default). Each video has a
-file, a thumbnail and 10 transcript chunks with 384-dim embeddings. One template is
+file, a thumbnail and 10 transcript chunks (384-dim embeddings on ready videos). One template is
 seeded per scenario; every variant gets its own copy of the database file and of the
 objects, so all four start from identical data. Setup (copies, uploads) is never timed.
 
     python benchmarks/delete.py                      # full size: 100k local, 10k S3
     python benchmarks/delete.py --smoke              # tiny sizes, a quick check
-    python benchmarks/delete.py --only s3 --s3-videos 2000 --json results.json
+    python benchmarks/delete.py --only s3 --repeat 3 --json results.json   # medians of 3
+
+Timings on a small shared machine vary a lot from run to run (see README.md): use
+``--repeat`` before reading anything into a difference under ~25 %.
 
 Rates are videos/s. Ratios are time ratios (a/b = time of a / time of b). "steady"
 leaves out the fixed cost before the first batch starts (for the flow: flow-run
@@ -39,6 +44,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -73,7 +79,7 @@ TARGETS = {
     "c/a": (">=", 6.0, "(c) at least 6x slower than (a) (S3)"),
 }
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
 
 
 def note(message: str) -> None:
@@ -95,6 +101,8 @@ class Measurement:
     batches: int = 0
     verified: bool = False
     verify_detail: str = ""
+    cpu_s: float = 0.0  # this process, during the timed part and its verification
+    server_cpu_s: float = 0.0  # child processes (Prefect server, SeaweedFS) meanwhile
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +119,7 @@ LABELS = {
     "b": "(b) library, no Prefect",
     "c": "(c) seed-style baseline",
     "d": "(d) floor (objects only)",
+    "d+": "(d+) floor + emptied dirs",
 }
 
 
@@ -193,6 +202,28 @@ def object_keys(engine) -> list[str]:
     return [key for row in rows for key in row if key]
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its child processes (the Prefect
+    test server, SeaweedFS), read from /proc (children: (0, 0) where that is missing)."""
+    t = os.times()
+    own = t.user + t.system
+    children = 0.0
+    me = os.getpid()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                children += (int(fields[11]) + int(fields[12])) / tick
+    return own, children
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -226,7 +257,9 @@ class Template:
     seed_seconds: float
 
 
-def build_template(base: Path, videos: int, *, embed: bool) -> Template:
+def build_template(
+    base: Path, videos: int, *, embed: bool, analyze: bool = False, creator_id_index: bool = False
+) -> Template:
     """Seed one creator's library once: a SQLite file and a local storage tree."""
     from videolib.db.engine import create_db_engine
     from videolib.db.migrate import upgrade
@@ -261,6 +294,14 @@ def build_template(base: Path, videos: int, *, embed: bool) -> Template:
     )
     keys = object_keys(engine)
     engine.dispose()
+    if analyze or creator_id_index:
+        conn = sqlite3.connect(db_path)
+        if creator_id_index:
+            conn.execute("CREATE INDEX IF NOT EXISTS ix_videos_creator_id ON videos (creator_id, id)")
+        if analyze:
+            conn.execute("ANALYZE")
+        conn.commit()
+        conn.close()
     checkpoint_and_close(db_path)
     files, size = tree_bytes(storage)
     return Template(
@@ -423,7 +464,9 @@ def run_library(instance: Instance, *, videos: int, objects: int, batch_size: in
     started = time.monotonic()
     started_wall = datetime.now(UTC).isoformat()
     ids = list(iter_creator_video_ids(engine, CREATOR))
-    batches = plan_batches(ids, batch_size=batch_size, max_batches=MAX_BATCHES)
+    # Plan exactly as the flow does (newer plan_batches also balance small jobs over the workers).
+    balance = {"workers": WORKERS} if "workers" in inspect.signature(plan_batches).parameters else {}
+    batches = plan_batches(ids, batch_size=batch_size, max_batches=MAX_BATCHES, **balance)
     planned = time.monotonic()
     outcome = BatchOutcome()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
@@ -510,6 +553,13 @@ def run_floor(instance: Instance, *, videos: int, objects: int) -> Measurement:
         ended = time.monotonic()
         errors: dict[str, str] = {}
         how = "os.unlink loop"
+        # Not part of (d): the library also removes the per-video directories it
+        # empties (one rmdir each); timed separately, reported as (d+).
+        directories = sorted({os.path.dirname(path) for path in paths})
+        rmdir_started = time.monotonic()
+        for directory in directories:
+            os.rmdir(directory)
+        rmdir_s = time.monotonic() - rmdir_started
     else:
         store = instance.store()
         started = time.monotonic()
@@ -518,6 +568,9 @@ def run_floor(instance: Instance, *, videos: int, objects: int) -> Measurement:
         how = "ObjectStore.delete_many (1000-key DeleteObjects, 10 in flight)"
     m = Measurement(instance.scenario, "d", LABELS["d"], videos, objects, ended - started, ended - started,
                     extra={"how": how})
+    if instance.local_root is not None:
+        m.extra["rmdir_s"] = round(rmdir_s, 3)
+        m.extra["directories"] = len(directories)
     ok, detail = verify(instance, keys, rows_deleted=False)
     if errors:
         ok, detail = False, f"{len(errors)} delete errors; " + detail
@@ -557,32 +610,71 @@ def warm_up_flow(work: Path) -> None:
 # --------------------------------------------------------------------------- scenarios
 
 
-def run_scenario(name: str, template: Template, work: Path, batch_size: int, order: list[str], s3=None):
+def run_one(name: str, variant: str, template: Template, work: Path, batch_size: int, s3=None) -> Measurement:
+    note(f"{name}: preparing a private copy for {LABELS[variant]} ...")
+    t = time.monotonic()
+    instance = (
+        make_local_instance(template, work, variant) if s3 is None else make_s3_instance(template, work, variant, s3)
+    )
+    settle()
+    if s3 is not None:
+        time.sleep(3)  # let SeaweedFS finish what the uploads left it to do
+    note(f"{name}: copy ready in {time.monotonic() - t:.1f} s; running {LABELS[variant]} ...")
+    cpu0 = cpu_seconds()
+    try:
+        if variant == "a":
+            m = run_flow(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
+        elif variant == "b":
+            m = run_library(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
+        elif variant == "c":
+            m = run_baseline(instance, videos=template.videos, objects=template.objects)
+        else:
+            m = run_floor(instance, videos=template.videos, objects=template.objects)
+    finally:
+        cpu1 = cpu_seconds()
+        instance.cleanup()
+    m.cpu_s, m.server_cpu_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    status = "[green]verified[/green]" if m.verified else "[red]NOT VERIFIED[/red]"
+    note(f"{name}: {m.label}: {m.seconds:.2f} s, {m.rate:,.0f} videos/s "
+         f"(steady {m.steady_rate:,.0f}/s) {status}: {m.verify_detail}")
+    return m
+
+
+def median_of(samples: list[Measurement]) -> Measurement:
+    """The median run (by time; the lower middle one for an even count), carrying every
+    run's times in ``extra`` and verified only if every run verified."""
+    ordered = sorted(samples, key=lambda m: m.seconds)
+    m = ordered[(len(ordered) - 1) // 2]
+    if len(samples) > 1:
+        m.extra["runs_s"] = [round(x.seconds, 2) for x in samples]
+        m.extra["runs_steady_s"] = [round(x.steady_seconds, 2) for x in samples]
+        m.verified = all(x.verified for x in samples)
+    return m
+
+
+def run_scenario(name: str, template: Template, work: Path, batch_size: int, order: list[str], s3=None,
+                 repeat: int = 1) -> dict[str, Measurement]:
+    """Every variant ``repeat`` times; round r starts the order r places later (so no
+    variant always runs first); the median run of each variant is reported."""
     TEMPLATE_KEYS[name] = template.keys
-    results: dict[str, Measurement] = {}
-    for variant in order:
-        note(f"{name}: preparing a private copy for {LABELS[variant]} ...")
-        t = time.monotonic()
-        instance = (
-            make_local_instance(template, work, variant) if s3 is None else make_s3_instance(template, work, variant, s3)
+    samples: dict[str, list[Measurement]] = {v: [] for v in order}
+    for round_index in range(repeat):
+        shift = round_index % len(order)
+        round_order = order[shift:] + order[:shift]
+        if repeat > 1:
+            note(f"{name}: round {round_index + 1}/{repeat}: {' '.join(round_order)}")
+        for variant in round_order:
+            samples[variant].append(run_one(name, variant, template, work, batch_size, s3))
+    results = {variant: median_of(runs) for variant, runs in samples.items()}
+    if "d" in samples and all("rmdir_s" in m.extra for m in samples["d"]):
+        plus = [m.seconds + m.extra["rmdir_s"] for m in samples["d"]]
+        seconds = sorted(plus)[(len(plus) - 1) // 2]
+        d = results["d"]
+        results["d+"] = Measurement(
+            name, "d+", LABELS["d+"], d.videos, d.objects, seconds, seconds, verified=d.verified,
+            verify_detail=f"(d) plus {d.extra['directories']:,} rmdir",
+            extra={"how": "os.unlink + os.rmdir loops", **({"runs_s": [round(x, 2) for x in plus]} if repeat > 1 else {})},
         )
-        settle()
-        note(f"{name}: copy ready in {time.monotonic() - t:.1f} s; running {LABELS[variant]} ...")
-        try:
-            if variant == "a":
-                m = run_flow(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
-            elif variant == "b":
-                m = run_library(instance, videos=template.videos, objects=template.objects, batch_size=batch_size)
-            elif variant == "c":
-                m = run_baseline(instance, videos=template.videos, objects=template.objects)
-            else:
-                m = run_floor(instance, videos=template.videos, objects=template.objects)
-        finally:
-            instance.cleanup()
-        status = "[green]verified[/green]" if m.verified else "[red]NOT VERIFIED[/red]"
-        note(f"{name}: {m.label}: {m.seconds:.2f} s, {m.rate:,.0f} videos/s "
-             f"(steady {m.steady_rate:,.0f}/s) {status}: {m.verify_detail}")
-        results[variant] = m
     return results
 
 
@@ -594,8 +686,8 @@ def ratios(results: dict[str, Measurement], scenario: str) -> list[dict[str, Any
             return
         total = results[num].seconds / results[den].seconds
         steady = results[num].steady_seconds / results[den].steady_seconds
-        op, bound, text = TARGETS[name]
-        applies = name != "c/a" or scenario == "s3"
+        op, bound, text = TARGETS.get(name, ("", 0.0, "information only"))
+        applies = name in TARGETS and (name != "c/a" or scenario == "s3")
         met = None
         if applies:
             met = {
@@ -607,8 +699,38 @@ def ratios(results: dict[str, Measurement], scenario: str) -> list[dict[str, Any
 
     add("a/b", "a", "b")
     add("a/d", "a", "d")
+    add("a/d+", "a", "d+")
     add("c/a", "c", "a")
     return out
+
+
+def library_fingerprint() -> str:
+    """A hash of the project's Python sources (config, videolib, tasks, flows, migrations):
+    which version of the library these numbers belong to."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for package in ("config", "videolib", "tasks", "flows", "migrations"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def import_library() -> None:
+    """Import everything the variants use now, so that every variant of a run uses the
+    same code even if the sources change on disk while the benchmark runs."""
+    import flows.bulk_delete  # noqa: F401
+    import flows.operation  # noqa: F401
+    import tasks.common  # noqa: F401
+    import videolib.db.engine  # noqa: F401
+    import videolib.db.migrate  # noqa: F401
+    import videolib.delete  # noqa: F401
+    import videolib.embedders  # noqa: F401
+    import videolib.operation  # noqa: F401
+    import videolib.seed  # noqa: F401
+    import videolib.selection  # noqa: F401
+    import videolib.storage  # noqa: F401
 
 
 def machine_info() -> dict[str, Any]:
@@ -621,6 +743,7 @@ def machine_info() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "prefect": prefect.__version__,
         "platform": platform.platform(),
+        "library_sha256": library_fingerprint(),
     }
     with contextlib.suppress(Exception):
         import sqlalchemy
@@ -636,8 +759,12 @@ def print_report(machine, templates, all_results, all_ratios, args) -> None:
         f"machine: nproc={machine['nproc']} (usable {machine['cpus_usable']}), python {machine['python']}, "
         f"sqlite {machine['sqlite']}, prefect {machine['prefect']}, {machine['platform']}"
     )
+    console.print(f"library sources sha256: {machine['library_sha256']}")
+    console.print(f"runs per variant: local {args.repeat}, S3 {args.s3_repeat} (median shown)")
     console.print(f"batch size {args.batch_size}, {WORKERS} workers, max {MAX_BATCHES} batches; "
-                  f"embeddings: {'hashing, 384 dims' if not args.no_embed else 'none (--no-embed)'}")
+                  f"embeddings: {'hashing, 384 dims' if not args.no_embed else 'none (--no-embed)'}; "
+                  f"template ANALYZEd: {'yes' if args.analyze else 'no'}; "
+                  f"extra (creator_id, id) index: {'yes' if args.creator_id_index else 'no'}")
     for name, t in templates.items():
         console.print(
             f"{name}: {t.videos:,} videos, {t.chunks:,} chunks, {t.objects:,} objects "
@@ -645,16 +772,18 @@ def print_report(machine, templates, all_results, all_ratios, args) -> None:
         )
     table = Table(title="videos deleted per second (higher is better)")
     for col in ("scenario", "variant", "videos", "objects", "time s", "videos/s", "steady s", "steady videos/s",
-                "batches", "verified"):
-        table.add_column(col, justify="left" if col in ("scenario", "variant", "verified") else "right")
+                "batches", "cpu s (proc/srv)", "verified"):
+        table.add_column(col, justify="left" if col in ("scenario", "variant", "verified") else "right",
+                         no_wrap=col != "verified", min_width=8 if col == "verified" else None)
     for scenario, results in all_results.items():
-        for variant in "abcd":
+        for variant in ("a", "b", "c", "d", "d+"):
             if variant not in results:
                 continue
             m = results[variant]
             table.add_row(
                 scenario, m.label, f"{m.videos:,}", f"{m.objects:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
                 f"{m.steady_seconds:.2f}", f"{m.steady_rate:,.0f}", str(m.batches or "-"),
+                "-" if m.variant == "d+" else f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}",
                 "yes" if m.verified else f"NO: {m.verify_detail}",
             )
     console.print(table)
@@ -669,9 +798,15 @@ def print_report(machine, templates, all_results, all_ratios, args) -> None:
             rt.add_row(scenario, r["ratio"], f"{r['total']:.2f}", f"{r['steady']:.2f}", r["target"], met)
     console.print(rt)
     console.print("targets: (a) within 1.25x of (b); (a) within 1.5x of (d); on S3 (a) >= 6x faster than (c).")
+    console.print("(d+) = (d) plus removing the per-video directories (d) leaves behind, as the library does "
+                  "on local storage; a/d+ is for information.")
     for scenario, results in all_results.items():
         if "a" in results:
             console.print(f"{scenario} flow detail: {results['a'].extra}")
+        for variant, m in results.items():
+            if "runs_s" in m.extra:
+                console.print(f"{scenario} {m.label}: runs {m.extra['runs_s']} s "
+                              f"(steady {m.extra.get('runs_steady_s', m.extra['runs_s'])}); median shown")
 
 
 # --------------------------------------------------------------------------- main
@@ -686,6 +821,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (300 local, 100 S3): a quick check")
     parser.add_argument("--variants", default="abcd", help="which variants to run, in this order (default abcd)")
     parser.add_argument("--no-embed", action="store_true", help="seed chunks without embeddings (faster setup)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every variant this many times (rotating the order) and report the median")
+    parser.add_argument("--s3-repeat", type=int, help="--repeat for the S3 scenario (default: same as --repeat)")
+    parser.add_argument("--creator-id-index", action="store_true",
+                        help="experiment: add an index on videos (creator_id, id) to the template (see README)")
+    parser.add_argument("--analyze", action="store_true",
+                        help="run SQLite ANALYZE on the seeded template (planner statistics; see README)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (templates) afterwards")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
@@ -695,11 +837,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size == 1000:
             args.batch_size = 50
     order = [v for v in args.variants if v in "abcd"]
+    if args.repeat < 1 or (args.s3_repeat is not None and args.s3_repeat < 1):
+        parser.error("--repeat and --s3-repeat must be at least 1")
+    if args.s3_repeat is None:
+        args.s3_repeat = args.repeat
     scenarios = [s for s in ("local", "s3") if args.only in (None, s)]
 
     work = args.work_dir / f"run-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
+    import_library()
     note(f"machine: {machine}")
     templates: dict[str, Template] = {}
     all_results: dict[str, dict[str, Measurement]] = {}
@@ -719,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 videos = args.videos if scenario == "local" else args.s3_videos
                 note(f"{scenario}: seeding the template: {videos:,} videos x ({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
-                template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed)
+                template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed,
+                                          analyze=args.analyze, creator_id_index=args.creator_id_index)
                 templates[scenario] = template
                 note(f"{scenario}: template: {template.videos:,} videos, {template.chunks:,} chunks, "
                      f"{template.objects:,} objects, db {human_bytes(template.db_bytes)} ({template.seed_seconds:.0f} s)")
@@ -732,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
                     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
                     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
                         os.environ.pop(name, None)
-                results = run_scenario(scenario, template, work, args.batch_size, order, s3=s3)
+                results = run_scenario(scenario, template, work, args.batch_size, order, s3=s3,
+                                       repeat=args.s3_repeat if scenario == "s3" else args.repeat)
                 all_results[scenario] = results
                 all_ratios[scenario] = ratios(results, scenario)
                 if scenario == "local":
@@ -751,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.now(UTC).date().isoformat(),
             "machine": machine,
             "batch_size": args.batch_size,
+            "analyze": args.analyze,
+            "creator_id_index": args.creator_id_index,
+            "repeat": {"local": args.repeat, "s3": args.s3_repeat},
             "sizes": {k: {kk: vv for kk, vv in asdict(v).items() if kk not in ("keys", "db_path", "storage")}
                       for k, v in templates.items()},
             "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
