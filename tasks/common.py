@@ -16,6 +16,7 @@ STOP_PREFIX = "bulkops-stop-"
 _STOP_TTL_S = 1.0
 _stop_cache: dict[str, tuple[float, bool]] = {}
 _stop_lock = threading.Lock()
+_stop_refreshing: set[str] = set()
 
 
 def stop_variable_name(operation_id: str) -> str:
@@ -27,14 +28,23 @@ def stop_requested(operation_id: str) -> bool:
 
     Prefect's own cancel kills the flow's process; this flag lets the run end
     ``Cancelled`` after the batches in flight, with its progress and result kept.
-    Reads are cached for a second so hundreds of batches cost a few API calls.
+    Reads are cached for a second, and one thread refreshes a stale value while the
+    others use it, so hundreds of batches on many threads cost a few API calls.
     """
     now = time.monotonic()
     with _stop_lock:
         cached = _stop_cache.get(operation_id)
-        if cached and now - cached[0] < _STOP_TTL_S:
+        if cached and (cached[1] or now - cached[0] < _STOP_TTL_S):
             return cached[1]
-    stopped = bool(Variable.get(stop_variable_name(operation_id), default=None))
+        refreshing = operation_id in _stop_refreshing
+        if refreshing and cached:
+            return cached[1]
+        _stop_refreshing.add(operation_id)
+    try:
+        stopped = bool(Variable.get(stop_variable_name(operation_id), default=None))
+    finally:
+        with _stop_lock:
+            _stop_refreshing.discard(operation_id)
     with _stop_lock:
         # A stop is final: a slower reader's stale "not stopped" must not overwrite it.
         if not (_stop_cache.get(operation_id) or (0.0, False))[1]:

@@ -233,8 +233,9 @@ def write_manifest(
     batches: int,
 ) -> str:
     """The manifest's index: which parts hold the per-video records of this delete."""
-    parts = [manifest_part_key(operation_id, index) for index in range(batches)]
-    parts = [key for key in parts if store.exists(key)]
+    candidates = [manifest_part_key(operation_id, index) for index in range(batches)]
+    sizes = store.sizes(candidates)  # concurrent HEADs on S3, not one at a time
+    parts = [key for key in candidates if sizes.get(key) is not None]
     key = manifest_key(operation_id)
     document = {
         "operation": "delete",
