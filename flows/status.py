@@ -82,8 +82,8 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
             eta = float(eta_match.group(1))
     if result is not None:
         # The result is the final word (a Failed state carries no readable result).
-        if status in FINAL or status == "in_progress":
-            status = result["status"] if status != "in_progress" else status
+        if status in FINAL:
+            status = result["status"]
         current = result["succeeded"] + result["failed"] + result["skipped"]
         total = result["requested"]
     if status in FINAL:
