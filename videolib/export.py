@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from videolib.db.models import VIDEO_STATUSES, Video
 from videolib.ids import RequestError
+from videolib.operation import effective_batch_size, plan_batches
 from videolib.report import FORMULA_PREFIXES
 from videolib.selection import chunked
 from videolib.storage import ObjectStore
@@ -156,8 +157,6 @@ def plan_export_batches(
 ) -> list[ExportBatch]:
     """Cut the selection into batches; filter selections become id ranges (keyset)."""
     if ids is not None:
-        from videolib.operation import plan_batches
-
         return [ExportBatch(ids=list(b), rows=len(b)) for b in plan_batches(ids, batch_size=batch_rows, max_batches=max_batches)]
     with engine.connect() as conn:
         total = conn.execute(
@@ -165,8 +164,6 @@ def plan_export_batches(
         ).scalar_one()
     if total == 0:
         return []
-    from videolib.operation import effective_batch_size
-
     size = effective_batch_size(total, batch_rows, max_batches)
     batches: list[ExportBatch] = []
     query = (
