@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     )
     task_workers: int = Field(8, ge=1, le=64, description="threads running batches at once")
     lock_timeout_ms: int = Field(
-        5000, ge=0, description="PostgreSQL lock_timeout per delete batch"
+        5000, ge=0, description="PostgreSQL lock_timeout per delete or reprocess batch"
+    )
+    reprocess_lease_s: int = Field(
+        3600,
+        ge=0,
+        description="a reprocess claim (status 'processing') older than this, left by a crashed run, "
+        "may be taken over by another reprocess",
     )
 
     @field_validator("embedder")

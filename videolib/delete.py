@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, delete, select, text, update
 
+from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
 from videolib.operation import NOT_FOUND, STORAGE_ERROR, UNSAFE_KEY, BatchOutcome, ItemError
 from videolib.selection import chunked
@@ -63,13 +64,6 @@ def check_video_keys(creator_id: str, video_id: str, *keys: str | None) -> tuple
             raise UnsafeKeyError(f"{key!r} is not under {prefix!r}")
         out.append(key)
     return tuple(out)
-
-
-def _set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
-    if conn.dialect.name == "postgresql" and lock_timeout_ms > 0:
-        # SET LOCAL lasts for this transaction only; a blocked batch fails and is retried
-        # rather than waiting behind another operation's row locks indefinitely.
-        conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
 
 
 def _load_rows(conn: Connection, creator_id: str, ids: Sequence[str], *, for_update: bool):
@@ -136,7 +130,7 @@ def delete_batch(
 
     # 1. Tombstones, in one transaction, only for this creator's safely-keyed rows.
     with engine.begin() as conn:
-        _set_lock_timeout(conn, lock_timeout_ms)
+        set_lock_timeout(conn, lock_timeout_ms)
         rows = _load_rows(conn, creator_id, ids, for_update=True)
         eligible, errors = _classify(creator_id, ids, rows)
         for part in chunked([row.id for row in eligible]):
@@ -170,7 +164,7 @@ def delete_batch(
     # row that another operation removed meanwhile is not counted here.
     deleted: set[str] = set()
     with engine.begin() as conn:
-        _set_lock_timeout(conn, lock_timeout_ms)
+        set_lock_timeout(conn, lock_timeout_ms)
         for part in chunked([row.id for row in removed]):
             result = conn.execute(
                 delete(Video)

@@ -159,6 +159,22 @@ def seed_library(
     return report
 
 
+def _timestamp(seconds: float) -> str:
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def _webvtt(sentences: list[str], duration: float) -> str:
+    step = duration / max(len(sentences), 1)
+    cues = [
+        f"{i + 1}\n{_timestamp(i * step)} --> {_timestamp((i + 1) * step)}\n{sentence}"
+        for i, sentence in enumerate(sentences)
+    ]
+    return "WEBVTT\n\n" + "\n\n".join(cues) + "\n"
+
+
 def _pick_status(rng: random.Random) -> str:
     x = rng.random()
     for name, weight in _STATUSES:
@@ -189,12 +205,18 @@ def _generate(rng, owners, count, base_time, chunks_per_video, transcript_ratio,
         duration = round(rng.uniform(15, 3600), 3)
         has_transcript = rng.random() < transcript_ratio
         chunks: list[str] = []
+        spoken: list[str] = []
         if has_transcript:
             k = chunks_per_video if chunks_per_video is not None else rng.randint(2, 12)
             for _c in range(k):
                 sentences = [rng.choice(_SENTENCES).format(t=topic) for _s in range(rng.randint(4, 7))]
                 chunks.append(" ".join(sentences))
-        transcript = " ".join(chunks) if has_transcript else None
+                spoken.extend(sentences)
+        transcript = None
+        if has_transcript:
+            # A third of the transcripts are WebVTT captions (one cue per sentence), the
+            # rest plain text: reprocessing carries cue times into the chunks.
+            transcript = _webvtt(spoken, duration) if n % 3 == 0 else " ".join(chunks)
         storage_key = thumbnail_key = None
         size_bytes = None
         if with_files:

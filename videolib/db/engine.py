@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -70,3 +70,11 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
+    """PostgreSQL: give up on row locks after ``lock_timeout_ms`` in this transaction."""
+    if conn.dialect.name == "postgresql" and lock_timeout_ms > 0:
+        # SET LOCAL lasts for this transaction only; a blocked batch fails and is retried
+        # rather than waiting behind another operation's row locks indefinitely.
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))

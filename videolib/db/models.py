@@ -53,6 +53,8 @@ class Video(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     embedding_model: Mapped[str | None] = mapped_column(String(128))
+    # The reprocess operation holding this video's `processing` claim (migration 0003).
+    processing_by: Mapped[str | None] = mapped_column(String(36))
 
 
 class VideoChunk(Base):

@@ -1,0 +1,107 @@
+"""bulk-reprocess: re-chunk a creator's transcripts and recompute their embeddings.
+
+Each batch claims its videos (``processing``), chunks and embeds them in one
+vectorised call, and writes one transaction with a savepoint per video: a video gets
+all of its new chunks or keeps its old ones (see ``videolib/reprocess.py``). By hand:
+
+    bulkops reprocess --creator creator-001 --all
+    bulkops reprocess --creator creator-001 --ids ID,ID --embedder minilm
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from config import get_settings
+from flows.operation import run_operation
+from tasks.common import engine
+from tasks.reprocess import embedder_for, reprocess_video_batch
+from videolib.chunking import ChunkingConfig
+from videolib.ids import RequestError, check_creator_id
+from videolib.operation import BatchOutcome, OperationResult, parse_video_ids
+from videolib.selection import iter_creator_video_ids, resolve_owned
+
+
+@flow(
+    name="bulk-reprocess",
+    flow_run_name="reprocess-{creator_id}",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    validate_parameters=True,
+)
+def bulk_reprocess(
+    creator_id: Annotated[str, Field(min_length=1, max_length=64)],
+    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    all_videos: bool = False,
+    embedder: Literal["hashing", "minilm"] | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500,
+    chunk_target: Annotated[int, Field(ge=8, le=2000)] = 80,
+    chunk_overlap: Annotated[int, Field(ge=0, le=1000)] = 16,
+    chunk_unit: Literal["words", "tokens"] = "words",
+):
+    """Re-chunk transcripts and recompute embeddings for videos of one creator.
+
+    Args:
+        creator_id: The creator whose videos are reprocessed; other creators' ids are reported as not_found.
+        video_ids: Video ids (UUIDs), at most BULKOPS_MAX_IDS (10,000 by default). Leave empty with all_videos.
+        all_videos: Reprocess every video of the creator (those without a transcript are reported as no_transcript).
+        embedder: hashing (built in, lexical) or minilm (the optional extra); default BULKOPS_EMBEDDER.
+        batch_size: Videos per batch; grows automatically so one run maps at most a few hundred batches.
+        chunk_target: Most words (or tokens) per chunk.
+        chunk_overlap: Words (or tokens) repeated from the end of the previous chunk; smaller than chunk_target.
+        chunk_unit: Count chunk sizes in words or in tokens (letter/digit runs and punctuation marks).
+    """
+    settings = get_settings()
+    embedder_name = embedder or settings.embedder
+    chunk_count = 0
+
+    def prepare(result: OperationResult) -> list[str]:
+        check_creator_id(creator_id)
+        try:
+            chunking = ChunkingConfig(target=chunk_target, overlap=chunk_overlap, unit=chunk_unit)
+        except ValueError as exc:
+            raise RequestError("bad_chunking", str(exc).splitlines()[-1].strip()) from None
+        try:
+            embedder_for(embedder_name)  # a missing extra is refused before any claim
+        except (ImportError, ValueError, RuntimeError) as exc:
+            raise RequestError("embedder_unavailable", str(exc)) from None
+        task_kwargs["chunking"] = chunking.model_dump()
+        if all_videos and video_ids:
+            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+        if all_videos:
+            ids = list(iter_creator_video_ids(engine(), creator_id))
+            result.requested = len(ids)
+            return ids
+        if not video_ids:
+            raise RequestError(
+                "empty_selection", "no videos selected: give `video_ids`, or set `all_videos` to reprocess everything"
+            )
+        parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
+        result.requested = parsed.requested
+        result.add_errors(parsed.errors)
+        owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=("deleting",))
+        result.add_errors(missing)
+        return owned
+
+    def on_outcome(_index: int, outcome: BatchOutcome) -> None:
+        nonlocal chunk_count
+        chunk_count += int(outcome.extra.get("chunks", 0))
+
+    def finish(result: OperationResult, _started: float) -> None:
+        result.message = result.message or f"{chunk_count} chunks written with embedder {embedder_name}"
+
+    task_kwargs: dict = {"creator_id": creator_id, "embedder": embedder_name, "chunking": {}}
+    return run_operation(
+        operation="reprocess",
+        creator_id=creator_id,
+        dry_run=False,
+        batch_size=batch_size,
+        prepare=prepare,
+        batch_task=reprocess_video_batch,
+        task_kwargs=task_kwargs,
+        on_outcome=on_outcome,
+        finish=finish,
+    )

@@ -1,0 +1,60 @@
+"""Tasks of the bulk-reprocess flow."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from config import get_settings
+from tasks.common import engine, stop_requested
+from videolib.chunking import ChunkingConfig
+from videolib.embedders import Embedder, get_embedder
+from videolib.operation import BatchOutcome
+from videolib.reprocess import reprocess_batch
+
+
+@lru_cache(maxsize=4)
+def embedder_for(name: str) -> Embedder:
+    """One embedder per name and process (a model loads once, whatever the batches)."""
+    return get_embedder(name)
+
+
+@task(
+    name="reprocess-video-batch",
+    task_run_name="reprocess-batch-{batch_index}",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_jitter_factor=0.5,
+    cache_policy=NONE,
+)
+def reprocess_video_batch(
+    video_ids: list[str],
+    batch_index: int,
+    *,
+    creator_id: str,
+    operation_id: str,
+    embedder: str,
+    chunking: dict[str, Any],
+) -> dict[str, Any]:
+    """Re-chunk and re-embed one batch; returns the batch's outcome as a dict."""
+    if stop_requested(operation_id):
+        return BatchOutcome(skipped=len(video_ids)).to_dict()
+    settings = get_settings()
+    outcome = reprocess_batch(
+        engine(),
+        embedder_for(embedder),
+        creator_id=creator_id,
+        video_ids=video_ids,
+        operation_id=operation_id,
+        chunking=ChunkingConfig(**chunking),
+        lease_s=settings.reprocess_lease_s,
+        lock_timeout_ms=settings.lock_timeout_ms,
+    )
+    if outcome.errors:
+        get_run_logger().warning(
+            "batch %s: %s reprocessed, %s failed", batch_index, len(outcome.succeeded), len(outcome.errors)
+        )
+    return outcome.to_dict()

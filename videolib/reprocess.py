@@ -1,0 +1,327 @@
+"""Bulk reprocess: re-chunk transcripts and recompute embeddings, one batch at a time.
+
+For one batch of a creator's videos:
+
+1. **claim** (one short transaction): compare-and-set the videos to ``processing``,
+   owned by this operation (``videos.processing_by``). A video that is ``deleting``
+   or gone is ``not_found``; one without a transcript is ``no_transcript`` and left
+   untouched; one another operation is processing is ``busy`` and not taken. A claim
+   of this same operation (a retried batch) is taken back, and a claim left by a
+   crashed run is taken over once older than the lease.
+2. **chunk** every transcript (``videolib.chunking``) and **embed** all the batch's
+   chunks in one vectorised call, outside any transaction;
+3. **write** (one transaction per batch, a savepoint per video): compare-and-set the
+   video from ``processing`` (still ours) to ``ready`` with ``embedded_at`` and
+   ``embedding_model``, delete its old chunks, insert the new ones. A video whose
+   write fails is rolled back to its savepoint, so it keeps all of its old chunks,
+   and is set ``failed`` with the error in the report. One commit per batch, not per
+   video: SQLite pays per commit.
+
+A concurrent delete always wins: it tombstones a video whatever its status, and the
+compare-and-set in step 3 then finds no ``processing`` row of ours, so nothing is
+written for it (reported ``not_found``). A crash leaves every video with its old
+chunks or all of its new ones, never half: at worst ``processing`` with its old
+chunks, which a rerun takes over after the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+
+from videolib.chunking import Chunk, ChunkingConfig, chunk_transcript
+from videolib.db.engine import set_lock_timeout
+from videolib.db.models import Video, VideoChunk
+from videolib.embedders import Embedder, to_blob
+from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
+from videolib.selection import chunked
+
+log = logging.getLogger(__name__)
+
+BUSY = "busy"
+REPROCESS_ERROR = "reprocess_error"
+CLAIMABLE = ("uploaded", "ready", "failed")
+
+# Fault injection for tests: called as hook(stage, video_id) inside a video's
+# savepoint, at "after_delete" (old chunks gone) and "after_insert" (new ones in).
+WriteHook = Callable[[str, str], None]
+
+
+@dataclass
+class _Work:
+    video_id: str
+    previous_status: str
+    chunks: list[Chunk] = field(default_factory=list)
+    first: int = 0  # index of its first chunk in the batch's embedding matrix
+
+
+def _has_transcript():
+    return and_(Video.transcript.is_not(None), func.trim(Video.transcript) != "")
+
+
+def claim_batch(
+    engine: Engine,
+    *,
+    creator_id: str,
+    video_ids: Sequence[str],
+    operation_id: str,
+    lease_s: int,
+    lock_timeout_ms: int = 5000,
+) -> tuple[dict[str, tuple[str, str]], list[ItemError]]:
+    """Set the batch's eligible videos ``processing`` for ``operation_id``.
+
+    Returns ``{video_id: (previous_status, transcript)}`` for the videos claimed, and
+    per-item errors for the others (which are left unchanged).
+    """
+    ids = list(dict.fromkeys(video_ids))
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=lease_s)
+    errors: list[ItemError] = []
+    claimed: dict[str, tuple[str, str]] = {}
+    with engine.begin() as conn:
+        set_lock_timeout(conn, lock_timeout_ms)
+        rows = {}
+        for part in chunked(ids):
+            query = select(
+                Video.id, Video.status, Video.processing_by, Video.updated_at, _has_transcript().label("has_t")
+            ).where(Video.creator_id == creator_id, Video.id.in_(part))
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            rows.update({row.id: row for row in conn.execute(query)})
+        takeable: list[str] = []
+        for vid in ids:
+            row = rows.get(vid)
+            if row is None or row.status == "deleting":
+                errors.append(ItemError(vid, NOT_FOUND, "no such video for this creator"))
+            elif not row.has_t:
+                errors.append(ItemError(vid, NO_TRANSCRIPT, "the video has no transcript; left unchanged"))
+            elif row.status == "processing" and not _can_take(row, operation_id, cutoff):
+                errors.append(ItemError(vid, BUSY, _busy_detail(row)))
+            else:
+                takeable.append(vid)
+        taken: set[str] = set()
+        for part in chunked(takeable):
+            result = conn.execute(
+                update(Video)
+                .where(
+                    Video.creator_id == creator_id,
+                    Video.id.in_(part),
+                    or_(
+                        Video.status.in_(CLAIMABLE),
+                        and_(
+                            Video.status == "processing",
+                            or_(
+                                Video.processing_by == operation_id,
+                                and_(Video.processing_by.is_not(None), Video.updated_at < cutoff),
+                            ),
+                        ),
+                    ),
+                )
+                .values(status="processing", processing_by=operation_id, updated_at=now)
+                .returning(Video.id)
+            )
+            taken.update(result.scalars())
+        for vid in takeable:
+            if vid not in taken:  # changed between our read and our update
+                errors.append(ItemError(vid, BUSY, "its status changed while being claimed; left unchanged"))
+        for part in chunked([vid for vid in takeable if vid in taken]):
+            for row in conn.execute(select(Video.id, Video.transcript).where(Video.id.in_(part))):
+                previous = rows[row.id].status
+                claimed[row.id] = ("failed" if previous == "processing" else previous, row.transcript)
+    return claimed, errors
+
+
+def _can_take(row, operation_id: str, cutoff: datetime) -> bool:
+    if row.processing_by == operation_id:
+        return True
+    if row.processing_by is None:  # another pipeline's work (e.g. an upload)
+        return False
+    updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+    return updated < cutoff
+
+
+def _busy_detail(row) -> str:
+    if row.processing_by:
+        return f"being reprocessed by operation {row.processing_by}; left unchanged"
+    return "the video is being processed elsewhere (status 'processing'); left unchanged"
+
+
+def release_claims(engine: Engine, operation_id: str, previous: dict[str, str]) -> None:
+    """Give claims back with their previous status (when a batch fails as a whole)."""
+    now = datetime.now(UTC)
+    by_status: dict[str, list[str]] = {}
+    for vid, status in previous.items():
+        by_status.setdefault(status, []).append(vid)
+    with engine.begin() as conn:
+        for status, ids in by_status.items():
+            for part in chunked(ids):
+                conn.execute(
+                    update(Video)
+                    .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
+                    .values(status=status, processing_by=None, updated_at=now)
+                )
+
+
+def reprocess_batch(
+    engine: Engine,
+    embedder: Embedder,
+    *,
+    creator_id: str,
+    video_ids: Sequence[str],
+    operation_id: str,
+    chunking: ChunkingConfig | None = None,
+    lease_s: int = 3600,
+    lock_timeout_ms: int = 5000,
+    hook: WriteHook | None = None,
+) -> BatchOutcome:
+    """Re-chunk and re-embed one batch of the creator's videos (see the module's doc).
+
+    Never raises for a single video; raises when the batch cannot proceed (the
+    database is unreachable, the embedder fails), after giving its claims back, so
+    that the batch can be retried whole.
+    """
+    chunking = chunking or ChunkingConfig()
+    claimed, errors = claim_batch(
+        engine, creator_id=creator_id, video_ids=video_ids, operation_id=operation_id,
+        lease_s=lease_s, lock_timeout_ms=lock_timeout_ms,
+    )
+    if not claimed:
+        return BatchOutcome(errors=errors)
+    previous = {vid: prev for vid, (prev, _t) in claimed.items()}
+    try:
+        return _process_claimed(
+            engine, embedder, claimed, errors, operation_id=operation_id, chunking=chunking,
+            lock_timeout_ms=lock_timeout_ms, hook=hook,
+        )
+    except Exception:
+        try:
+            release_claims(engine, operation_id, previous)
+        except Exception:
+            log.exception("could not release the claims of a failed reprocess batch")
+        raise
+
+
+def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunking, lock_timeout_ms, hook):
+    failed: dict[str, str] = {}  # video -> detail; set `failed` after the write
+    untouched: dict[str, str] = {}  # claimed but nothing to write: back to the previous status
+    work: list[_Work] = []
+    texts: list[str] = []
+    for vid, (prev, transcript) in claimed.items():
+        try:
+            chunks = chunk_transcript(transcript, chunking)
+        except Exception as exc:
+            failed[vid] = f"the transcript could not be chunked: {type(exc).__name__}: {exc}"[:500]
+            continue
+        if not chunks:
+            errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))
+            untouched[vid] = prev
+            continue
+        work.append(_Work(vid, prev, chunks, first=len(texts)))
+        texts.extend(chunk.content for chunk in chunks)
+
+    vectors = embedder.embed(texts) if texts else np.zeros((0, embedder.dim), dtype=np.float32)
+    if vectors.shape != (len(texts), embedder.dim):
+        raise RuntimeError(f"embedder {embedder.name} returned shape {vectors.shape} for {len(texts)} texts")
+    finite = np.isfinite(vectors).all(axis=1)
+
+    now = datetime.now(UTC)
+    written: list[str] = []
+    chunk_count = 0
+    with engine.begin() as conn:
+        set_lock_timeout(conn, lock_timeout_ms)
+        # Refresh the claims (the lease runs from the last sign of life). This is also
+        # the transaction's first write: pysqlite opens its transaction at the first
+        # INSERT/UPDATE/DELETE, and a SAVEPOINT issued before that would start (and its
+        # RELEASE commit) a transaction of its own instead of nesting in this one.
+        _touch(conn, [w.video_id for w in work] or list(claimed), operation_id, now)
+        for item in work:
+            rows_ok = finite[item.first : item.first + len(item.chunks)]
+            if not rows_ok.all():
+                failed[item.video_id] = f"embedder {embedder.name} returned non-finite values"
+                continue
+            outcome = _write_video(conn, item, vectors, embedder.name, operation_id, now, hook)
+            if outcome is None:
+                written.append(item.video_id)
+                chunk_count += len(item.chunks)
+            elif outcome == NOT_FOUND:
+                errors.append(ItemError(item.video_id, NOT_FOUND, "deleted while being reprocessed; nothing written"))
+            else:
+                failed[item.video_id] = outcome
+        for vid, detail in failed.items():
+            errors.append(ItemError(vid, REPROCESS_ERROR, f"set to 'failed', old chunks kept: {detail}"))
+        _set_status(conn, list(failed), "failed", operation_id, now)
+        for vid, prev in untouched.items():
+            _set_status(conn, [vid], prev, operation_id, now)
+    return BatchOutcome(succeeded=written, errors=errors, extra={"chunks": chunk_count})
+
+
+def _touch(conn: Connection, ids: list[str], operation_id: str, now: datetime) -> None:
+    for part in chunked(ids):
+        conn.execute(
+            update(Video)
+            .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
+            .values(updated_at=now)
+        )
+
+
+def _set_status(conn: Connection, ids: list[str], status: str, operation_id: str, now: datetime) -> None:
+    for part in chunked(ids):
+        conn.execute(
+            update(Video)
+            .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
+            .values(status=status, processing_by=None, updated_at=now)
+        )
+
+
+def _write_video(conn, item: _Work, vectors, model: str, operation_id: str, now: datetime, hook) -> str | None:
+    """Replace one video's chunks in a savepoint. None on success, else why not."""
+    savepoint = conn.begin_nested()
+    try:
+        result = conn.execute(
+            update(Video)
+            .where(Video.id == item.video_id, Video.status == "processing", Video.processing_by == operation_id)
+            .values(status="ready", processing_by=None, embedded_at=now, embedding_model=model, updated_at=now)
+        )
+        if result.rowcount != 1:  # a delete took it (or a takeover): write nothing
+            savepoint.rollback()
+            return NOT_FOUND
+        conn.execute(delete(VideoChunk).where(VideoChunk.video_id == item.video_id))
+        if hook is not None:
+            hook("after_delete", item.video_id)
+        conn.execute(
+            insert(VideoChunk),
+            [
+                {
+                    "video_id": item.video_id,
+                    "chunk_index": chunk.index,
+                    "content": chunk.content,
+                    "start_s": chunk.start_s,
+                    "end_s": chunk.end_s,
+                    "embedding": to_blob(vectors[item.first + chunk.index]),
+                    "model": model,
+                }
+                for chunk in item.chunks
+            ],
+        )
+        if hook is not None:
+            hook("after_insert", item.video_id)
+        savepoint.commit()
+        return None
+    except Exception as exc:
+        savepoint.rollback()
+        log.warning("reprocess of %s rolled back: %s", item.video_id, exc)
+        return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def estimate_chunks(words: int, chunking: ChunkingConfig) -> int:
+    """About how many chunks ``words`` words make (for plans and progress)."""
+    if words <= 0:
+        return 0
+    step = max(chunking.target - chunking.overlap, 1)
+    return max(1, math.ceil((words - chunking.overlap) / step))
