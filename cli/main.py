@@ -251,6 +251,10 @@ def _load_flow(name: str):
         from flows.bulk_export import bulk_export
 
         return bulk_export
+    if name == "bulk-reprocess":
+        from flows.bulk_reprocess import bulk_reprocess
+
+        return bulk_reprocess
     raise ValueError(name)
 
 
@@ -455,6 +459,111 @@ def _check_export_not_empty(creator: str, flt) -> None:
         raise Refused("empty_selection", f"no videos of creator {creator!r} match: nothing to export")
 
 
+EmbedderOpt = Annotated[
+    str | None,
+    typer.Option("--embedder", help="hashing (built in, lexical) or minilm (extra); default BULKOPS_EMBEDDER."),
+]
+
+
+def _check_embedder(name: str | None) -> str:
+    """The embedder to use, refused (exit 2) when unknown or its extra is missing."""
+    name = name or _settings().embedder
+    if name not in ("hashing", "minilm"):
+        raise Refused("unknown_embedder", f"--embedder must be 'hashing' or 'minilm', got {name[:40]!r}")
+    from videolib.embedders import get_embedder
+
+    try:
+        get_embedder(name)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise Refused("embedder_unavailable", str(exc)) from exc
+    return name
+
+
+@app.command()
+def reprocess(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are reprocessed.")],
+    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids.")] = None,
+    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
+    embedder: EmbedderOpt = None,
+    chunk_target: Annotated[int, typer.Option("--chunk-target", help="Most words (or tokens) per chunk.")] = 80,
+    chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Words (or tokens) of overlap.")] = 16,
+    chunk_unit: Annotated[str, typer.Option("--chunk-unit", help="words or tokens.")] = "words",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Videos per batch.")] = 500,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-chunk transcripts and recompute embeddings (a video gets all new chunks or keeps its old ones)."""
+    from pydantic import ValidationError
+
+    from videolib.chunking import ChunkingConfig
+
+    _check_creator(creator)
+    try:
+        ChunkingConfig(target=chunk_target, overlap=chunk_overlap, unit=chunk_unit)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'chunking'}: {e['msg']}" for e in exc.errors())
+        raise Refused("bad_chunking", f"bad chunking options: {problems}") from exc
+    selection = _read_selection(ids, ids_file, all_videos, allow_all=True)
+    name = _check_embedder(embedder)
+    _prepare_database()
+    if selection is None:
+        _check_all_not_empty(creator)
+    parameters = {"creator_id": creator, "video_ids": selection, "all_videos": selection is None,
+                  "embedder": name, "batch_size": batch_size, "chunk_target": chunk_target,
+                  "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
+    document = run_flow("bulk-reprocess", parameters, json_out=json_out, label="reprocess")
+    finish_operation(document, json_out=json_out)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for in the transcripts.")],
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose chunks are searched.")],
+    top: Annotated[int, typer.Option("--top", help="How many chunks to show (1-100).")] = 10,
+    embedder: EmbedderOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The transcript chunks most similar to a query (cosine similarity of embeddings)."""
+    from videolib.db.engine import get_engine
+    from videolib.embedders import get_embedder
+    from videolib.search import check_query, search_chunks
+
+    _check_creator(creator)
+    try:
+        check_query(query, top)
+    except RequestError as exc:
+        raise Refused(exc.code, exc.message) from exc
+    name = _check_embedder(embedder)
+    _prepare_database()
+    result = search_chunks(get_engine(_settings().database_url), get_embedder(name), creator_id=creator,
+                           query=query, top=top)
+    document = result.to_dict()
+    if not result.searched_chunks:
+        document["message"] = (
+            f"no chunks of creator {creator!r} are embedded with {result.model}: "
+            f"run `bulkops reprocess --creator {creator} --all --embedder {name}` first"
+        )
+    if json_out:
+        emit(document)
+        return
+    out.print(f"[bold]{len(result.results)} best of {result.searched_chunks} chunks[/bold] "
+              f"({result.model}) for {query!r}", markup=True)
+    for rank, hit in enumerate(result.results, 1):
+        when = "" if hit.start_s is None else f" @ {_clock(hit.start_s)}–{_clock(hit.end_s or hit.start_s)}"
+        out.print(f"{rank:>2}. {hit.score:.3f}  {hit.title!r} (video {hit.video_id}, chunk {hit.chunk_index}{when})",
+                  markup=False)
+        text = hit.content if len(hit.content) <= 200 else hit.content[:197] + "..."
+        out.print(f"    {text}", markup=False)
+    if document.get("message"):
+        out.print(document["message"], markup=False)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 # ----------------------------------------------------------------------------- status
 
 
@@ -531,11 +640,26 @@ def demo(
         ("3. export to CSV (formula guard on)", "bulk-export", {"creator_id": creator, "format": "csv", "batch_size": 200},
          "export"),
     ]
+    with engine.connect() as conn:
+        from sqlalchemy import func, select
+
+        from videolib.db.models import Video
+
+        # Videos with a transcript that no other pipeline is processing, so the demo's
+        # reprocess completes (--all would report the others, and end partial).
+        with_transcripts = list(conn.execute(
+            select(Video.id).where(Video.creator_id == creator, Video.transcript.is_not(None),
+                                   func.trim(Video.transcript) != "", Video.status != "processing")
+            .order_by(Video.id)
+        ).scalars())
+    steps.append(("4. reprocess transcripts (re-chunk, re-embed)", "bulk-reprocess",
+                  {"creator_id": creator, "video_ids": with_transcripts, "embedder": settings.embedder,
+                   "batch_size": max(10, len(with_transcripts) // 8)}, "reprocess"))
     batch = max(10, len(targets) // 5)
     steps += [
-        ("4. delete (dry run)", "bulk-delete",
+        ("6. delete (dry run)", "bulk-delete",
          {"creator_id": creator, "video_ids": targets, "dry_run": True, "batch_size": batch}, "delete (dry run)"),
-        ("5. delete", "bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch}, "delete"),
+        ("7. delete", "bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch}, "delete"),
     ]
     document: dict = {}
     for title, flow_name, parameters, label in steps:
@@ -548,7 +672,23 @@ def demo(
         if document.get("output"):
             where = Path(store.root) / document["output"]["path"] if not store.is_s3 else document["output"]["path"]
             out.print(f"File: {where}")
+        if flow_name == "bulk-reprocess":
+            _demo_search(engine, creator, settings.embedder)
     out.print(f"\nDone. Check a run: bulkops status {document['operation_id']}")
+
+
+def _demo_search(engine, creator: str, embedder_name: str) -> None:
+    from videolib.embedders import get_embedder
+    from videolib.search import search_chunks
+
+    query = "what is a common mistake to avoid"
+    out.rule(f"5. search: {query!r}")
+    result = search_chunks(engine, get_embedder(embedder_name), creator_id=creator, query=query, top=3)
+    for rank, hit in enumerate(result.results, 1):
+        text = hit.content if len(hit.content) <= 160 else hit.content[:157] + "..."
+        out.print(f"{rank}. {hit.score:.3f}  {hit.title!r}, chunk {hit.chunk_index}: {text}", markup=False)
+    out.print(f"(searched {result.searched_chunks} chunks embedded with {result.model}; "
+              f"try: bulkops search --creator {creator} \"your words\")", markup=False)
 
 
 def _redact(url: str) -> str:
