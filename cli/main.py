@@ -493,16 +493,10 @@ def reprocess(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-chunk transcripts and recompute embeddings (a video gets all new chunks or keeps its old ones)."""
-    from pydantic import ValidationError
-
-    from videolib.chunking import ChunkingConfig
+    from videolib.chunking import chunking_config
 
     _check_creator(creator)
-    try:
-        ChunkingConfig(target=chunk_target, overlap=chunk_overlap, unit=chunk_unit)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'chunking'}: {e['msg']}" for e in exc.errors())
-        raise Refused("bad_chunking", f"bad chunking options: {problems}") from exc
+    chunking_config(chunk_target, chunk_overlap, chunk_unit)  # RequestError -> exit 2
     selection = _read_selection(ids, ids_file, all_videos, allow_all=True)
     name = _check_embedder(embedder)
     _prepare_database()

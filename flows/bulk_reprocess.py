@@ -20,7 +20,7 @@ from config import get_settings
 from flows.operation import run_operation
 from tasks.common import engine
 from tasks.reprocess import embedder_for, reprocess_video_batch
-from videolib.chunking import ChunkingConfig
+from videolib.chunking import chunking_config
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult, parse_video_ids
 from videolib.selection import iter_creator_video_ids, resolve_owned
@@ -60,10 +60,7 @@ def bulk_reprocess(
 
     def prepare(result: OperationResult) -> list[str]:
         check_creator_id(creator_id)
-        try:
-            chunking = ChunkingConfig(target=chunk_target, overlap=chunk_overlap, unit=chunk_unit)
-        except ValueError as exc:
-            raise RequestError("bad_chunking", str(exc).splitlines()[-1].strip()) from None
+        chunking = chunking_config(chunk_target, chunk_overlap, chunk_unit)
         try:
             embedder_for(embedder_name)  # a missing extra is refused before any claim
         except (ImportError, ValueError, RuntimeError) as exc:

@@ -271,3 +271,142 @@ def test_killed_delete_converges_on_rerun(sqlite_library, prefect_server, tmp_pa
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert doc["succeeded"] == len(remaining)
     assert counts(lib) == (0, 0) and store.list_keys("videos") == []
+
+
+# ----------------------------------------------------------------------------- reprocess and search
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["reprocess", "--creator", "creator-001"], "bad_selection"),
+        (["reprocess", "--creator", "creator-001", "--all", "--ids", "{id}"], "bad_selection"),
+        (["reprocess", "--creator", "creator-001", "--ids", " , "], "empty_selection"),
+        (["reprocess", "--creator", "creator-001", "--all", "--embedder", "gpt-9"], "unknown_embedder"),
+        (["reprocess", "--creator", "creator-001", "--all", "--chunk-target", "20", "--chunk-overlap", "20"],
+         "bad_chunking"),
+        (["reprocess", "--creator", "creator-001", "--all", "--chunk-unit", "bytes"], "bad_chunking"),
+        (["reprocess", "--creator", "creator-001", "--all", "--chunk-target", "999999"], "bad_chunking"),
+        (["reprocess", "--creator", "c'; DROP TABLE videos;--", "--all"], "invalid_creator"),
+        (["reprocess", "--creator", "nobody-here", "--all"], "empty_selection"),
+        (["search", "--creator", "creator-001", "   "], "empty_query"),
+        (["search", "--creator", "creator-001", "x" * 2001], "query_too_long"),
+        (["search", "--creator", "creator-001", "bread", "--top", "0"], "bad_top"),
+        (["search", "--creator", "creator-001", "bread", "--top", "101"], "bad_top"),
+        (["search", "--creator", "../../etc", "bread"], "invalid_creator"),
+        (["search", "--creator", "creator-001", "bread", "--embedder", "nope"], "unknown_embedder"),
+        (["search", "--creator", "creator-001"], "usage"),
+    ],
+)
+def test_reprocess_and_search_refusals(seeded, args, error):
+    vid = seeded.ids("creator-001")[0]
+    before = counts(seeded)
+    with seeded.engine.connect() as conn:
+        statuses = conn.execute(select(Video.id, Video.status, Video.updated_at).order_by(Video.id)).all()
+    proc, doc = run_cli(seeded, *[a.format(id=vid) for a in args], "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert set(doc) == {"error", "message"} and doc["error"] == error and doc["message"]
+    assert counts(seeded) == before
+    with seeded.engine.connect() as conn:
+        assert conn.execute(select(Video.id, Video.status, Video.updated_at).order_by(Video.id)).all() == statuses
+
+
+def test_reprocess_json_then_search_finds_a_chunk(sqlite_library, prefect_server, tmp_path):
+    lib = sqlite_library
+    lib.seed(30, creators=2, transcript_ratio=1.0)
+    with lib.engine.connect() as conn:
+        ids = list(conn.execute(select(Video.id).where(Video.creator_id == "creator-001",
+                                                       Video.status != "processing")).scalars())
+    theirs = lib.ids("creator-002")[0]
+    ids_file = _ids_file(tmp_path, ids + [theirs, "not-an-id"])
+    proc, doc = run_cli(lib, "reprocess", "--creator", "creator-001", "--ids-file", ids_file, "--json",
+                        "--chunk-target", "30", "--chunk-overlap", "5", prefect=prefect_server)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # partial: one foreign, one malformed id
+    assert doc["operation"] == "reprocess" and doc["status"] == "partial"
+    assert doc["succeeded"] == len(ids) and doc["failed"] == 2 and doc["requested"] == len(ids) + 2
+    assert {(e["video_id"], e["error"]) for e in doc["errors"]} == {(theirs, "not_found"),
+                                                                    ("not-an-id", "invalid_id")}
+    status, sdoc = run_cli(lib, "status", doc["operation_id"], "--json", prefect=prefect_server)
+    assert status.returncode == 0 and sdoc["status"] == "partial" and sdoc["operation"] == "reprocess"
+
+    with lib.engine.connect() as conn:
+        chunk = conn.execute(select(VideoChunk.video_id, VideoChunk.chunk_index, VideoChunk.content)
+                             .where(VideoChunk.video_id == ids[0]).order_by(VideoChunk.chunk_index.desc())).first()
+    proc, found = run_cli(lib, "search", "--creator", "creator-001", chunk.content, "--top", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert found["results"][0]["video_id"] == chunk.video_id
+    assert found["results"][0]["content"] == chunk.content and found["results"][0]["score"] > 0.999
+    assert len(found["results"]) == 3 and found["model"] == "hashing-v1" and found["searched_chunks"] > 3
+
+    human, _ = run_cli(lib, "search", "--creator", "creator-001", "patience")
+    assert human.returncode == 0 and "best of" in human.stdout
+
+    # A hostile query is just text: results, and nothing changes.
+    before = counts(lib)
+    proc, hostile = run_cli(lib, "search", "--creator", "creator-001", "'; DELETE FROM videos; --", "--json")
+    assert proc.returncode == 0 and counts(lib) == before
+
+
+def test_search_without_embedded_chunks_says_what_to_do(sqlite_library):
+    lib = sqlite_library
+    from videolib.seed import seed_library
+
+    seed_library(lib.engine, None, None, videos=5, creators=1, seed=3)  # no embeddings
+    proc, doc = run_cli(lib, "search", "--creator", "creator-001", "bread", "--json")
+    assert proc.returncode == 0 and doc["results"] == [] and doc["searched_chunks"] == 0
+    assert "bulkops reprocess --creator creator-001 --all" in doc["message"]
+
+
+def test_killed_reprocess_leaves_whole_chunk_sets_and_converges(sqlite_library, prefect_server):
+    from videolib.chunking import ChunkingConfig, chunk_transcript
+
+    lib = sqlite_library
+    lib.seed(1200, creators=1, transcript_ratio=1.0, files=False)
+    with lib.engine.connect() as conn:
+        before = {}
+        for vid, content in conn.execute(select(VideoChunk.video_id, VideoChunk.content)
+                                         .order_by(VideoChunk.video_id, VideoChunk.chunk_index)):
+            before.setdefault(vid, []).append(content)
+        seeded_processing = set(conn.execute(select(Video.id).where(Video.status == "processing")).scalars())
+    env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url)
+    args = ["reprocess", "--creator", "creator-001", "--all", "--batch-size", "5", "--chunk-target", "25",
+            "--chunk-overlap", "5"]
+    proc = subprocess.Popen([BULKOPS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if " 1/" in line and "batches" in line or not line:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    config = ChunkingConfig(target=25, overlap=5)
+
+    def check_invariant():
+        with lib.engine.connect() as conn:
+            videos = {r.id: r for r in conn.execute(select(Video))}
+            now = {}
+            for vid, content in conn.execute(select(VideoChunk.video_id, VideoChunk.content)
+                                             .order_by(VideoChunk.video_id, VideoChunk.chunk_index)):
+                now.setdefault(vid, []).append(content)
+        new = 0
+        for vid, video in videos.items():
+            fresh = [c.content for c in chunk_transcript(video.transcript, config)]
+            if video.status == "ready" and video.embedding_model and now.get(vid) == fresh:
+                new += 1
+            else:  # never half: exactly the old chunks
+                assert now.get(vid) == before.get(vid), vid
+        return videos, new
+
+    videos, new = check_invariant()
+    assert 0 < new < len(videos) - len(seeded_processing), "the kill must land mid-run"
+    claimed = [v for v in videos.values() if v.processing_by]
+    # A rerun right away reports the dead run's claims as busy; after the lease it takes them over.
+    rerun, doc = run_cli(lib, *args, "--json", prefect=prefect_server, env_extra={"BULKOPS_REPROCESS_LEASE_S": "0"})
+    assert rerun.returncode == 1  # partial: the other pipeline's 'processing' videos stay busy
+    assert {e["error"] for e in doc["errors"]} == {"busy"}
+    assert {e["video_id"] for e in doc["errors"]} == seeded_processing
+    assert doc["succeeded"] == len(videos) - len(seeded_processing)
+    videos, new = check_invariant()
+    assert new == len(videos) - len(seeded_processing)
+    assert not any(v.processing_by for v in videos.values()), claimed[:1]

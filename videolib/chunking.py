@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from videolib.ids import RequestError
 
 UNITS = ("words", "tokens")
 
@@ -42,13 +45,26 @@ class ChunkingConfig(BaseModel):
 
     target: int = Field(80, ge=8, le=2000, description="Most units per chunk (~500 characters at 80 words).")
     overlap: int = Field(16, ge=0, le=1000, description="Units repeated from the end of the previous chunk.")
-    unit: str = Field("words", pattern="^(words|tokens)$", description="'words' or 'tokens'.")
+    unit: Literal["words", "tokens"] = Field("words", description="'words' or 'tokens'.")
 
     @model_validator(mode="after")
     def _overlap_below_target(self) -> ChunkingConfig:
         if self.overlap >= self.target:
             raise ValueError(f"`overlap` ({self.overlap}) must be smaller than `target` ({self.target})")
         return self
+
+
+def chunking_config(target: int = 80, overlap: int = 16, unit: str = "words") -> ChunkingConfig:
+    """A ``ChunkingConfig``, or a ``RequestError`` that says which option is wrong."""
+    try:
+        return ChunkingConfig(target=target, overlap=overlap, unit=unit)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise RequestError("bad_chunking", "bad chunking options: " + "; ".join(problems)) from None
 
 
 @dataclass(frozen=True)

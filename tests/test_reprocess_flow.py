@@ -1,0 +1,164 @@
+"""The bulk-reprocess flow under Prefect's real test harness: states, counting, refusals,
+artifacts, and a batch whose embedder fails after its retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select, update
+
+from videolib.chunking import ChunkingConfig, chunk_transcript
+from videolib.db.models import Video, VideoChunk
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _run(**params):
+    from flows.bulk_reprocess import bulk_reprocess
+
+    return bulk_reprocess(**params, return_state=True)
+
+
+def _transcribed(lib, creator="creator-001"):
+    with lib.engine.connect() as conn:
+        return list(conn.execute(
+            select(Video.id).where(Video.creator_id == creator, Video.transcript.is_not(None),
+                                   Video.status != "processing").order_by(Video.id)).scalars())
+
+
+def _snapshot(lib):
+    with lib.engine.connect() as conn:
+        videos = {r.id: (r.status, r.embedded_at, r.updated_at) for r in conn.execute(select(Video))}
+        chunks = conn.execute(select(VideoChunk.video_id, VideoChunk.chunk_index, VideoChunk.content,
+                                     VideoChunk.embedding).order_by(VideoChunk.id)).all()
+    return videos, chunks
+
+
+def test_completed_reprocess(library):
+    library.seed(40, creators=2)
+    ids = _transcribed(library)
+    state = _run(creator_id="creator-001", video_ids=ids, batch_size=3, chunk_target=40, chunk_overlap=8)
+    assert state.is_completed() and state.name == "Completed"
+    doc = state.result()
+    assert doc["operation"] == "reprocess" and doc["status"] == "completed"
+    assert doc["requested"] == doc["succeeded"] == len(ids) and doc["failed"] == 0 and doc["output"] is None
+    config = ChunkingConfig(target=40, overlap=8)
+    expected = 0
+    with library.engine.connect() as conn:
+        for vid in ids:
+            video = conn.execute(select(Video).where(Video.id == vid)).one()
+            assert video.status == "ready" and video.embedding_model == "hashing-v1"
+            contents = conn.execute(select(VideoChunk.content).where(VideoChunk.video_id == vid)
+                                    .order_by(VideoChunk.chunk_index)).scalars().all()
+            assert contents == [c.content for c in chunk_transcript(video.transcript, config)]
+            expected += len(contents)
+    assert doc["message"] == f"{expected} chunks written with embedder hashing"
+
+    from flows.status import read_status
+
+    status = read_status(doc["operation_id"])
+    assert status["operation"] == "reprocess" and status["status"] == "completed"
+    assert status["progress"]["percent"] == 100.0 and status["result"]["succeeded"] == len(ids)
+
+
+def test_all_videos_reports_no_transcript_as_partial(sqlite_library):
+    lib = sqlite_library
+    lib.seed(40, creators=1, transcript_ratio=0.6)
+    everything = lib.ids("creator-001")
+    with lib.engine.connect() as conn:
+        no_transcript = set(conn.execute(select(Video.id).where(Video.transcript.is_(None))).scalars())
+        elsewhere = set(conn.execute(select(Video.id).where(Video.status == "processing",
+                                                             Video.transcript.is_not(None))).scalars())
+    assert no_transcript
+    state = _run(creator_id="creator-001", all_videos=True)
+    assert state.is_completed() and state.name == "Partial"
+    doc = state.result()
+    assert doc["requested"] == len(everything)
+    errors = {e["video_id"]: e["error"] for e in doc["errors"]}
+    assert errors == {**{v: "no_transcript" for v in no_transcript}, **{v: "busy" for v in elsewhere}}
+    assert doc["succeeded"] == len(everything) - len(errors)
+    assert doc["report_path"] and lib.store.exists(doc["report_path"])
+
+
+def test_foreign_malformed_and_duplicate_ids(sqlite_library):
+    lib = sqlite_library
+    lib.seed(20, creators=2, transcript_ratio=1.0)
+    mine = _transcribed(lib)[:3]
+    theirs = lib.ids("creator-002")[:1]
+    before = _snapshot(lib)
+    state = _run(creator_id="creator-001", video_ids=mine + mine[:1] + theirs + ["nope'; DROP TABLE videos;--"])
+    doc = state.result()
+    assert doc["status"] == "partial" and doc["requested"] == 5 and doc["succeeded"] == 3
+    assert {e["error"] for e in doc["errors"]} == {"not_found", "invalid_id"}
+    after = _snapshot(lib)
+    assert after[0][theirs[0]] == before[0][theirs[0]], "another creator's video is untouched"
+
+
+@pytest.mark.parametrize(
+    "params, error_text",
+    [
+        ({"video_ids": None}, "no videos selected"),
+        ({"all_videos": True, "video_ids": ["x"]}, "not both"),
+        ({"all_videos": True, "chunk_target": 20, "chunk_overlap": 20}, "overlap"),
+        ({"all_videos": True, "creator_id": "../etc"}, "creator"),
+    ],
+)
+def test_refused_requests_change_nothing(sqlite_library, params, error_text):
+    lib = sqlite_library
+    lib.seed(10, creators=1, transcript_ratio=1.0)
+    before = _snapshot(lib)
+    state = _run(**{"creator_id": "creator-001", **params})
+    assert state.is_failed()
+    from flows.status import read_status
+
+    status = read_status(str(state.state_details.flow_run_id))
+    assert status["status"] == "failed" and error_text in status["result"]["message"]
+    assert _snapshot(lib) == before
+
+
+class _BrokenEmbedder:
+    name = "broken-v1"
+    dim = 384
+
+    def embed(self, texts):
+        raise RuntimeError("the model crashed")
+
+
+def test_a_batch_that_fails_after_its_retries_is_reported_and_released(sqlite_library, monkeypatch):
+    import tasks.reprocess as task_module
+
+    lib = sqlite_library
+    lib.seed(12, creators=1, transcript_ratio=1.0)
+    ids = _transcribed(lib)[:4]
+    before = _snapshot(lib)
+    monkeypatch.setattr(task_module, "embedder_for", lambda name: _BrokenEmbedder())  # fault injection
+    state = _run(creator_id="creator-001", video_ids=ids, batch_size=10)
+    doc = state.result() if not state.is_failed() else None
+    assert state.is_failed()
+    from flows.status import read_status
+
+    result = read_status(str(state.state_details.flow_run_id))["result"]
+    assert result["failed"] == len(ids) and {e["error"] for e in result["errors"]} == {"batch_error"}
+    assert all("the model crashed" in e["detail"] for e in result["errors"])
+    assert doc is None
+    # Every claim was given back: same statuses, same chunks.
+    after = _snapshot(lib)
+    assert {v: s[0] for v, s in after[0].items()} == {v: s[0] for v, s in before[0].items()}
+    assert after[1] == before[1]
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Video).where(Video.processing_by.is_not(None))).scalar() == 0
+
+
+def test_a_concurrent_run_takes_nothing_twice(sqlite_library):
+    lib = sqlite_library
+    lib.seed(20, creators=1, transcript_ratio=1.0)
+    ids = _transcribed(lib)
+    other = "44444444-4444-4444-8444-444444444444"
+    with lib.engine.begin() as conn:  # another reprocess holds the first three
+        conn.execute(update(Video).where(Video.id.in_(ids[:3])).values(status="processing", processing_by=other,
+                                                                        updated_at=datetime.now(UTC)))
+    doc = _run(creator_id="creator-001", video_ids=ids).result()
+    assert doc["status"] == "partial"
+    assert {e["video_id"]: e["error"] for e in doc["errors"]} == {v: "busy" for v in ids[:3]}
+    assert other in doc["errors"][0]["detail"]
