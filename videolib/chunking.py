@@ -23,6 +23,7 @@ are the words joined by single spaces.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,6 @@ UNITS = ("words", "tokens")
 _CUE_TIME = re.compile(
     r"^\s*(?P<a>(?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})\s*-->\s*(?P<b>(?:\d+:)?\d{1,2}:\d{2}[.,]\d{1,3})"
 )
-_SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*$")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _TAG = re.compile(r"<[^>]{0,200}>")
 
@@ -96,6 +96,8 @@ def _seconds(stamp: str) -> float:
 
 def parse_transcript(text: str) -> list[Segment]:
     """Plain text -> one segment without times; WebVTT/SRT -> one segment per cue."""
+    if "-->" not in text:  # no cue timings: plain text (the common, fast case)
+        return [Segment(text)] if text.strip() else []
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     is_webvtt = text.lstrip("\ufeff \t\n").startswith("WEBVTT")
     if not is_webvtt and not any(_CUE_TIME.match(line) for line in lines):
@@ -130,36 +132,66 @@ def parse_transcript(text: str) -> list[Segment]:
     return segments
 
 
-def _words_with_times(segments: list[Segment]) -> tuple[list[str], list[float | None], list[float | None], list[bool]]:
-    """Words, their start and end times, and whether each starts a sentence."""
+_CLOSERS = "\"'”’)]"
+_ENDERS = (".", "!", "?", "…", "。", "！", "？")
+
+
+@dataclass
+class _Words:
+    words: list[str]
+    sentence_starts: list[int]  # indices of the words that start a sentence, ascending
+    seg_first: list[int]  # index of each timed segment's first word
+    seg_times: list[tuple[float, float, int]]  # (start_s, end_s, word count) per timed segment
+
+    def start_s(self, i: int) -> float | None:
+        return self._time(i, 0)
+
+    def end_s(self, i: int) -> float | None:
+        return self._time(i, 1)
+
+    def _time(self, i: int, after: int) -> float | None:
+        k = bisect_right(self.seg_first, i) - 1
+        if k < 0:
+            return None
+        start, end, count = self.seg_times[k]
+        if start is None:
+            return None
+        return round(start + (i - self.seg_first[k] + after) * (end - start) / count, 3)
+
+
+def _split_words(segments: list[Segment]) -> _Words:
+    """Words, the sentence starts among them, and where each segment's times apply."""
     words: list[str] = []
-    starts: list[float | None] = []
-    ends: list[float | None] = []
-    sentence_start: list[bool] = []
+    sentence_starts: list[int] = []
+    seg_first: list[int] = []
+    seg_times: list = []
     previous_ended = True
     for segment in segments:
         seg_words = segment.text.split()
         if not seg_words:
             continue
-        if segment.start_s is not None and segment.end_s is not None:
-            step = (segment.end_s - segment.start_s) / len(seg_words)
-            for i in range(len(seg_words)):
-                starts.append(round(segment.start_s + i * step, 3))
-                ends.append(round(segment.start_s + (i + 1) * step, 3))
-        else:
-            starts.extend([None] * len(seg_words))
-            ends.extend([None] * len(seg_words))
-        for word in seg_words:
-            words.append(word)
-            sentence_start.append(previous_ended)
-            previous_ended = bool(_SENTENCE_END.search(word))
-    return words, starts, ends, sentence_start
+        offset = len(words)
+        seg_first.append(offset)
+        seg_times.append((segment.start_s, segment.end_s, len(seg_words)))
+        ended = [word.rstrip(_CLOSERS).endswith(_ENDERS) for word in seg_words]
+        if previous_ended:
+            sentence_starts.append(offset)
+        sentence_starts.extend([offset + i + 1 for i, e in enumerate(ended[:-1]) if e])
+        previous_ended = ended[-1]
+        words.extend(seg_words)
+    return _Words(words, sentence_starts, seg_first, seg_times)
 
 
-def _costs(words: list[str], unit: str) -> list[int]:
+def _prefix_costs(words: list[str], unit: str) -> list[int]:
+    """``prefix[i]`` = the size of ``words[:i]`` in ``unit``s (strictly increasing)."""
     if unit == "words":
-        return [1] * len(words)
-    return [max(1, len(_TOKEN.findall(word))) for word in words]
+        return list(range(len(words) + 1))
+    prefix = [0]
+    total = 0
+    for word in words:
+        total += max(1, len(_TOKEN.findall(word)))
+        prefix.append(total)
+    return prefix
 
 
 def chunk_transcript(text: str | None, config: ChunkingConfig | None = None) -> list[Chunk]:
@@ -167,54 +199,36 @@ def chunk_transcript(text: str | None, config: ChunkingConfig | None = None) -> 
     config = config or ChunkingConfig()
     if not text or not text.strip():
         return []
-    words, starts, ends, sentence_start = _words_with_times(parse_transcript(text))
+    split = _split_words(parse_transcript(text))
+    words, starts = split.words, split.sentence_starts
     n = len(words)
     if n == 0:
         return []
-    costs = _costs(words, config.unit)
-    # prefix[i] = cost of words[:i]
-    prefix = [0] * (n + 1)
-    for i, cost in enumerate(costs):
-        prefix[i + 1] = prefix[i] + cost
+    prefix = _prefix_costs(words, config.unit)
+    target, overlap = config.target, config.overlap
 
     chunks: list[Chunk] = []
     start = 0
     covered = 0  # words[:covered] are in some chunk already
     while start < n:
-        # Longest run from `start` within the target, then back off to a sentence end.
-        limit = start
-        while limit < n and prefix[limit + 1] - prefix[start] <= config.target:
-            limit += 1
-        limit = max(limit, start + 1)  # one word over the target still makes a chunk
+        # The longest run from `start` within the target (at least one word) ...
+        limit = max(bisect_right(prefix, prefix[start] + target) - 1, start + 1)
         end = limit
         if limit < n:
-            # Only ends that add words the previous chunk did not have.
-            for b in range(limit, max(start, covered), -1):
-                if sentence_start[b]:
-                    end = b
-                    break
+            # ... backed off to the last sentence start that still adds new words.
+            k = bisect_right(starts, limit) - 1
+            if k >= 0 and starts[k] > max(start, covered):
+                end = starts[k]
         chunks.append(
-            Chunk(
-                index=len(chunks),
-                content=" ".join(words[start:end]),
-                start_s=starts[start],
-                end_s=ends[end - 1],
-            )
+            Chunk(index=len(chunks), content=" ".join(words[start:end]),
+                  start_s=split.start_s(start), end_s=split.end_s(end - 1))
         )
         covered = end
         if end >= n:
             break
         # Overlap: the first sentence start within the last `overlap` units, else
         # exactly `overlap` units back; always moving forward.
-        back = end
-        while back > start + 1 and prefix[end] - prefix[back - 1] <= config.overlap:
-            back -= 1
-        next_start = end
-        for s in range(back, end):
-            if sentence_start[s]:
-                next_start = s
-                break
-        else:
-            next_start = back
-        start = max(next_start, start + 1)
+        back = max(bisect_left(prefix, prefix[end] - overlap), start + 1)
+        k = bisect_left(starts, back)
+        start = starts[k] if k < len(starts) and starts[k] < end else back
     return chunks

@@ -27,13 +27,23 @@ chunks, which a rerun takes over after the lease.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from videolib.chunking import Chunk, ChunkingConfig, chunk_transcript
 from videolib.db.engine import set_lock_timeout
@@ -279,23 +289,33 @@ def _set_status(conn: Connection, ids: list[str], status: str, operation_id: str
         )
 
 
+# Built once: these run for every video (constructing them per call cost more than
+# executing them on SQLite).
+_MARK_READY = (
+    update(Video)
+    .where(Video.id == bindparam("b_vid"), Video.status == "processing",
+           Video.processing_by == bindparam("b_op"))
+    .values(status="ready", processing_by=None, embedded_at=bindparam("b_now"),
+            embedding_model=bindparam("b_model"), updated_at=bindparam("b_now"))
+)
+_DELETE_CHUNKS = delete(VideoChunk).where(VideoChunk.video_id == bindparam("b_vid"))
+_INSERT_CHUNKS = insert(VideoChunk)
+
+
 def _write_video(conn, item: _Work, vectors, model: str, operation_id: str, now: datetime, hook) -> str | None:
     """Replace one video's chunks in a savepoint. None on success, else why not."""
     savepoint = conn.begin_nested()
     try:
-        result = conn.execute(
-            update(Video)
-            .where(Video.id == item.video_id, Video.status == "processing", Video.processing_by == operation_id)
-            .values(status="ready", processing_by=None, embedded_at=now, embedding_model=model, updated_at=now)
-        )
+        result = conn.execute(_MARK_READY, {"b_vid": item.video_id, "b_op": operation_id, "b_now": now,
+                                            "b_model": model})
         if result.rowcount != 1:  # a delete took it (or a takeover): write nothing
             savepoint.rollback()
             return NOT_FOUND
-        conn.execute(delete(VideoChunk).where(VideoChunk.video_id == item.video_id))
+        conn.execute(_DELETE_CHUNKS, {"b_vid": item.video_id})
         if hook is not None:
             hook("after_delete", item.video_id)
         conn.execute(
-            insert(VideoChunk),
+            _INSERT_CHUNKS,
             [
                 {
                     "video_id": item.video_id,
@@ -318,10 +338,3 @@ def _write_video(conn, item: _Work, vectors, model: str, operation_id: str, now:
         log.warning("reprocess of %s rolled back: %s", item.video_id, exc)
         return f"{type(exc).__name__}: {exc}"[:500]
 
-
-def estimate_chunks(words: int, chunking: ChunkingConfig) -> int:
-    """About how many chunks ``words`` words make (for plans and progress)."""
-    if words <= 0:
-        return 0
-    step = max(chunking.target - chunking.overlap, 1)
-    return max(1, math.ceil((words - chunking.overlap) / step))
