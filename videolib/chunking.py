@@ -96,10 +96,10 @@ def _seconds(stamp: str) -> float:
 
 def parse_transcript(text: str) -> list[Segment]:
     """Plain text -> one segment without times; WebVTT/SRT -> one segment per cue."""
-    if "-->" not in text:  # no cue timings: plain text (the common, fast case)
+    is_webvtt = text.lstrip("\ufeff \t\r\n").startswith("WEBVTT")
+    if "-->" not in text and not is_webvtt:  # no cue timings: plain text (the common, fast case)
         return [Segment(text)] if text.strip() else []
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    is_webvtt = text.lstrip("\ufeff \t\n").startswith("WEBVTT")
     if not is_webvtt and not any(_CUE_TIME.match(line) for line in lines):
         return [Segment(text)] if text.strip() else []
     segments: list[Segment] = []
