@@ -34,12 +34,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
     and_,
-    bindparam,
-    delete,
     func,
-    insert,
     or_,
     select,
     update,
@@ -47,8 +45,8 @@ from sqlalchemy import (
 
 from videolib.chunking import Chunk, ChunkingConfig, chunk_transcript
 from videolib.db.engine import set_lock_timeout
-from videolib.db.models import Video, VideoChunk
-from videolib.embedders import Embedder, to_blob
+from videolib.db.models import Video
+from videolib.embedders import Embedder
 from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
 from videolib.selection import chunked
 
@@ -250,12 +248,13 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
         # INSERT/UPDATE/DELETE, and a SAVEPOINT issued before that would start (and its
         # RELEASE commit) a transaction of its own instead of nesting in this one.
         _touch(conn, [w.video_id for w in work] or list(claimed), operation_id, now)
+        writer = _VideoWriter(conn, embedder.name, operation_id, now, hook)
         for item in work:
             rows_ok = finite[item.first : item.first + len(item.chunks)]
             if not rows_ok.all():
                 failed[item.video_id] = f"embedder {embedder.name} returned non-finite values"
                 continue
-            outcome = _write_video(conn, item, vectors, embedder.name, operation_id, now, hook)
+            outcome = writer.write(item, vectors)
             if outcome is None:
                 written.append(item.video_id)
                 chunk_count += len(item.chunks)
@@ -289,52 +288,61 @@ def _set_status(conn: Connection, ids: list[str], status: str, operation_id: str
         )
 
 
-# Built once: these run for every video (constructing them per call cost more than
-# executing them on SQLite).
-_MARK_READY = (
-    update(Video)
-    .where(Video.id == bindparam("b_vid"), Video.status == "processing",
-           Video.processing_by == bindparam("b_op"))
-    .values(status="ready", processing_by=None, embedded_at=bindparam("b_now"),
-            embedding_model=bindparam("b_model"), updated_at=bindparam("b_now"))
-)
-_DELETE_CHUNKS = delete(VideoChunk).where(VideoChunk.video_id == bindparam("b_vid"))
-_INSERT_CHUNKS = insert(VideoChunk)
+class _VideoWriter:
+    """Replaces one video's chunks at a time, in a savepoint, on the batch's transaction.
 
+    It talks to the DBAPI cursor of the SQLAlchemy connection (same connection, same
+    transaction): these five statements run for every video, and building and
+    compiling them through SQLAlchemy cost several times more than executing them.
+    """
 
-def _write_video(conn, item: _Work, vectors, model: str, operation_id: str, now: datetime, hook) -> str | None:
-    """Replace one video's chunks in a savepoint. None on success, else why not."""
-    savepoint = conn.begin_nested()
-    try:
-        result = conn.execute(_MARK_READY, {"b_vid": item.video_id, "b_op": operation_id, "b_now": now,
-                                            "b_model": model})
-        if result.rowcount != 1:  # a delete took it (or a takeover): write nothing
-            savepoint.rollback()
-            return NOT_FOUND
-        conn.execute(_DELETE_CHUNKS, {"b_vid": item.video_id})
-        if hook is not None:
-            hook("after_delete", item.video_id)
-        conn.execute(
-            _INSERT_CHUNKS,
-            [
-                {
-                    "video_id": item.video_id,
-                    "chunk_index": chunk.index,
-                    "content": chunk.content,
-                    "start_s": chunk.start_s,
-                    "end_s": chunk.end_s,
-                    "embedding": to_blob(vectors[item.first + chunk.index]),
-                    "model": model,
-                }
-                for chunk in item.chunks
-            ],
+    def __init__(self, conn: Connection, model: str, operation_id: str, now: datetime, hook: WriteHook | None):
+        self.cursor = conn.connection.cursor()
+        p = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        to_db = DateTime(timezone=True).bind_processor(conn.dialect)
+        stamp = to_db(now) if to_db else now
+        self.model, self.operation_id, self.hook = model, operation_id, hook
+        self.ready_params = (stamp, model, stamp)
+        self.mark_ready = (
+            f"UPDATE videos SET status = 'ready', processing_by = NULL, embedded_at = {p}, embedding_model = {p}, "
+            f"updated_at = {p} WHERE id = {p} AND status = 'processing' AND processing_by = {p}"
         )
-        if hook is not None:
-            hook("after_insert", item.video_id)
-        savepoint.commit()
-        return None
-    except Exception as exc:
-        savepoint.rollback()
-        log.warning("reprocess of %s rolled back: %s", item.video_id, exc)
-        return f"{type(exc).__name__}: {exc}"[:500]
+        self.delete_chunks = f"DELETE FROM video_chunks WHERE video_id = {p}"
+        self.insert_chunks = (
+            "INSERT INTO video_chunks (video_id, chunk_index, content, start_s, end_s, embedding, model) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
+
+    def write(self, item: _Work, vectors: np.ndarray) -> str | None:
+        """None when the video got its new chunks; else why not (its old ones are kept)."""
+        cur, vid = self.cursor, item.video_id
+        cur.execute("SAVEPOINT bulkops_video")
+        try:
+            cur.execute(self.mark_ready, (*self.ready_params, vid, self.operation_id))
+            if cur.rowcount != 1:  # a delete took it (or a takeover): write nothing
+                self._undo()
+                return NOT_FOUND
+            cur.execute(self.delete_chunks, (vid,))
+            if self.hook is not None:
+                self.hook("after_delete", vid)
+            block = vectors[item.first : item.first + len(item.chunks)].astype("<f4", copy=False)
+            cur.executemany(
+                self.insert_chunks,
+                [
+                    (vid, chunk.index, chunk.content, chunk.start_s, chunk.end_s, block[i].tobytes(), self.model)
+                    for i, chunk in enumerate(item.chunks)
+                ],
+            )
+            if self.hook is not None:
+                self.hook("after_insert", vid)
+            cur.execute("RELEASE SAVEPOINT bulkops_video")
+            return None
+        except Exception as exc:
+            self._undo()
+            log.warning("reprocess of %s rolled back: %s", vid, exc)
+            return f"{type(exc).__name__}: {exc}"[:500]
+
+    def _undo(self) -> None:
+        self.cursor.execute("ROLLBACK TO SAVEPOINT bulkops_video")
+        self.cursor.execute("RELEASE SAVEPOINT bulkops_video")
 
