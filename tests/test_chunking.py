@@ -7,7 +7,12 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from videolib.chunking import ChunkingConfig, TranscriptError, chunk_transcript, parse_transcript
+from videolib.chunking import (
+    ChunkingConfig,
+    TranscriptError,
+    chunk_transcript,
+    parse_transcript,
+)
 
 
 def _sentences(count: int, words: int) -> str:
