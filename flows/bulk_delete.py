@@ -17,13 +17,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import run_operation
-from tasks.common import engine, store
+from flows.operation import run_operation, select_videos
+from tasks.common import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
-from videolib.ids import RequestError, check_creator_id
-from videolib.operation import OperationResult, parse_video_ids
-from videolib.selection import iter_creator_video_ids, resolve_owned
+from videolib.ids import check_creator_id
+from videolib.operation import OperationResult
 
 
 @flow(
@@ -48,26 +47,11 @@ def bulk_delete(
         dry_run: Report what would be deleted (videos, objects, bytes) and change nothing.
         batch_size: Videos per batch; grows automatically so one run maps at most a few hundred batches.
     """
-    settings = get_settings()
 
     def prepare(result: OperationResult) -> list[str]:
         check_creator_id(creator_id)
-        if all_videos and video_ids:
-            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
-        if all_videos:
-            ids = list(iter_creator_video_ids(engine(), creator_id))
-            result.requested = len(ids)
-            return ids
-        if not video_ids:
-            raise RequestError(
-                "empty_selection", "no videos selected: give `video_ids`, or set `all_videos` to delete everything"
-            )
-        parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
-        result.requested = parsed.requested
-        result.add_errors(parsed.errors)
-        owned, missing = resolve_owned(engine(), creator_id, parsed.ids)
-        result.add_errors(missing)
-        return owned
+        return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                             verb="delete")
 
     def finish(result: OperationResult, started_at: float) -> None:
         if result.dry_run or result.succeeded == 0:

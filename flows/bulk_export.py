@@ -32,13 +32,19 @@ from videolib.export import (
     ids_in_range,
     parts_prefix,
     plan_export_batches,
+    read_part,
     resolve_columns,
     schema_for,
     used_export_bytes,
-    read_part,
 )
 from videolib.ids import RequestError, check_creator_id
-from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids
+from videolib.operation import (
+    BATCH_ERROR,
+    BatchOutcome,
+    ItemError,
+    OperationResult,
+    parse_video_ids,
+)
 from videolib.selection import resolve_owned
 from videolib.signing import signed_link
 

@@ -17,13 +17,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import run_operation
-from tasks.common import engine
+from flows.operation import run_operation, select_videos
 from tasks.reprocess import embedder_for, reprocess_video_batch
 from videolib.chunking import chunking_config
 from videolib.ids import RequestError, check_creator_id
-from videolib.operation import BatchOutcome, OperationResult, parse_video_ids
-from videolib.selection import iter_creator_video_ids, resolve_owned
+from videolib.operation import BatchOutcome, OperationResult
 
 
 @flow(
@@ -68,22 +66,8 @@ def bulk_reprocess(
         except (ImportError, ValueError, RuntimeError, OSError) as exc:
             raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
         task_kwargs["chunking"] = chunking.model_dump()
-        if all_videos and video_ids:
-            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
-        if all_videos:
-            ids = list(iter_creator_video_ids(engine(), creator_id))
-            result.requested = len(ids)
-            return ids
-        if not video_ids:
-            raise RequestError(
-                "empty_selection", "no videos selected: give `video_ids`, or set `all_videos` to reprocess everything"
-            )
-        parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
-        result.requested = parsed.requested
-        result.add_errors(parsed.errors)
-        owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=("deleting",))
-        result.add_errors(missing)
-        return owned
+        return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                             verb="reprocess", exclude_statuses=("deleting",))
 
     def on_outcome(_index: int, outcome: BatchOutcome) -> None:
         nonlocal chunk_count

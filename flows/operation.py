@@ -37,7 +37,13 @@ from prefect.states import Cancelled, Completed, Failed, State
 from config import get_settings
 from tasks.common import clear_stop, request_stop, store
 from videolib.ids import RequestError
-from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, plan_batches
+from videolib.operation import (
+    BATCH_ERROR,
+    BatchOutcome,
+    ItemError,
+    OperationResult,
+    plan_batches,
+)
 from videolib.report import render_error_report, report_key
 
 RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
@@ -102,6 +108,40 @@ def _notify(event: ProgressEvent) -> None:
 def progress_description(current: int, total: int, batches_done: int, batches: int, eta: float | None) -> str:
     eta_text = "done" if current >= total else ("ETA --" if eta is None else f"ETA {eta:.0f}s")
     return f"{current}/{total} {PROGRESS_UNIT} · {batches_done}/{batches} batches · {eta_text}"
+
+
+def select_videos(
+    result: OperationResult,
+    *,
+    creator_id: str,
+    video_ids: Sequence[str] | None,
+    all_videos: bool,
+    verb: str,
+    exclude_statuses: Sequence[str] = (),
+) -> list[str]:
+    """The ids an operation works on: every video of the creator (``all_videos``), or the
+    creator's own among ``video_ids`` (malformed ids ``invalid_id``, others'/unknown ids
+    and those in ``exclude_statuses`` ``not_found``). Sets ``result.requested``."""
+    from tasks.common import engine
+    from videolib.operation import parse_video_ids
+    from videolib.selection import iter_creator_video_ids, resolve_owned
+
+    if all_videos and video_ids:
+        raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+    if all_videos:
+        ids = list(iter_creator_video_ids(engine(), creator_id))
+        result.requested = len(ids)
+        return ids
+    if not video_ids:
+        raise RequestError(
+            "empty_selection", f"no videos selected: give `video_ids`, or set `all_videos` to {verb} everything"
+        )
+    parsed = parse_video_ids(video_ids, max_ids=get_settings().max_ids)
+    result.requested = parsed.requested
+    result.add_errors(parsed.errors)
+    owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=exclude_statuses)
+    result.add_errors(missing)
+    return owned
 
 
 def current_operation_id() -> str:

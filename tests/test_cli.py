@@ -37,6 +37,19 @@ def run_cli(lib, *args, prefect=None, env_extra=None, timeout=300, check_json=Tr
     return proc, doc
 
 
+def kill_after_first_batch(args, env) -> None:
+    """Run `bulkops ARGS` and SIGKILL it once its first batch has finished: mid-run,
+    with batches in flight (the plain progress lines on stderr say when)."""
+    proc = subprocess.Popen([BULKOPS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if " 1/" in line and "batches" in line or not line:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def counts(lib):
     with lib.engine.connect() as conn:
         return (conn.execute(select(func.count()).select_from(Video)).scalar_one(),
@@ -245,17 +258,7 @@ def test_killed_delete_converges_on_rerun(sqlite_library, prefect_server, tmp_pa
     lib.seed(1500, creators=1, files=True)
     ids = lib.ids("creator-001")
     env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url)
-    proc = subprocess.Popen([BULKOPS, "delete", "--creator", "creator-001", "--all", "--batch-size", "5"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Kill it hard once the first batch has finished: mid-run, batches in flight.
-    deadline = time.monotonic() + 120
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if " 1/" in line and "batches" in line or not line:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_batch(["delete", "--creator", "creator-001", "--all", "--batch-size", "5"], env)
     remaining = lib.ids("creator-001")
     assert 0 < len(remaining) < len(ids), "the kill must land mid-run"
 
@@ -371,14 +374,7 @@ def test_killed_reprocess_leaves_whole_chunk_sets_and_converges(sqlite_library, 
     env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url)
     args = ["reprocess", "--creator", "creator-001", "--all", "--batch-size", "5", "--chunk-target", "25",
             "--chunk-overlap", "5"]
-    proc = subprocess.Popen([BULKOPS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if " 1/" in line and "batches" in line or not line:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_batch(args, env)
 
     config = ChunkingConfig(target=25, overlap=5)
 
