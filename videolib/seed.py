@@ -161,9 +161,7 @@ def seed_library(
 
 def _timestamp(seconds: float) -> str:
     millis = round(seconds * 1000)
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+    return "%02d:%02d:%02d.%03d" % (millis // 3_600_000, millis // 60_000 % 60, millis // 1000 % 60, millis % 1000)
 
 
 def _webvtt(sentences: list[str], duration: float) -> str:
