@@ -100,7 +100,7 @@ def parse_transcript(text: str) -> list[Segment]:
     if "-->" not in text and not is_webvtt:  # no cue timings: plain text (the common, fast case)
         return [Segment(text)] if text.strip() else []
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if not is_webvtt and not any(_CUE_TIME.match(line) for line in lines):
+    if not is_webvtt and not any("-->" in line and _CUE_TIME.match(line) for line in lines):
         return [Segment(text)] if text.strip() else []
     segments: list[Segment] = []
     current: tuple[float, float] | None = None
@@ -111,7 +111,7 @@ def parse_transcript(text: str) -> list[Segment]:
             segments.append(Segment(" ".join(body), current[0], current[1]))
 
     for line in lines:
-        match = _CUE_TIME.match(line)
+        match = _CUE_TIME.match(line) if "-->" in line else None
         if match:
             flush()
             start, end = _seconds(match["a"]), _seconds(match["b"])
@@ -127,7 +127,7 @@ def parse_transcript(text: str) -> list[Segment]:
         if current is None:
             # Outside a cue: the WEBVTT header, NOTE/STYLE blocks, SRT sequence numbers.
             continue
-        body.append(_TAG.sub("", stripped))
+        body.append(_TAG.sub("", stripped) if "<" in stripped else stripped)
     flush()
     return segments
 
