@@ -296,3 +296,29 @@ def test_broken_writer_fails_the_run_and_leaves_no_file_or_parts(sqlite_library,
     assert state.is_failed()
     assert "injected" in doc["message"] and doc["output"] is None
     assert lib.store.list_keys("exports") == [], "no half export, no leftover parts"
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_planned_ranges_cover_the_selection_once_without_tombstones(library, workers):
+    """Keyset planning (a window query; the last range open-ended): every selected id is read
+    by exactly one batch, in order; tombstones ('deleting') and filtered-out rows by none."""
+    from videolib.export import ExportFilter, plan_export_batches, read_batch
+
+    library.seed(130, creators=2, files=False)
+    with Session(library.engine) as session:
+        ids = list(session.scalars(select(Video.id).where(Video.creator_id == "creator-001").order_by(Video.id)))
+    with library.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id.in_([ids[0], ids[7], ids[-1]])).values(status="deleting"))
+    wanted = [v for v in ids if v not in {ids[0], ids[7], ids[-1]}]
+    for flt, expected in ((ExportFilter(), wanted), (ExportFilter(status="ready"), None)):
+        if expected is None:
+            with Session(library.engine) as session:
+                expected = list(session.scalars(select(Video.id).where(
+                    Video.creator_id == "creator-001", Video.status == "ready").order_by(Video.id)))
+        batches = plan_export_batches(library.engine, "creator-001", flt, batch_rows=10, max_batches=300,
+                                      workers=workers)
+        assert batches[-1].hi is None and all(b.hi is not None for b in batches[:-1])
+        assert sum(b.rows for b in batches) == len(expected)
+        read = [v for b in batches for rb in read_batch(library.engine, "creator-001", ["id"], b, flt)
+                for v in rb.column("id").to_pylist()]
+        assert read == expected
