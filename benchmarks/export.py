@@ -50,7 +50,6 @@ import contextlib  # noqa: E402
 import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import sqlite3  # noqa: E402
@@ -818,34 +817,18 @@ def memory_rows(all_results: dict[str, dict[str, Measurement]], small: str | Non
     return rows
 
 
-def library_fingerprint() -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for package in ("config", "videolib", "tasks", "flows", "migrations"):
-        for path in sorted((REPO / package).rglob("*.py")):
-            digest.update(str(path.relative_to(REPO)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def machine_info() -> dict[str, Any]:
+    """delete.py's machine description (and library hash), plus the Arrow side's versions."""
     import polars
-    import prefect
     import pyarrow
 
-    info = {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "prefect": prefect.__version__,
-        "pyarrow": pyarrow.__version__,
-        "arrow_memory_pool": pyarrow.default_memory_pool().backend_name,
-        "polars": polars.__version__,
-        "platform": platform.platform(),
-        "library_sha256": library_fingerprint(),
-    }
+    spec = importlib.util.spec_from_file_location("bulkops_bench_delete", Path(__file__).with_name("delete.py"))
+    delete_bench = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    if not hasattr(delete_bench, "machine_info"):
+        spec.loader.exec_module(delete_bench)
+    info = delete_bench.machine_info()
+    info.update(pyarrow=pyarrow.__version__, arrow_memory_pool=pyarrow.default_memory_pool().backend_name,
+                polars=polars.__version__)
     with contextlib.suppress(Exception):
         import adbc_driver_postgresql
 
