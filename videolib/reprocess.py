@@ -64,7 +64,6 @@ WriteHook = Callable[[str, str], None]
 @dataclass
 class _Work:
     video_id: str
-    previous_status: str
     chunks: list[Chunk] = field(default_factory=list)
     first: int = 0  # index of its first chunk in the batch's embedding matrix
 
@@ -162,18 +161,8 @@ def _busy_detail(row) -> str:
 
 def release_claims(engine: Engine, operation_id: str, previous: dict[str, str]) -> None:
     """Give claims back with their previous status (when a batch fails as a whole)."""
-    now = datetime.now(UTC)
-    by_status: dict[str, list[str]] = {}
-    for vid, status in previous.items():
-        by_status.setdefault(status, []).append(vid)
     with engine.begin() as conn:
-        for status, ids in by_status.items():
-            for part in chunked(ids):
-                conn.execute(
-                    update(Video)
-                    .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
-                    .values(status=status, processing_by=None, updated_at=now)
-                )
+        _end_claims(conn, previous, operation_id, datetime.now(UTC))
 
 
 def reprocess_batch(
@@ -230,7 +219,7 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
             errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))
             untouched[vid] = prev
             continue
-        work.append(_Work(vid, prev, chunks, first=len(texts)))
+        work.append(_Work(vid, chunks, first=len(texts)))
         texts.extend(chunk.content for chunk in chunks)
 
     vectors = embedder.embed(texts) if texts else np.zeros((0, embedder.dim), dtype=np.float32)
@@ -264,28 +253,31 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
                 failed[item.video_id] = outcome
         for vid, detail in failed.items():
             errors.append(ItemError(vid, REPROCESS_ERROR, f"set to 'failed', old chunks kept: {detail}"))
-        _set_status(conn, list(failed), "failed", operation_id, now)
-        for vid, prev in untouched.items():
-            _set_status(conn, [vid], prev, operation_id, now)
+        _end_claims(conn, {**{vid: "failed" for vid in failed}, **untouched}, operation_id, now)
     return BatchOutcome(succeeded=written, errors=errors, extra={"chunks": chunk_count})
 
 
+def _update_claims(conn: Connection, ids: list[str], operation_id: str, **values) -> None:
+    """Update those of ``ids`` that are still ``processing`` under this operation's claim."""
+    for part in chunked(ids):
+        conn.execute(
+            update(Video)
+            .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
+            .values(**values)
+        )
+
+
 def _touch(conn: Connection, ids: list[str], operation_id: str, now: datetime) -> None:
-    for part in chunked(ids):
-        conn.execute(
-            update(Video)
-            .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
-            .values(updated_at=now)
-        )
+    _update_claims(conn, ids, operation_id, updated_at=now)
 
 
-def _set_status(conn: Connection, ids: list[str], status: str, operation_id: str, now: datetime) -> None:
-    for part in chunked(ids):
-        conn.execute(
-            update(Video)
-            .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
-            .values(status=status, processing_by=None, updated_at=now)
-        )
+def _end_claims(conn: Connection, statuses: dict[str, str], operation_id: str, now: datetime) -> None:
+    """End this operation's claims: each video to its status in ``statuses``."""
+    by_status: dict[str, list[str]] = {}
+    for vid, status in statuses.items():
+        by_status.setdefault(status, []).append(vid)
+    for status, ids in by_status.items():
+        _update_claims(conn, ids, operation_id, status=status, processing_by=None, updated_at=now)
 
 
 class _VideoWriter:
