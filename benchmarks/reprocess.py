@@ -527,13 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 shift = round_index % len(order)
                 for variant in order[shift:] + order[:shift]:
                     samples[variant].append(run_one(variant, template, work, args.batch_size))
-            for variant, runs in samples.items():
-                ordered = sorted(runs, key=lambda m: m.seconds)
-                chosen = ordered[(len(ordered) - 1) // 2]
-                if len(runs) > 1:
-                    chosen.extra["runs_s"] = [round(m.seconds, 2) for m in runs]
-                    chosen.verified = all(m.verified for m in runs)
-                results[variant] = chosen
+            results = {variant: common.median_of(runs) for variant, runs in samples.items()}
             if args.model_videos and model_available():
                 model = run_model(template, work, args.model_videos, max(1, args.model_videos // WORKERS))
     finally:
