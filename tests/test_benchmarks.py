@@ -1,7 +1,8 @@
-"""The delete benchmark still runs end to end (tiny sizes, local scenario only)."""
+"""The benchmarks still run end to end at tiny sizes and verify their own work."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,42 +11,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_delete_benchmark_smoke(tmp_path):
+def run_smoke(script: str, *args: str, rows: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
+    """``benchmarks/SCRIPT --smoke ARGS`` on its own Prefect test server; it must exit 0,
+    report every variant in ``rows`` and verify them all."""
     env = dict(os.environ)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"
     env.pop("PREFECT_API_URL", None)  # its own test server, not a shared one
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "delete.py"), "--smoke", "--only", "local",
-         "--work-dir", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(REPO / "benchmarks" / script), "--smoke", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    for row in ("(a) bulk-delete flow", "(b) library", "(c) seed-style baseline", "(d) floor"):
+    for row in rows:
         assert row in proc.stdout, f"{row!r} missing from the report:\n{proc.stdout[-4000:]}"
     assert "NOT VERIFIED" not in proc.stdout
+    return proc
+
+
+def test_delete_benchmark_smoke(tmp_path):
+    run_smoke("delete.py", "--only", "local", "--work-dir", str(tmp_path), timeout=120,
+              rows=("(a) bulk-delete flow", "(b) library", "(c) seed-style baseline", "(d) floor"))
 
 
 def test_export_benchmark_smoke(tmp_path):
-    env = dict(os.environ)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PREFECT_LOGGING_LEVEL"] = "WARNING"
-    env.pop("PREFECT_API_URL", None)  # its own test server, not a shared one
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "export.py"), "--smoke", "--only", "sqlite",
-         "--work-dir", str(tmp_path), "--json", str(tmp_path / "export.json")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    for row in ("(a) flow, Parquet", "(a) flow, CSV", "(b) raw -> ParquetWriter", "(c) seed-style csv module"):
-        assert row in proc.stdout, f"{row!r} missing from the report:\n{proc.stdout[-4000:]}"
-    assert "NOT VERIFIED" not in proc.stdout
-    import json
-
+    run_smoke("export.py", "--only", "sqlite", "--work-dir", str(tmp_path), "--json", str(tmp_path / "export.json"),
+              timeout=180,
+              rows=("(a) flow, Parquet", "(a) flow, CSV", "(b) raw -> ParquetWriter", "(c) seed-style csv module"))
     results = json.loads((tmp_path / "export.json").read_text())["results"]["sqlite-2k"]
     assert set(results) == {"a", "a-csv", "b", "c"}
     for variant, m in results.items():
         assert m["verified"] and m["rows"] == 2000, (variant, m["verify_detail"])
         assert 0 < m["growth_mb"] < 2048, (variant, m["growth_mb"])  # a peak RSS was measured
+
+
+def test_reprocess_benchmark_smoke(tmp_path):
+    run_smoke("reprocess.py", "--model-videos", "0", "--work-dir", str(tmp_path), "--json", str(tmp_path / "out.json"),
+              timeout=180,
+              rows=("(a) bulk-reprocess flow", "(b) library", "(c) seed-style baseline", "(d) embedder alone"))
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert {r["ratio"] for r in doc["ratios"]} >= {"a/b", "c/a", "a/d"}
+    assert all(v["verified"] for v in doc["results"].values())
