@@ -76,6 +76,7 @@ def bulk_reprocess(
     def finish(result: OperationResult, _started: float) -> None:
         result.message = result.message or f"{chunk_count} chunks written with embedder {embedder_name}"
 
+    # `prepare` fills in the validated chunking; the batches are mapped after it runs.
     task_kwargs: dict = {"creator_id": creator_id, "embedder": embedder_name, "chunking": {}}
     return run_operation(
         operation="reprocess",
