@@ -6,8 +6,8 @@
               order into the file (Parquet; ``a-csv``: the same flow writing CSV)
 (b) raw       no Prefect and no library code: one query, the fastest reader for the
               database -> a pyarrow ``ParquetWriter`` (zstd, row groups of 64k rows).
-              SQLite: Python's sqlite3 ``fetchmany`` -> Arrow arrays (what the library
-              reads with); PostgreSQL: ADBC (``adbc-driver-postgresql``)
+              ADBC for both: ``adbc-driver-sqlite`` in the process (the library runs it
+              in helper processes), ``adbc-driver-postgresql``
 (c) baseline  the seed-style way: the Python ``csv`` module, row by row, the whole file in
               an ``io.StringIO``, then one ``put`` to storage
 
@@ -69,7 +69,6 @@ if str(REPO) not in sys.path:  # the child runs this file by path, from any dire
 CREATOR = "creator-001"
 SEED = 20261124
 ROW_GROUP_ROWS = 64 * 1024  # (b): the library's row group size
-FETCH_ROWS = 8192  # (b) on SQLite: rows per fetchmany
 
 VARIANTS = ("a", "a-csv", "b", "c")
 LETTERS = {"a": "a", "b": "b", "c": "c"}  # --variants abc (letters; a-csv needs the comma form)
@@ -192,7 +191,14 @@ def export_sql(dialect: str) -> str:
     """The library's SELECT (same column expressions), over all of the creator's rows."""
     from videolib.export import DEFAULT_COLUMNS, EXPORT_COLUMNS
 
-    select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in DEFAULT_COLUMNS)
+    if dialect == "sqlite":  # ADBC infers types from the first rows: no NULLs (sqlite_arrow.py)
+        from videolib.export import _nullable
+        from videolib.sqlite_arrow import null_safe_select
+
+        select_list = null_safe_select(
+            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in DEFAULT_COLUMNS])
+    else:
+        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in DEFAULT_COLUMNS)
     placeholder = "?" if dialect == "sqlite" else "$1"
     return (f"SELECT {select_list} FROM videos v WHERE v.creator_id = {placeholder} "
             "AND v.status <> 'deleting' ORDER BY v.id")
@@ -349,14 +355,28 @@ def child_raw(spec: dict) -> dict:
             flush()
 
     if spec["kind"] == "sqlite":
-        conn = sqlite3.connect(spec["db_path"])
+        # ADBC's SQLite driver, in this process: nothing else here opens the database
+        # (the library runs the driver in helper processes; videolib/sqlite_arrow.py).
+        # Its type inference needs a select list without NULLs, and it returns
+        # timestamps as text: the same SQL and casts the library uses.
+        from urllib.parse import quote
+
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        from videolib.export import conform
+        from videolib.sqlite_arrow import BATCH_ROWS, restore_nulls
+
+        conn = adbc_sqlite.connect("file:" + quote(spec["db_path"]) + "?mode=ro")
         try:
-            cursor = conn.execute(export_sql("sqlite"), (CREATOR,))
-            while chunk := cursor.fetchmany(FETCH_ROWS):
-                add(pa.RecordBatch.from_arrays(_sqlite_arrays(chunk, schema), schema=schema))
+            cursor = conn.cursor()
+            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
+            cursor.execute(export_sql("sqlite"), [CREATOR])
+            for batch in cursor.fetch_record_batch():
+                add(conform(restore_nulls(batch), schema))
+            cursor.close()
         finally:
             conn.close()
-        how = f"sqlite3 fetchmany({FETCH_ROWS}) -> Arrow arrays"
+        how = f"ADBC SQLite (batches of {BATCH_ROWS} rows, in-process)"
     else:
         import adbc_driver_postgresql.dbapi as adbc
 
@@ -436,6 +456,9 @@ def child_main(spec_path: Path) -> int:
     if variant in FLOW_VARIANTS and spec["warm_up"]:
         warm_up(spec, FORMATS[variant])
     gc.collect()
+    from videolib.sqlite_arrow import HELPER_PEAK_RSS_KB
+
+    HELPER_PEAK_RSS_KB.clear()  # the warm-up's helpers
     rss_before = rss_kb()
     peak_reset = reset_peak_rss()
     servers0 = tree_cpu_seconds(spec["server_pids"])
@@ -449,13 +472,20 @@ def child_main(spec_path: Path) -> int:
     cpu1 = os.times()
     servers1 = tree_cpu_seconds(spec["server_pids"])
     peak = _proc_status("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The export's SQLite reader processes are its memory too: their whole peak counts
+    # (they start after the imports), added to ours though they may not peak together.
+    helpers_kb = sum(HELPER_PEAK_RSS_KB.values())
+    peak += helpers_kb
     out.update(
         rss_after_imports_kb=rss_after_imports,
         rss_before_kb=rss_before,
         peak_kb=peak,
         rss_after_kb=rss_kb(),
-        peak_method="VmHWM after clear_refs" if peak_reset else "ru_maxrss (whole process)",
-        cpu_s=(cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+        peak_method=("VmHWM after clear_refs" if peak_reset else "ru_maxrss (whole process)")
+        + (f" + {len(HELPER_PEAK_RSS_KB)} reader process(es)' VmHWM ({helpers_kb // 1024} MB)" if helpers_kb else ""),
+        # children_*: the SQLite reader processes, reaped by the end of the run
+        cpu_s=(cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system)
+        - (cpu0.user + cpu0.system + cpu0.children_user + cpu0.children_system),
         server_cpu_s=servers1 - servers0,
     )
     Path(spec["result"]).write_text(json.dumps(out, default=str))

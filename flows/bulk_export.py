@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -25,6 +26,7 @@ from flows.operation import Plan, run_operation
 from tasks.common import engine, store
 from tasks.export import read_export_batch
 from videolib.export import (
+    SQLITE_READERS,
     ExportBatch,
     ExportFilter,
     ExportWriter,
@@ -37,6 +39,7 @@ from videolib.export import (
     read_part,
     resolve_columns,
     schema_for,
+    sqlite_db_path,
     used_export_bytes,
 )
 from videolib.ids import RequestError, check_creator_id
@@ -49,6 +52,7 @@ from videolib.operation import (
 )
 from videolib.selection import resolve_owned
 from videolib.signing import signed_link
+from videolib.sqlite_arrow import held_pool
 
 
 @flow(
@@ -90,6 +94,9 @@ def bulk_export(
     def prepare(result: OperationResult):
         check_creator_id(creator_id)
         check_format(format)
+        if engine().dialect.name == "sqlite":  # reader processes start while we plan
+            state["readers"] = ExitStack()
+            state["readers"].enter_context(held_pool(sqlite_db_path(engine()), SQLITE_READERS))
         state["columns"] = cols = resolve_columns(columns)
         state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
         if video_ids is not None:
@@ -152,6 +159,9 @@ def bulk_export(
         writer = state.pop("writer", None)
         if writer is not None:  # the run broke before finish(): drop the partial file
             writer.abort()
+        readers = state.pop("readers", None)
+        if readers is not None:
+            readers.close()
         if "operation_id" in state:
             prefix = parts_prefix(creator_id, state["operation_id"])
             leftovers = store().list_keys(prefix)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from videolib.ids import RequestError
 from videolib.operation import effective_batch_size, plan_batches
 from videolib.report import FORMULA_PREFIXES
 from videolib.selection import chunked
+from videolib.sqlite_arrow import ReaderPool, null_safe_select, pool_for, restore_nulls
 from videolib.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,11 @@ def _adbc_postgres(database_url: str):
     return adbc.connect(url.render_as_string(hide_password=False))
 
 
+def _nullable(name: str) -> bool:
+    column = Video.__table__.c.get(name)
+    return column is not None and column.nullable and EXPORT_COLUMNS[name][0] == f"v.{name}"
+
+
 def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
     params: list[object] = [creator_id]
 
@@ -237,7 +243,11 @@ def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placehol
         params.append(value)
         return "?" if placeholder == "?" else f"${len(params)}"
 
-    select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
+    if placeholder == "?":  # SQLite, through ADBC: no NULLs for its type inference
+        select_list = null_safe_select(
+            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
+    else:
+        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
     where = ["v.creator_id = " + ("?" if placeholder == "?" else "$1"), "v.status <> 'deleting'"]
     if flt.status:
         where.append(f"v.status = {p(flt.status)}")
@@ -261,14 +271,12 @@ def _db_timestamp(value: datetime, placeholder: str):
 
 
 def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: ExportBatch,
-               flt: ExportFilter, *, rows_per_batch: int = 2048) -> Iterator[pa.RecordBatch]:
+               flt: ExportFilter) -> Iterator[pa.RecordBatch]:
     """The batch's rows as Arrow record batches with the export schema.
 
     PostgreSQL: the ADBC driver (COPY in Arrow's binary format, no Python objects).
-    SQLite: Python's own sqlite3, through the engine's pool. ADBC's SQLite driver
-    bundles a second copy of SQLite; two copies in one process that open the same WAL
-    database corrupt it (the second copy's close deletes the WAL under the first:
-    sqlite.org/howtocorrupt.html 2.2.1), and this process also deletes and writes.
+    SQLite: the ADBC driver in helper processes (``videolib/sqlite_arrow.py`` says why
+    not in this one).
     """
     schema = schema_for(columns)
     if engine.dialect.name == "postgresql":
@@ -286,50 +294,26 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
             conn.close()
         return
     sql, params = _sql(columns, batch, flt, "?", creator_id)
-    with _sqlite_readers:
-        yield from _read_sqlite(engine, sql, params, schema, rows_per_batch)
+    for record_batch in sqlite_readers(engine).query(sql, params):
+        yield conform(restore_nulls(record_batch), schema)
 
 
-# Python's sqlite3 releases and retakes the GIL on every row it steps, so reader threads
-# of one process hand the GIL back and forth per row. The flow's 8 task workers reading
-# at once took twice the CPU for the same rows (1M rows on 2 cores: 22-32 CPU s against
-# 12-17 s); with two, the flow spent 27 thread-seconds in fetchmany where a single
-# reader spends 9, and was no faster than with one. So one SQLite read runs at a time;
-# the other batches wait here, and the writer (its own thread) encodes meanwhile.
-# PostgreSQL reads (ADBC, outside the GIL) are not limited.
-SQLITE_READERS = 1
-_sqlite_readers = threading.BoundedSemaphore(SQLITE_READERS)
+# SQLite reader processes per exporting process: one per core. Each reads one batch
+# range at a time outside our GIL; the export's writer (Parquet/CSV encoding) needs CPU
+# too, and more readers than cores only contend.
+SQLITE_READERS = max(1, min(2, os.cpu_count() or 1))
 
 
-def _read_sqlite(
-    engine: Engine, sql: str, params: list, schema: pa.Schema, rows_per_batch: int
-) -> Iterator[pa.RecordBatch]:
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        try:
-            previous = cursor.execute("PRAGMA cache_size").fetchone()[0]
-            cursor.execute(f"PRAGMA cache_size=-{EXPORT_SQLITE_CACHE_KIB}")  # see EXPORT_SQLITE_CACHE_KIB
-            try:
-                cursor.execute(sql, params)
-                while rows := cursor.fetchmany(rows_per_batch):
-                    arrays = [_sqlite_array(values, field.type) for values, field in zip(zip(*rows), schema, strict=True)]
-                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-            finally:
-                cursor.execute(f"PRAGMA cache_size={int(previous)}")
-        finally:
-            cursor.close()
-    finally:
-        raw.close()
+def sqlite_db_path(engine: Engine) -> str:
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        raise RequestError("unsupported_database", "exports from SQLite need a database file (not :memory:)")
+    return database
 
 
-def _sqlite_array(values: Sequence[object], target: pa.DataType) -> pa.Array:
-    if pa.types.is_timestamp(target):
-        # SQLAlchemy stores SQLite timestamps as naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff".
-        return pc.assume_timezone(pa.array(values, pa.string()).cast(pa.timestamp("us")), "UTC")
-    if pa.types.is_boolean(target):
-        return pa.array([None if v is None else bool(v) for v in values], pa.bool_())
-    return pa.array(values, target)
+def sqlite_readers(engine: Engine) -> ReaderPool:
+    """This process's ADBC reader processes for the engine's SQLite file."""
+    return pool_for(sqlite_db_path(engine), SQLITE_READERS)
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
