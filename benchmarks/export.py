@@ -456,9 +456,9 @@ def child_main(spec_path: Path) -> int:
     if variant in FLOW_VARIANTS and spec["warm_up"]:
         warm_up(spec, FORMATS[variant])
     gc.collect()
-    from videolib.sqlite_arrow import HELPER_PEAK_RSS_KB
+    from videolib.sqlite_arrow import HELPER_RSS_KB
 
-    HELPER_PEAK_RSS_KB.clear()  # the warm-up's helpers
+    HELPER_RSS_KB.clear()  # the warm-up's helpers
     rss_before = rss_kb()
     peak_reset = reset_peak_rss()
     servers0 = tree_cpu_seconds(spec["server_pids"])
@@ -472,9 +472,10 @@ def child_main(spec_path: Path) -> int:
     cpu1 = os.times()
     servers1 = tree_cpu_seconds(spec["server_pids"])
     peak = _proc_status("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # The export's SQLite reader processes are its memory too: their whole peak counts
-    # (they start after the imports), added to ours though they may not peak together.
-    helpers_kb = sum(HELPER_PEAK_RSS_KB.values())
+    # The export's SQLite reader processes are its memory too. Measured as ours is: each
+    # one's peak over its RSS after its own imports, added to our peak (as if they all
+    # peaked together).
+    helpers_kb = sum(peak_kb - after_kb for after_kb, peak_kb in HELPER_RSS_KB.values())
     peak += helpers_kb
     out.update(
         rss_after_imports_kb=rss_after_imports,
@@ -482,7 +483,8 @@ def child_main(spec_path: Path) -> int:
         peak_kb=peak,
         rss_after_kb=rss_kb(),
         peak_method=("VmHWM after clear_refs" if peak_reset else "ru_maxrss (whole process)")
-        + (f" + {len(HELPER_PEAK_RSS_KB)} reader process(es)' VmHWM ({helpers_kb // 1024} MB)" if helpers_kb else ""),
+        + (f" + {len(HELPER_RSS_KB)} reader process(es)' VmHWM over their imports ({helpers_kb // 1024} MB; "
+           f"{sum(a for a, _ in HELPER_RSS_KB.values()) // 1024} MB after imports)" if HELPER_RSS_KB else ""),
         # children_*: the SQLite reader processes, reaped by the end of the run
         cpu_s=(cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system)
         - (cpu0.user + cpu0.system + cpu0.children_user + cpu0.children_system),

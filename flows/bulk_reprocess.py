@@ -10,6 +10,7 @@ all of its new chunks or keeps its old ones (see ``videolib/reprocess.py``). By 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Annotated, Literal
 
 from prefect import flow
@@ -20,6 +21,7 @@ from config import get_settings
 from flows.operation import run_operation, select_videos
 from tasks.reprocess import embedder_for, reprocess_video_batch
 from videolib.chunking import chunking_config
+from videolib.compute_pool import eligible, held_compute_pool
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult
 
@@ -66,8 +68,12 @@ def bulk_reprocess(
         except (ImportError, ValueError, RuntimeError, OSError) as exc:
             raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
         task_kwargs["chunking"] = chunking.model_dump()
-        return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                             verb="reprocess", exclude_statuses=("deleting",))
+        ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                            verb="reprocess", exclude_statuses=("deleting",))
+        if eligible(embedder_for(embedder_name), len(ids)):
+            # chunking and embedding in worker processes (videolib/compute_pool.py)
+            resources.enter_context(held_compute_pool())
+        return ids
 
     def on_outcome(_index: int, outcome: BatchOutcome) -> None:
         nonlocal chunk_count
@@ -75,6 +81,8 @@ def bulk_reprocess(
 
     def finish(result: OperationResult, _started: float) -> None:
         result.message = result.message or f"{chunk_count} chunks written with embedder {embedder_name}"
+
+    resources = ExitStack()
 
     # `prepare` fills in the validated chunking; the batches are mapped after it runs.
     task_kwargs: dict = {"creator_id": creator_id, "embedder": embedder_name, "chunking": {}}
@@ -88,4 +96,5 @@ def bulk_reprocess(
         task_kwargs=task_kwargs,
         on_outcome=on_outcome,
         finish=finish,
+        cleanup=resources.close,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from videolib.db.models import Video
@@ -143,6 +143,34 @@ def test_column_subset_and_order(sqlite_library):
     _, doc = _export(creator_id="creator-001", format="csv", columns=["id", "has_transcript"])
     first = lib.store.get(doc["output"]["path"]).decode().split("\r\n")[0]
     assert first == "id,has_transcript"
+    # chunk_count without id: the counts still land on the right rows
+    _, doc = _export(creator_id="creator-001", format="parquet", columns=["chunk_count", "created_at"])
+    subset = pq.read_table(io.BytesIO(lib.store.get(doc["output"]["path"])))
+    assert subset.column_names == ["chunk_count", "created_at"]
+    with lib.engine.connect() as conn:
+        expected = [n for _id, n in conn.execute(text(
+            "SELECT v.id, (SELECT count(*) FROM video_chunks c WHERE c.video_id = v.id) FROM videos v "
+            "WHERE v.creator_id = 'creator-001' ORDER BY v.id"))]
+    assert subset.column("chunk_count").to_pylist() == expected and any(expected)
+
+
+def test_sqlite_id_walk_plans_the_same_ranges_as_the_window_query(sqlite_library):
+    from videolib.export import ExportFilter, _sqlite_ranges, _window_ranges
+
+    lib = sqlite_library
+    lib.seed(57, creators=2)
+    some = lib.ids("creator-001")[:5]
+    with lib.engine.begin() as conn:  # tombstones are left out of both
+        conn.execute(update(Video).where(Video.id.in_(some[:2])).values(status="deleting"))
+        conn.execute(update(Video).where(Video.id.in_(some[2:])).values(status="failed"))
+    for flt in (ExportFilter(), ExportFilter(status="failed")):
+        with lib.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(Video).where(
+                Video.creator_id == "creator-001", *flt.clauses())).scalar_one()
+        for size in (1, 2, 7, 10, total, 100):
+            walked = _sqlite_ranges(lib.engine, "creator-001", flt, size, total)
+            windowed = _window_ranges(lib.engine, "creator-001", flt, size, total)
+            assert walked == windowed and len(walked) == -(-total // size), (flt, size)
 
 
 def test_ids_foreign_and_unknown_are_per_item(sqlite_library):

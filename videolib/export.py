@@ -159,12 +159,9 @@ def plan_export_batches(
     engine: Engine, creator_id: str, flt: ExportFilter, *, batch_rows: int, max_batches: int,
     ids: Sequence[str] | None = None, workers: int = 1,
 ) -> list[ExportBatch]:
-    """Cut the selection into batches; filter selections become id ranges (keyset).
-
-    The database numbers the selected ids in order and returns only each range's first
-    and last id (a window query), instead of every id travelling to Python to be
-    counted off (0.5 of 3 s for 200k rows on PostgreSQL). The last range is open-ended.
-    """
+    """Cut the selection into batches; filter selections become id ranges (keyset),
+    whose edges come from a window query (PostgreSQL) or an id walk in a reader process
+    (SQLite). The last range is open-ended."""
     if ids is not None:
         return [ExportBatch(ids=list(b), rows=len(b))
                 for b in plan_batches(ids, batch_size=batch_rows, max_batches=max_batches, workers=workers)]
@@ -175,6 +172,19 @@ def plan_export_batches(
     if total == 0:
         return []
     size = effective_batch_size(total, batch_rows, max_batches, workers=workers)
+    if engine.dialect.name == "sqlite":
+        batches = _sqlite_ranges(engine, creator_id, flt, size, total)
+    else:
+        batches = _window_ranges(engine, creator_id, flt, size, total)
+    if batches and batches[-1].hi is not None:
+        batches[-1].hi = None  # open-ended: rows added since the count are not left out
+    return batches
+
+
+def _window_ranges(engine: Engine, creator_id: str, flt: ExportFilter, size: int, total: int) -> list[ExportBatch]:
+    """Range edges from a window query: the database numbers the selected ids in order and
+    returns only each range's first and last id, instead of every id travelling to
+    Python to be counted off (0.5 of 3 s for 200k rows on PostgreSQL)."""
     if flt == ExportFilter():
         # All of the creator's videos but tombstones. Said as `id NOT IN (the creator's
         # 'deleting' ids)` rather than `status <> 'deleting'`, the walk reads the
@@ -198,8 +208,32 @@ def plan_export_batches(
                 batches.append(ExportBatch(lo=vid, hi=None, rows=max(min(size, total - rn), 1)))
             if rn % size == size - 1 and batches:
                 batches[-1].hi = vid
-    if batches and batches[-1].hi is not None:
-        batches[-1].hi = None  # open-ended: rows added since the count are not left out
+    return batches
+
+
+def _sqlite_ranges(engine: Engine, creator_id: str, flt: ExportFilter, size: int, total: int) -> list[ExportBatch]:
+    """Range edges on SQLite: a reader process walks the selected ids (Arrow, outside
+    our GIL) and we keep each range's first and last. 1M ids: 0.27 s, where SQLite's
+    window query took 0.9 s."""
+    if flt == ExportFilter():  # the (creator_id, id) index alone; see _window_ranges
+        where = ["v.creator_id = ?", "v.id NOT IN (SELECT id FROM videos WHERE creator_id = ? AND status = 'deleting')"]
+        params: list[object] = [creator_id, creator_id]
+    else:
+        where, params = _where(ExportBatch(lo=""), flt, "?", creator_id)
+    sql = f"SELECT v.id AS id FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
+    batches: list[ExportBatch] = []
+    position = 0  # of the record batch's first id in the whole selection
+    for record_batch in sqlite_readers(engine).query(sql, params):
+        ids = record_batch.column(0)
+        starts = range((-position) % size, len(ids), size)
+        ends = range((size - 1 - position) % size, len(ids), size)
+        for i in sorted({*starts, *ends}):
+            rn, vid = position + i, ids[i].as_py()
+            if rn % size == 0:
+                batches.append(ExportBatch(lo=vid, hi=None, rows=max(min(size, total - rn), 1)))
+            if rn % size == size - 1 and batches:
+                batches[-1].hi = vid
+        position += len(ids)
     return batches
 
 
@@ -236,18 +270,14 @@ def _nullable(name: str) -> bool:
     return column is not None and column.nullable and EXPORT_COLUMNS[name][0] == f"v.{name}"
 
 
-def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
+def _where(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str) -> tuple[list[str], list]:
+    """The WHERE terms (over ``v``, the videos) and their parameters of one batch."""
     params: list[object] = [creator_id]
 
     def p(value: object) -> str:
         params.append(value)
         return "?" if placeholder == "?" else f"${len(params)}"
 
-    if placeholder == "?":  # SQLite, through ADBC: no NULLs for its type inference
-        select_list = null_safe_select(
-            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
-    else:
-        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
     where = ["v.creator_id = " + ("?" if placeholder == "?" else "$1"), "v.status <> 'deleting'"]
     if flt.status:
         where.append(f"v.status = {p(flt.status)}")
@@ -260,6 +290,16 @@ def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placehol
         where.append(f"v.id >= {p(batch.lo)}")
         if batch.hi is not None:  # the last range is open-ended
             where.append(f"v.id <= {p(batch.hi)}")
+    return where, params
+
+
+def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
+    if placeholder == "?":  # SQLite, through ADBC: no NULLs for its type inference
+        select_list = null_safe_select(
+            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
+    else:
+        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
+    where, params = _where(batch, flt, placeholder, creator_id)
     sql = f"SELECT {select_list} FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
     return sql, params
 
@@ -293,9 +333,49 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
         finally:
             conn.close()
         return
-    sql, params = _sql(columns, batch, flt, "?", creator_id)
-    for record_batch in sqlite_readers(engine).query(sql, params):
-        yield conform(restore_nulls(record_batch), schema)
+    # chunk_count: SQLite counts 5.6M chunks of 1M videos in 0.7 s walking the chunk
+    # index once per batch range, against 1.9 s for a correlated subquery per row; the
+    # counts join the rows here, by id. Both queries run in one read transaction.
+    counted = "chunk_count" in columns
+    read_columns = [c for c in columns if c != "chunk_count"]
+    if counted and "id" not in read_columns:
+        read_columns.insert(0, "id")
+    sql, params = _sql(read_columns, batch, flt, "?", creator_id)
+    queries = [(sql, params)]
+    if counted:
+        queries.insert(0, _chunk_count_sql(batch))
+    counts: list[pa.RecordBatch] = []
+    video_ids = counts_n = None
+    for index, record_batch in sqlite_readers(engine).results(queries):
+        if counted and index == 0:
+            counts.append(record_batch)
+            continue
+        record_batch = restore_nulls(record_batch)
+        if counted:
+            if video_ids is None:
+                video_ids = pa.chunked_array([b.column(0) for b in counts], pa.string())
+                counts_n = pa.chunked_array([b.column(1) for b in counts], pa.int64())
+            if len(counts_n):
+                where = pc.index_in(record_batch.column("id"), value_set=video_ids)
+                n = pc.fill_null(pc.take(counts_n, where), 0).combine_chunks()
+            else:
+                n = pa.repeat(pa.scalar(0, pa.int64()), record_batch.num_rows)
+            record_batch = record_batch.append_column("chunk_count", n)
+        yield conform(record_batch, schema)
+
+
+def _chunk_count_sql(batch: ExportBatch) -> tuple[str, list[object]]:
+    """Chunk counts of the batch's videos (of any creator: only the ids the row query
+    returned, the creator's own, are looked up in them)."""
+    if batch.ids is not None:
+        where, params = f"video_id IN ({', '.join('?' for _ in batch.ids)})", list(batch.ids)
+    else:
+        where, params = "video_id >= ?", [batch.lo]
+        if batch.hi is not None:
+            where += " AND video_id <= ?"
+            params.append(batch.hi)
+    return (f"SELECT video_id, count(*) AS n FROM video_chunks WHERE {where} "
+            "GROUP BY video_id ORDER BY video_id"), params
 
 
 # SQLite reader processes per exporting process: one per core. Each reads one batch

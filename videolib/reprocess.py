@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -43,7 +42,8 @@ from sqlalchemy import (
     update,
 )
 
-from videolib.chunking import Chunk, ChunkingConfig, chunk_transcript
+from videolib.chunking import ChunkingConfig
+from videolib.compute_pool import Work, chunk_and_embed, compute_pool
 from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
 from videolib.embedders import Embedder
@@ -59,13 +59,6 @@ CLAIMABLE = ("uploaded", "ready", "failed")
 # Fault injection for tests: called as hook(stage, video_id) inside a video's
 # savepoint, at "after_delete" (old chunks gone) and "after_insert" (new ones in).
 WriteHook = Callable[[str, str], None]
-
-
-@dataclass
-class _Work:
-    video_id: str
-    chunks: list[Chunk] = field(default_factory=list)
-    first: int = 0  # index of its first chunk in the batch's embedding matrix
 
 
 def _has_transcript():
@@ -207,24 +200,20 @@ def reprocess_batch(
 def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunking, lock_timeout_ms, hook):
     failed: dict[str, str] = {}  # video -> detail; set `failed` after the write
     untouched: dict[str, str] = {}  # claimed but nothing to write: back to the previous status
-    work: list[_Work] = []
-    texts: list[str] = []
-    for vid, (prev, transcript) in claimed.items():
-        try:
-            chunks = chunk_transcript(transcript, chunking)
-        except Exception as exc:
-            failed[vid] = f"the transcript could not be chunked: {type(exc).__name__}: {exc}"[:500]
-            continue
-        if not chunks:
-            errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))
-            untouched[vid] = prev
-            continue
-        work.append(_Work(vid, chunks, first=len(texts)))
-        texts.extend(chunk.content for chunk in chunks)
-
-    vectors = embedder.embed(texts) if texts else np.zeros((0, embedder.dim), dtype=np.float32)
-    if vectors.shape != (len(texts), embedder.dim):
-        raise RuntimeError(f"embedder {embedder.name} returned shape {vectors.shape} for {len(texts)} texts")
+    items = [(vid, transcript) for vid, (_prev, transcript) in claimed.items()]
+    pool = compute_pool()
+    if pool is not None and callable(getattr(embedder, "process_spec", None)):
+        prepared = pool.chunk_and_embed(items, chunking, embedder)
+    else:
+        prepared = chunk_and_embed(items, chunking, embedder)
+    failed.update(prepared.failed)
+    for vid in prepared.empty:
+        errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))
+        untouched[vid] = claimed[vid][0]
+    work, vectors = prepared.work, prepared.vectors
+    texts = sum(len(item.chunks) for item in work)
+    if vectors.shape != (texts, embedder.dim):
+        raise RuntimeError(f"embedder {embedder.name} returned shape {vectors.shape} for {texts} texts")
     finite = np.isfinite(vectors).all(axis=1)
 
     now = datetime.now(UTC)
@@ -305,7 +294,7 @@ class _VideoWriter:
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})"
         )
 
-    def write(self, item: _Work, vectors: np.ndarray) -> str | None:
+    def write(self, item: Work, vectors: np.ndarray) -> str | None:
         """None when the video got its new chunks; else why not (its old ones are kept)."""
         cur, vid = self.cursor, item.video_id
         cur.execute("SAVEPOINT bulkops_video")

@@ -21,10 +21,10 @@ So :func:`null_safe_select` never hands it a NULL: every nullable column is read
 :func:`restore_nulls` puts the NULLs back.
 
 Protocol (stdin/stdout of the child, little endian): a request is an 8-byte length and
-a JSON document (``{"sql": ..., "params": [...]}`` or ``{"stats": true}``); the reply is
-a series of frames, each one kind byte and an 8-byte length: ``B`` one record batch
-(Arrow IPC stream), ``E`` end of the result, ``X`` an error (UTF-8 text), ``S`` stats
-(JSON). The child imports only pyarrow and the driver, so it starts in a fraction of
+a JSON document (``{"queries": [{"sql": ..., "params": [...]}, ...]}``, run in one read
+transaction, or ``{"stats": true}``); the reply is a series of frames, each one kind byte
+and an 8-byte length: ``B`` one record batch (Arrow IPC stream), ``E`` the end of one
+query's result, ``X`` an error (UTF-8 text; the request ends there), ``S`` stats (JSON). The child imports only pyarrow and the driver, so it starts in a fraction of
 a second.
 """
 
@@ -153,32 +153,37 @@ class SqliteArrowReader:
 
     def query(self, sql: str, params: Sequence[object] = ()) -> Iterator[pa.RecordBatch]:
         """The query's rows as record batches (types as the driver infers them)."""
+        for _index, batch in self.results([(sql, params)]):
+            yield batch
+
+    def results(self, queries: Sequence[tuple[str, Sequence[object]]]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Several queries in one read transaction (one snapshot of the database):
+        ``(query index, batch)`` pairs, the queries' results one after the other."""
         if self.broken:
             raise SqliteReaderError("this SQLite reader process is broken")
-        self._send({"sql": sql, "params": list(params)})
-        done = False
+        self._send({"queries": [{"sql": sql, "params": list(params)} for sql, params in queries]})
+        ended = 0
         try:
-            while True:
+            while ended < len(queries):
                 kind, body = self._frame()
                 if kind == b"B":
                     with ipc.open_stream(pa.py_buffer(body)) as stream:
-                        yield stream.read_next_batch()
+                        yield ended, stream.read_next_batch()
                 elif kind == b"E":
-                    done = True
-                    return
+                    ended += 1
                 elif kind == b"X":
-                    done = True
+                    ended = len(queries)
                     raise SqliteReaderError(body.decode("utf-8", "replace"))
                 else:
                     self.broken = True
                     raise SqliteReaderError(f"unexpected frame {kind!r} from the SQLite reader")
         finally:
-            if not done:  # abandoned mid-result (the caller stopped, or an error): the
-                self.broken = True  # rest of the reply is still in the pipe
+            if ended < len(queries):  # abandoned mid-result (the caller stopped, or an
+                self.broken = True  # error): the rest of the reply is still in the pipe
                 self.close()
 
     def stats(self) -> dict:
-        """The helper's own figures: ``peak_rss_kb`` (VmHWM)."""
+        """The helper's own figures: ``rss_after_imports_kb`` and ``peak_rss_kb`` (VmHWM)."""
         self._send({"stats": True})
         kind, body = self._frame()
         if kind != b"S":
@@ -210,7 +215,7 @@ class ReaderPool:
         self._slots = threading.BoundedSemaphore(self.size)
         self._lock = threading.Lock()
         self._all: list[SqliteArrowReader] = []
-        self.peak_rss_kb: dict[int, int] = {}  # of stopped helpers, by pid
+        self.rss_kb: dict[int, tuple[int, int]] = {}  # of stopped helpers, by pid: see HELPER_RSS_KB
 
     def start(self, count: int | None = None) -> None:
         """Start helpers ahead of the first query (they import while the caller plans)."""
@@ -244,6 +249,10 @@ class ReaderPool:
         with self.reader() as reader:
             yield from reader.query(sql, params)
 
+    def results(self, queries: Sequence[tuple[str, Sequence[object]]]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        with self.reader() as reader:
+            yield from reader.results(queries)
+
     def _forget(self, reader: SqliteArrowReader) -> None:
         reader.close()
         with self._lock:
@@ -262,17 +271,18 @@ class ReaderPool:
         for reader in readers:
             if not reader.broken:
                 try:
-                    peak = int(reader.stats().get("peak_rss_kb", 0))
-                    self.peak_rss_kb[reader.pid] = HELPER_PEAK_RSS_KB[reader.pid] = peak
-                except (SqliteReaderError, OSError, ValueError):
+                    stats = reader.stats()
+                    figures = (int(stats["rss_after_imports_kb"]), int(stats["peak_rss_kb"]))
+                    self.rss_kb[reader.pid] = HELPER_RSS_KB[reader.pid] = figures
+                except (SqliteReaderError, OSError, ValueError, KeyError):
                     pass
             reader.close()
 
 
 _pools: dict[str, ReaderPool] = {}
-# Peak RSS (KiB) of every helper this process stopped, by pid: memory an export used
-# outside its own process (benchmarks/export.py adds it to the export's peak).
-HELPER_PEAK_RSS_KB: dict[int, int] = {}
+# Memory of every helper this process stopped, by pid: (RSS after its imports, peak RSS),
+# KiB. An export's memory outside its own process (benchmarks/export.py counts it).
+HELPER_RSS_KB: dict[int, tuple[int, int]] = {}
 _holders: dict[str, int] = {}
 _pools_lock = threading.Lock()
 
@@ -310,16 +320,13 @@ def held_pool(db_path: str | os.PathLike[str], size: int, *, start: bool = True)
             pool.close()
 
 
-def close_pools() -> dict[int, int]:
-    """Stop every helper process; returns their peak RSS (KiB) by pid."""
+def close_pools() -> None:
+    """Stop every helper process."""
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
-    peaks: dict[int, int] = {}
     for pool in pools:
         pool.close()
-        peaks.update(pool.peak_rss_kb)
-    return peaks
 
 
 atexit.register(close_pools)
@@ -328,15 +335,26 @@ atexit.register(close_pools)
 # --------------------------------------------------------------------------- child side
 
 
-def _peak_rss_kb() -> int:
+def _status_kb(name: str) -> int:
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def run_update(conn, sql: str) -> None:
+    import adbc_driver_manager as manager
+
+    statement = manager.AdbcStatement(conn)
+    try:
+        statement.set_sql_query(sql)
+        statement.execute_update()
+    finally:
+        statement.close()
 
 
 def _serve(db_path: str) -> int:
@@ -345,6 +363,7 @@ def _serve(db_path: str) -> int:
     import adbc_driver_manager as manager
     import adbc_driver_sqlite
 
+    rss_after_imports = _status_kb("VmRSS")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     def frame(kind: bytes, body: bytes | memoryview = b"") -> None:
@@ -362,30 +381,41 @@ def _serve(db_path: str) -> int:
             (size,) = _LEN.unpack(head)
             request = json.loads(stdin.read(size))
             if request.get("stats"):
-                frame(b"S", json.dumps({"peak_rss_kb": _peak_rss_kb()}).encode())
+                frame(b"S", json.dumps({"rss_after_imports_kb": rss_after_imports,
+                                        "peak_rss_kb": _status_kb("VmHWM")}).encode())
                 stdout.flush()
                 continue
+            queries = request["queries"]
+            snapshot = len(queries) > 1
             try:
-                statement = manager.AdbcStatement(conn)
-                try:
-                    statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
-                    statement.set_sql_query(request["sql"])
-                    params = request.get("params") or []
-                    if params:
-                        statement.bind(pa.record_batch([pa.array([v]) for v in params],
-                                                       names=[str(i) for i in range(len(params))]))
-                    handle, _rows = statement.execute_query()
-                    for batch in pa.RecordBatchReader._import_from_c_capsule(handle.__arrow_c_stream__()):
-                        sink = pa.BufferOutputStream()
-                        with ipc.new_stream(sink, batch.schema) as writer:
-                            writer.write_batch(batch)
-                        frame(b"B", memoryview(sink.getvalue()))
-                finally:
-                    statement.close()
+                if snapshot:  # one read transaction: every query sees the same data
+                    run_update(conn, "BEGIN")
+                for query in queries:
+                    statement = manager.AdbcStatement(conn)
+                    try:
+                        statement.set_options(**{"adbc.sqlite.query.batch_rows": str(BATCH_ROWS)})
+                        statement.set_sql_query(query["sql"])
+                        params = query.get("params") or []
+                        if params:
+                            statement.bind(pa.record_batch([pa.array([v]) for v in params],
+                                                           names=[str(i) for i in range(len(params))]))
+                        handle, _rows = statement.execute_query()
+                        for batch in pa.RecordBatchReader._import_from_c_capsule(handle.__arrow_c_stream__()):
+                            sink = pa.BufferOutputStream()
+                            with ipc.new_stream(sink, batch.schema) as writer:
+                                writer.write_batch(batch)
+                            frame(b"B", memoryview(sink.getvalue()))
+                    finally:
+                        statement.close()
+                    frame(b"E")
             except Exception as exc:  # noqa: BLE001 - reported to the parent, the child lives on
                 frame(b"X", f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
-            else:
-                frame(b"E")
+            finally:
+                if snapshot:
+                    try:
+                        run_update(conn, "COMMIT")
+                    except Exception:  # noqa: BLE001 - no transaction left (BEGIN failed)
+                        pass
             stdout.flush()
     finally:
         conn.close()

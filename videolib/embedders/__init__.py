@@ -38,6 +38,16 @@ def get_embedder(name: str = "hashing") -> Embedder:
     raise ValueError(f"`embedder` must be 'hashing' or 'minilm', got {name!r}")
 
 
+def embedder_from_spec(spec: tuple[str, dict]) -> Embedder:
+    """Rebuild an embedder from its ``process_spec()`` (in a worker process)."""
+    name, options = spec
+    if name == "hashing":
+        from videolib.embedders.hashing import HashingEmbedder
+
+        return HashingEmbedder(**options)
+    raise ValueError(f"no embedder can be rebuilt from {name!r}")
+
+
 def available() -> list[str]:
     """The embedder names usable here: ``hashing`` always, ``minilm`` with its extra."""
     from videolib.embedders.minilm import missing_requirements

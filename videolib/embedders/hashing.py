@@ -26,6 +26,10 @@ class HashingEmbedder:
         self._cache: dict[str, int] = {}
         self._cache_size = cache_size
 
+    def process_spec(self) -> tuple[str, dict]:
+        """What rebuilds this embedder in a worker process (``embedder_from_spec``)."""
+        return ("hashing", {"dim": self.dim})
+
     def _token_hash(self, token: str) -> int:
         value = self._cache.get(token)
         if value is None:
