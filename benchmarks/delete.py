@@ -203,10 +203,11 @@ def object_keys(engine) -> list[str]:
 
 
 def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds used so far by this process and by its child processes (the Prefect
-    test server, SeaweedFS), read from /proc (children: (0, 0) where that is missing)."""
+    """CPU seconds used so far by this process (with its ended helper processes, such as
+    reprocess's chunking workers) and by its running child processes (the Prefect test
+    server, SeaweedFS), read from /proc (children: (0, 0) where that is missing)."""
     t = os.times()
-    own = t.user + t.system
+    own = t.user + t.system + t.children_user + t.children_system
     children = 0.0
     me = os.getpid()
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

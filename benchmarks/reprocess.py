@@ -238,6 +238,7 @@ def run_flow(db: Path, template: Template, work: Path, batch_size: int) -> Measu
 
 def run_library(db: Path, template: Template, batch_size: int, embedder_name: str = "hashing",
                 ids: list[str] | None = None) -> Measurement:
+    from videolib.compute_pool import eligible, held_compute_pool
     from videolib.db.engine import create_db_engine
     from videolib.embedders import get_embedder
     from videolib.operation import plan_batches
@@ -253,13 +254,17 @@ def run_library(db: Path, template: Template, batch_size: int, embedder_name: st
         selected = ids if ids is not None else list(iter_creator_video_ids(engine, CREATOR))
         batches = plan_batches(selected, batch_size=batch_size, max_batches=MAX_BATCHES, workers=WORKERS)
         planned = time.monotonic()
-        with ThreadPoolExecutor(WORKERS) as pool:
-            outcomes = list(pool.map(
-                lambda batch: reprocess_batch(engine, embedder, creator_id=CREATOR, video_ids=batch,
-                                              operation_id=operation_id, chunking=config),
-                batches,
-            ))
-        ended = time.monotonic()
+        # As the flow does: big jobs of a Python embedder chunk and embed in worker processes.
+        with contextlib.ExitStack() as resources:
+            if eligible(embedder, len(selected)):
+                resources.enter_context(held_compute_pool())
+            with ThreadPoolExecutor(WORKERS) as pool:
+                outcomes = list(pool.map(
+                    lambda batch: reprocess_batch(engine, embedder, creator_id=CREATOR, video_ids=batch,
+                                                  operation_id=operation_id, chunking=config),
+                    batches,
+                ))
+        ended = time.monotonic()  # after the workers stopped, as the flow's time is
     finally:
         engine.dispose()
     videos = sum(len(o.succeeded) for o in outcomes)

@@ -360,3 +360,57 @@ def test_reprocess_with_the_real_model_ranks_a_paraphrase_first(sqlite_library):
     # The lexical embedder's vectors are not mixed in: another model's chunks are not compared.
     lexical = search_chunks(engine, get_embedder("hashing"), creator_id="creator-009", query="password", top=3)
     assert lexical.results == [] and lexical.other_model_chunks == 3
+
+
+def test_worker_processes_write_exactly_what_in_process_work_writes(sqlite_library):
+    """Chunking and embedding in worker processes (videolib/compute_pool.py) is the same
+    computation: chunks, times and vector bytes equal those made in-process."""
+    import os
+    import signal
+
+    from videolib.compute_pool import compute_pool, held_compute_pool
+
+    library = sqlite_library
+    library.seed(30, creators=1, transcript_ratio=1.0)
+    engine = library.engine
+    ids = _with_transcripts(library)
+    embedder = get_embedder("hashing")
+    outcome = reprocess_batch(engine, embedder, creator_id="creator-001", video_ids=ids, operation_id=OP,
+                              chunking=CHUNKING)
+    assert sorted(outcome.succeeded) == sorted(ids)
+    in_process = {vid: [c[:5] for c in _chunks(engine, vid)] for vid in ids}
+
+    assert compute_pool() is None
+    with held_compute_pool(2) as pool:
+        assert compute_pool() is pool
+        outcome = reprocess_batch(engine, embedder, creator_id="creator-001", video_ids=ids,
+                                  operation_id=OTHER_OP, chunking=CHUNKING)
+        assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == []
+        assert {vid: [c[:5] for c in _chunks(engine, vid)] for vid in ids} == in_process
+        assert not pool.broken
+
+        # A worker that dies breaks the pool; the batch still completes, in-process.
+        os.kill(pool.worker_pid(), signal.SIGKILL)
+        outcome = reprocess_batch(engine, embedder, creator_id="creator-001", video_ids=ids, operation_id=OP,
+                                  chunking=CHUNKING)
+        assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == []
+        assert pool.broken
+        assert {vid: [c[:5] for c in _chunks(engine, vid)] for vid in ids} == in_process
+    assert compute_pool() is None  # the last holder stopped it
+
+
+def test_worker_processes_report_unchunkable_and_empty_transcripts(sqlite_library):
+    from videolib.compute_pool import held_compute_pool
+
+    library = sqlite_library
+    library.seed(6, creators=1, transcript_ratio=1.0)
+    engine = library.engine
+    ids = _with_transcripts(library)
+    _set(engine, ids[0], transcript="WEBVTT\n\n")  # captions without a cue: no words
+    status_before = _video(engine, ids[0]).status
+    with held_compute_pool(1):
+        outcome = reprocess_batch(engine, get_embedder("hashing"), creator_id="creator-001",
+                                  video_ids=ids, operation_id=OP, chunking=CHUNKING)
+    assert [e.error for e in outcome.errors] == ["no_transcript"] and outcome.errors[0].video_id == ids[0]
+    assert sorted(outcome.succeeded) == sorted(ids[1:])
+    assert _video(engine, ids[0]).status == status_before  # left as it was

@@ -162,3 +162,34 @@ def test_a_concurrent_run_takes_nothing_twice(sqlite_library):
     assert doc["status"] == "partial"
     assert {e["video_id"]: e["error"] for e in doc["errors"]} == {v: "busy" for v in ids[:3]}
     assert other in doc["errors"][0]["detail"]
+
+
+def test_a_big_job_chunks_and_embeds_in_worker_processes(sqlite_library, monkeypatch):
+    """Jobs of at least compute_pool.MIN_VIDEOS videos (lowered here) chunk and embed in
+    worker processes; the result is the same, and the workers stop with the run."""
+    import videolib.compute_pool as compute_pool
+
+    lib = sqlite_library
+    lib.seed(30, creators=1, transcript_ratio=1.0)
+    ids = _transcribed(lib)
+    monkeypatch.setattr(compute_pool, "MIN_VIDEOS", 10)
+    calls = []
+    original = compute_pool.ComputePool.chunk_and_embed
+
+    def counted(self, items, chunking, embedder):
+        calls.append(len(items))
+        return original(self, items, chunking, embedder)
+
+    monkeypatch.setattr(compute_pool.ComputePool, "chunk_and_embed", counted)
+    state = _run(creator_id="creator-001", all_videos=True, batch_size=5, chunk_target=40, chunk_overlap=8)
+    assert state.is_completed(), state.message
+    assert sum(calls) == len(ids) and len(calls) >= 2
+    assert compute_pool.compute_pool() is None
+    config = ChunkingConfig(target=40, overlap=8)
+    with lib.engine.connect() as conn:
+        for vid in ids:
+            video = conn.execute(select(Video).where(Video.id == vid)).one()
+            contents = conn.execute(select(VideoChunk.content).where(VideoChunk.video_id == vid)
+                                    .order_by(VideoChunk.chunk_index)).scalars().all()
+            assert video.status == "ready"
+            assert contents == [c.content for c in chunk_transcript(video.transcript, config)]
