@@ -289,6 +289,19 @@ def test_embeddings_are_deterministic_across_processes():
     assert not here[2].any(), "an empty text has no features"
 
 
+def test_the_ascii_fast_path_tokenises_as_the_regex_does():
+    """ASCII texts are tokenised by a byte translate + split, others by ``\\w+``: a text and
+    the same text with a non-word, non-ASCII character added (which sends it down the
+    regex path) embed identically."""
+    embedder = get_embedder("hashing")
+    for text in ("Hello, World_x 42! it's e.g. A-B (c) [d] {e} ~f~ `g` |h|", "  MiXeD  case\ttabs\nnew.lines  ",
+                 "punctuation-only: ,.;:!? and digits 3.14159"):
+        assert text.isascii()
+        fast, slow = embedder.embed([text, text + " \u2014"])
+        np.testing.assert_array_equal(fast, slow)
+        assert fast.any()
+
+
 def test_search_finds_a_chunks_own_text_first(library):
     library.seed(40, creators=2, transcript_ratio=1.0)
     engine = library.engine
@@ -390,7 +403,8 @@ def test_worker_processes_write_exactly_what_in_process_work_writes(sqlite_libra
         assert not pool.broken
 
         # A worker that dies breaks the pool; the batch still completes, in-process.
-        os.kill(pool.worker_pid(), signal.SIGKILL)
+        for pid in pool.worker_pids():
+            os.kill(pid, signal.SIGKILL)
         outcome = reprocess_batch(engine, embedder, creator_id="creator-001", video_ids=ids, operation_id=OP,
                                   chunking=CHUNKING)
         assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == []

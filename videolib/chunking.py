@@ -170,25 +170,26 @@ def _split_words(segments: list[Segment]) -> _Words:
     seg_times: list = []
     previous_ended = True
     for segment in segments:
-        seg_words = segment.text.split()
-        if not seg_words:
-            continue
-        offset = len(words)
-        seg_first.append(offset)
-        seg_times.append((segment.start_s, segment.end_s, len(seg_words)))
-        # Sentences, by one C-level split (a word that ends in . ! ? ... before its
-        # closing quotes or brackets ends a sentence), then one step per sentence
-        # rather than per word: this is most of reprocessing's CPU otherwise.
+        # Sentences by one C-level split (a word that ends in . ! ? ... before its closing
+        # quotes or brackets ends a sentence), then one whitespace split per sentence:
+        # its words are the segment's words (the splits fall on whitespace), so the text
+        # is split once, not once for words and again for sentences. This is most of
+        # reprocessing's CPU otherwise.
         parts = _SENTENCE_SPLIT.split(segment.text)
-        position = offset
+        offset = len(words)
+        last = len(parts) - 1
         for k in range(0, len(parts), 2):
-            count = len((parts[k] + parts[k + 1]).split()) if k + 1 < len(parts) else len(parts[k].split())
-            if count:
-                if position > offset or previous_ended:
-                    sentence_starts.append(position)
-                position += count
-        previous_ended = seg_words[-1].rstrip(_CLOSERS).endswith(_ENDERS)
-        words.extend(seg_words)
+            sentence = (parts[k] + parts[k + 1]).split() if k < last else parts[k].split()
+            if sentence:
+                if len(words) > offset or previous_ended:
+                    sentence_starts.append(len(words))
+                words.extend(sentence)
+        count = len(words) - offset
+        if not count:
+            continue
+        seg_first.append(offset)
+        seg_times.append((segment.start_s, segment.end_s, count))
+        previous_ended = words[-1].rstrip(_CLOSERS).endswith(_ENDERS)
     return _Words(words, sentence_starts, seg_first, seg_times)
 
 

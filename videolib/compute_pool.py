@@ -20,14 +20,17 @@ one, and then they work in-process.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -78,60 +81,131 @@ def chunk_and_embed(items: list[tuple[str, str]], chunking: ChunkingConfig, embe
 
 
 # --------------------------------------------------------------------------- workers
+#
+# Workers are plain child processes (``python -m videolib.compute_pool``) fed pickled
+# requests over a pipe, not a multiprocessing pool: multiprocessing's spawn (and
+# forkserver) start every worker by importing the parent's main module again, so a
+# caller's script without a ``__main__`` guard would run again in each worker (and fork
+# is unsafe in a process with threads, as ours has). Protocol: an 8-byte length and a
+# pickle each way; a request ``(items, chunking dict, embedder spec)``, a reply
+# ``Prepared`` or ``_Failure``.
 
-_worker_embedders: dict = {}
-
-
-def _embedder_from_spec(spec: tuple[str, dict]):
-    key = (spec[0], tuple(sorted(spec[1].items())))
-    embedder = _worker_embedders.get(key)
-    if embedder is None:
-        from videolib.embedders import embedder_from_spec
-
-        embedder = _worker_embedders[key] = embedder_from_spec(spec)
-    return embedder
-
-
-def _remote(items: list[tuple[str, str]], chunking: dict, spec: tuple[str, dict]) -> Prepared:
-    return chunk_and_embed(items, ChunkingConfig(**chunking), _embedder_from_spec(spec))
+_LEN = struct.Struct("<Q")
+_ROOT = str(Path(__file__).resolve().parent.parent)  # the directory that holds videolib/
 
 
-def _warm() -> int:
-    return os.getpid()
+@dataclass
+class _Failure:
+    error: str
+
+
+class _Worker:
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-s", "-m", "videolib.compute_pool"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+
+    def call(self, request: tuple) -> Prepared:
+        data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.proc.stdin.write(_LEN.pack(len(data)) + data)
+            self.proc.stdin.flush()
+            head = self.proc.stdout.read(_LEN.size)
+            if len(head) < _LEN.size:
+                raise EOFError("the worker closed its output")
+            (size,) = _LEN.unpack(head)
+            body = self.proc.stdout.read(size)
+            if len(body) < size:
+                raise EOFError("the worker's reply was cut short")
+        except (OSError, EOFError) as exc:
+            raise WorkerDied(f"chunking worker {self.proc.pid} died: {exc}") from exc
+        reply = pickle.loads(body)
+        if isinstance(reply, _Failure):
+            raise RuntimeError(reply.error)
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # EOF: the worker's loop ends
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class WorkerDied(RuntimeError):
+    """A chunking worker process exited (killed, out of memory)."""
+
+
+def _serve() -> int:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    embedders: dict = {}
+    while True:
+        head = stdin.read(_LEN.size)
+        if len(head) < _LEN.size:
+            return 0
+        (size,) = _LEN.unpack(head)
+        items, chunking, spec = pickle.loads(stdin.read(size))
+        try:
+            key = (spec[0], tuple(sorted(spec[1].items())))
+            embedder = embedders.get(key)
+            if embedder is None:
+                from videolib.embedders import embedder_from_spec
+
+                embedder = embedders[key] = embedder_from_spec(spec)
+            reply: object = chunk_and_embed(items, ChunkingConfig(**chunking), embedder)
+        except Exception as exc:  # noqa: BLE001 - the batch fails in the parent, as in-process
+            reply = _Failure(f"{type(exc).__name__}: {exc}")
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.write(_LEN.pack(len(data)) + data)
+        stdout.flush()
 
 
 class ComputePool:
-    """Worker processes that chunk and embed batches."""
+    """Worker processes that chunk and embed batches, one batch per worker at a time."""
 
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
-        # spawn, not fork: the parent runs threads (Prefect's, the task runner's).
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self.broken = False
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._all: list[_Worker] = []
+        self._slots = threading.BoundedSemaphore(self.workers)
 
     def start(self) -> None:
         """Start the workers now (they import while the caller plans)."""
         for _ in range(self.workers):
-            self._executor.submit(_warm)  # (the executor starts them all on a first submit)
+            worker = _Worker()
+            self._all.append(worker)
+            self._idle.put(worker)
 
     def chunk_and_embed(self, items: list[tuple[str, str]], chunking: ChunkingConfig, embedder) -> Prepared:
-        """In a worker; in this process if the workers are gone (a worker that dies
-        breaks the whole pool: the job goes on without it, slower, rather than fail)."""
+        """In a worker; in this process if a worker died (the job goes on, slower,
+        rather than fail: the pool is then broken and not used again)."""
         if not self.broken:
-            try:
-                return self._executor.submit(_remote, items, chunking.model_dump(), embedder.process_spec()).result()
-            except BrokenProcessPool:
-                if not self.broken:
-                    self.broken = True
-                    log.warning("the chunking worker processes died; chunking and embedding in-process from now on")
+            with self._slots:
+                worker = self._idle.get()
+                try:
+                    return worker.call((items, chunking.model_dump(), embedder.process_spec()))
+                except WorkerDied as exc:
+                    if not self.broken:
+                        self.broken = True
+                        log.warning("%s; chunking and embedding in-process from now on", exc)
+                finally:
+                    self._idle.put(worker)
         return chunk_and_embed(items, chunking, embedder)
 
-    def worker_pid(self) -> int:
-        """The pid of a worker (whichever takes the call)."""
-        return self._executor.submit(_warm).result()
+    def worker_pids(self) -> list[int]:
+        return [worker.proc.pid for worker in self._all]
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for worker in self._all:
+            worker.close()
 
 
 _pool: ComputePool | None = None
@@ -174,3 +248,11 @@ def held_compute_pool(workers: int | None = None) -> Iterator[ComputePool]:
 def compute_pool() -> ComputePool | None:
     """The held pool, or None (then work in-process)."""
     return _pool
+
+
+if __name__ == "__main__":
+    # Serve from the module imported under its own name, so that what is pickled back
+    # names videolib.compute_pool's classes, not __main__'s.
+    from videolib.compute_pool import _serve as serve
+
+    sys.exit(serve())

@@ -17,23 +17,41 @@ _TOKEN_RE = re.compile(r"\w+", re.UNICODE)
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def _ascii_table() -> bytes:
+    """Lower-case ASCII word characters ([a-z0-9_], as ``\w`` has them) and turn every
+    other byte into a space: for ASCII text, ``text.encode().translate(T).split()`` gives
+    the tokens ``re.findall(r"\w+", text.lower())`` gives, 2-3x faster."""
+    table = bytearray(b" " * 256)
+    for c in range(128):
+        ch = chr(c)
+        if ch.isalnum() or ch == "_":
+            table[c] = ord(ch.lower())
+    return bytes(table)
+
+
+_ASCII_WORDS = _ascii_table()
+
+
 class HashingEmbedder:
     name = "hashing-v1"
     dim = 384
 
     def __init__(self, *, dim: int = 384, cache_size: int = 500_000) -> None:
         self.dim = dim
-        self._cache: dict[str, int] = {}
+        # token -> hash; ASCII texts look their tokens up as bytes, others as str (the
+        # hash of a token is the same either way: blake2b of its UTF-8 bytes)
+        self._cache: dict[str | bytes, int] = {}
         self._cache_size = cache_size
 
     def process_spec(self) -> tuple[str, dict]:
         """What rebuilds this embedder in a worker process (``embedder_from_spec``)."""
         return ("hashing", {"dim": self.dim})
 
-    def _token_hash(self, token: str) -> int:
+    def _token_hash(self, token: str | bytes) -> int:
         value = self._cache.get(token)
         if value is None:
-            value = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+            data = token if isinstance(token, bytes) else token.encode()
+            value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[token] = value
@@ -49,8 +67,11 @@ class HashingEmbedder:
         get = self._cache.get
         findall = _TOKEN_RE.findall
         for text in texts:
-            tokens = findall(text.lower())
-            values = [get(t) for t in tokens]  # C-level lookups; misses filled below
+            if text.isascii():
+                tokens = text.encode("ascii").translate(_ASCII_WORDS).split()
+            else:
+                tokens = findall(text.lower())
+            values = list(map(get, tokens))  # C-level lookups; misses filled below
             if None in values:
                 values = [self._token_hash(t) if v is None else v for t, v in zip(tokens, values, strict=True)]
             hashes.extend(values)
