@@ -437,7 +437,8 @@ def guard_formulas(batch: pa.RecordBatch) -> pa.RecordBatch:
     for column in batch.columns:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             risky = pc.match_substring_regex(column, pattern)
-            column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+            if pc.any(risky).as_py():  # most batches have none: no copy of the column
+                column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
