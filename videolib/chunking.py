@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -86,6 +87,7 @@ class TranscriptError(ValueError):
     """A transcript that cannot be read (e.g. a cue ending before it starts)."""
 
 
+@lru_cache(maxsize=8192)  # a cue's end is usually the next cue's start
 def _seconds(stamp: str) -> float:
     parts = stamp.replace(",", ".").split(":")
     seconds = float(parts[-1])
