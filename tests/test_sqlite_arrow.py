@@ -170,3 +170,24 @@ def test_the_last_holder_stops_the_helpers_and_records_their_memory(db):
         assert 0 < after_imports <= peak
         assert not os.path.exists(f"/proc/{pid}")  # stopped and reaped
     assert pool_for(path, 2) is not pool  # a later export starts afresh
+
+
+def test_a_database_path_with_uri_characters_is_opened_as_is(tmp_path):
+    """The helper opens ``file:<path>?mode=ro``: spaces, ?, # and % in the path are quoted,
+    not read as URI syntax (no other file, no other mode)."""
+    folder = tmp_path / "a dir ?x=1 #frag %41"
+    folder.mkdir()
+    path = folder / "lib ?.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (id INTEGER)")
+    conn.execute("INSERT INTO t VALUES (42)")
+    conn.commit()
+    conn.close()
+    reader = SqliteArrowReader(path)
+    try:
+        assert read_all(reader, "SELECT id FROM t").column("id").to_pylist() == [42]
+        with pytest.raises(SqliteReaderError, match="readonly"):
+            list(reader.query("INSERT INTO t VALUES (1)"))
+    finally:
+        reader.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["lib ?.db"]
