@@ -68,7 +68,7 @@ def chunk_and_embed(items: list[tuple[str, str]], chunking: ChunkingConfig, embe
     for vid, transcript in items:
         try:
             chunks = chunk_transcript(transcript, chunking)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one video's transcript, reported per item
             failed[vid] = f"the transcript could not be chunked: {type(exc).__name__}: {exc}"[:500]
             continue
         if not chunks:

@@ -414,7 +414,7 @@ def _serve(db_path: str) -> int:
                 if snapshot:
                     try:
                         run_update(conn, "COMMIT")
-                    except Exception:  # noqa: BLE001 - no transaction left (BEGIN failed)
+                    except Exception:  # noqa: BLE001, S110 - no transaction left (BEGIN failed)
                         pass
             stdout.flush()
     finally:

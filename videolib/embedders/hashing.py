@@ -18,7 +18,7 @@ _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _ascii_table() -> bytes:
-    """Lower-case ASCII word characters ([a-z0-9_], as ``\w`` has them) and turn every
+    r"""Lower-case ASCII word characters ([a-z0-9_], as ``\w`` has them) and turn every
     other byte into a space: for ASCII text, ``text.encode().translate(T).split()`` gives
     the tokens ``re.findall(r"\w+", text.lower())`` gives, 2-3x faster."""
     table = bytearray(b" " * 256)
