@@ -423,3 +423,25 @@ def test_root_behind_a_symlink(tmp_path: Path) -> None:
     assert (real / "a" / "b").read_bytes() == b"1"
     assert store.delete_many(["a/b"]) == {}
     assert not (real / "a").exists()
+
+
+def test_cached_real_dirs_resolve_exactly_as_realpath(tmp_path):
+    """Bulk calls resolve a video folder from its cached parent plus its name (one lstat):
+    the result must equal os.path.realpath for plain folders, missing ones, symlinked
+    folders and symlinked ancestors alike."""
+    import os
+
+    from videolib.storage import ObjectStore
+
+    root = tmp_path / "root"
+    (root / "videos" / "c1" / "v1").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", root / "videos" / "c1" / "v2")
+    os.symlink(root / "videos", tmp_path / "alias")
+    os.symlink(tmp_path / "gone", root / "videos" / "c1" / "dangling")
+    store = ObjectStore.from_url(str(root))
+    cache: dict[str, str] = {}
+    for path in (root / "videos/c1/v1", root / "videos/c1/v2", root / "videos/c1/missing",
+                 root / "videos/c1/dangling", tmp_path / "alias/c1/v1", tmp_path / "alias/c1/v2",
+                 root / "videos/c1/../c1/v1", root / "videos/c1/missing/deeper"):
+        assert store._real_dir(str(path), cache) == os.path.realpath(path), path

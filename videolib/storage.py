@@ -213,12 +213,25 @@ class ObjectStore:
         return path
 
     def _real_dir(self, directory: str, _cache: dict[str, str] | None = None) -> str:
-        if _cache is not None:
-            real = _cache.get(directory)
-            if real is None:
-                real = _cache[directory] = os.path.realpath(directory)
-            return real
-        return os.path.realpath(directory)
+        """``os.path.realpath(directory)``; with a cache (one bulk call's), a directory that
+        is not a symlink (or does not exist) resolves as its cached parent's real path
+        plus its name: one ``lstat`` per video folder instead of one per path component
+        (``realpath`` of every video's folder was ~8 % of a local bulk delete)."""
+        if _cache is None:
+            return os.path.realpath(directory)
+        real = _cache.get(directory)
+        if real is None:
+            parent, name = os.path.split(directory)
+            try:
+                is_link = stat.S_ISLNK(os.lstat(directory).st_mode)
+            except FileNotFoundError:
+                is_link = False
+            if name and name not in (".", "..") and parent and parent != directory and not is_link:
+                real = os.path.join(self._real_dir(parent, _cache), name)
+            else:
+                real = os.path.realpath(directory)
+            _cache[directory] = real
+        return real
 
     def _s3_key(self, key: str) -> str:
         return f"{self._key_prefix}{key}"
