@@ -1003,6 +1003,14 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
         ctx["profile"] = args.profile.resolve()
     small_name = big_name = None
+
+    def run_and_record(scenario: Scenario, repeat: int) -> None:
+        note(f"{scenario.name}: {scenario.rows:,} videos, {scenario.chunks:,} chunks, "
+             f"db {human_bytes(scenario.db_bytes)}")
+        scenarios.append(scenario)
+        all_results[scenario.name] = run_scenario(scenario, order, work, ctx, repeat)
+        all_ratios[scenario.name] = time_ratios(all_results[scenario.name])
+
     try:
         needs_flow = any(v in FLOW_VARIANTS for v in order)
         if needs_flow and not ctx["api_url"]:
@@ -1028,21 +1036,13 @@ def main(argv: list[str] | None = None) -> int:
                             big_name = scenario.name
                         else:
                             small_name = scenario.name
-                        note(f"{scenario.name}: {scenario.rows:,} videos, {scenario.chunks:,} chunks, "
-                             f"db {human_bytes(scenario.db_bytes)}")
-                        scenarios.append(scenario)
-                        all_results[scenario.name] = run_scenario(scenario, order, work, ctx, args.repeat)
-                        all_ratios[scenario.name] = time_ratios(all_results[scenario.name])
+                        run_and_record(scenario, args.repeat)
                 else:
                     servers = load_servers_module()
                     note("pg: starting PostgreSQL ...")
                     pg = servers.start_postgres(work / "pg")
                     scenario = build_pg(pg, args.pg_rows, chunks_per_video=args.chunks_per_video)
-                    note(f"{scenario.name}: {scenario.rows:,} videos, {scenario.chunks:,} chunks, "
-                         f"db {human_bytes(scenario.db_bytes)}")
-                    scenarios.append(scenario)
-                    all_results[scenario.name] = run_scenario(scenario, order, work, ctx, args.pg_repeat)
-                    all_ratios[scenario.name] = time_ratios(all_results[scenario.name])
+                    run_and_record(scenario, args.pg_repeat)
     finally:
         if pg is not None:
             pg.stop()

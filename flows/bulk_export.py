@@ -26,20 +26,19 @@ from flows.operation import Plan, run_operation
 from tasks.common import engine, store
 from tasks.export import read_export_batch
 from videolib.export import (
-    SQLITE_READERS,
     ExportBatch,
     ExportFilter,
     ExportWriter,
     check_format,
     estimate_bytes,
     export_key,
+    held_readers,
     ids_in_range,
     parts_prefix,
     plan_export_batches,
     read_part,
     resolve_columns,
     schema_for,
-    sqlite_db_path,
     used_export_bytes,
 )
 from videolib.ids import RequestError, check_creator_id
@@ -52,7 +51,6 @@ from videolib.operation import (
 )
 from videolib.selection import resolve_owned
 from videolib.signing import signed_link
-from videolib.sqlite_arrow import held_pool
 
 
 @flow(
@@ -94,9 +92,7 @@ def bulk_export(
     def prepare(result: OperationResult):
         check_creator_id(creator_id)
         check_format(format)
-        if engine().dialect.name == "sqlite":  # reader processes start while we plan
-            state["readers"] = ExitStack()
-            state["readers"].enter_context(held_pool(sqlite_db_path(engine()), SQLITE_READERS))
+        resources.enter_context(held_readers(engine()))  # SQLite's reader processes start while we plan
         state["columns"] = cols = resolve_columns(columns)
         state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
         if video_ids is not None:
@@ -159,15 +155,14 @@ def bulk_export(
         writer = state.pop("writer", None)
         if writer is not None:  # the run broke before finish(): drop the partial file
             writer.abort()
-        readers = state.pop("readers", None)
-        if readers is not None:
-            readers.close()
+        resources.close()
         if "operation_id" in state:
             prefix = parts_prefix(creator_id, state["operation_id"])
             leftovers = store().list_keys(prefix)
             if leftovers:
                 store().delete_many(leftovers)
 
+    resources = ExitStack()  # what the run holds until cleanup (SQLite reader processes)
     task_kwargs = {"creator_id": creator_id}  # columns and filter join it once validated
     return run_operation(
         operation="export",

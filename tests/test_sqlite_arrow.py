@@ -54,11 +54,8 @@ def read_all(reader_or_pool, sql, params=()):
 
 def test_null_first_columns_keep_their_types_and_values(db):
     path, conn = db
-    reader = SqliteArrowReader(path)
-    try:
+    with SqliteArrowReader(path) as reader:
         table = read_all(reader, f"SELECT {null_safe_select(COLUMNS)} FROM t WHERE id >= ? ORDER BY id", [0])
-    finally:
-        reader.close()
     assert table.schema.names == ["id", "name", "score", "n", "at"]
     assert table.schema.field("name").type == pa.string()
     assert table.schema.field("score").type == pa.float64()
@@ -68,36 +65,27 @@ def test_null_first_columns_keep_their_types_and_values(db):
 
 def test_without_the_guard_the_driver_fails_and_the_reader_lives_on(db):
     path, _ = db
-    reader = SqliteArrowReader(path)
-    try:
+    with SqliteArrowReader(path) as reader:
         with pytest.raises(SqliteReaderError, match="Type mismatch"):
             list(reader.query("SELECT name FROM t ORDER BY id"))
         assert not reader.broken
         with pytest.raises(SqliteReaderError, match="no such table"):
             list(reader.query("SELECT * FROM nope"))
         assert read_all(reader, "SELECT count(*) AS c FROM t").column("c").to_pylist() == [20_000]
-    finally:
-        reader.close()
 
 
 def test_the_reader_opens_the_file_read_only(db):
     path, conn = db
-    reader = SqliteArrowReader(path)
-    try:
+    with SqliteArrowReader(path) as reader:
         with pytest.raises(SqliteReaderError, match="readonly"):
             list(reader.query("DELETE FROM t"))
-    finally:
-        reader.close()
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (20_000,)
 
 
 def test_parameters_bind_as_values_not_sql(db):
     path, _ = db
-    reader = SqliteArrowReader(path)
-    try:
+    with SqliteArrowReader(path) as reader:
         table = read_all(reader, "SELECT count(*) AS c FROM t WHERE name = ?", ["x' OR '1'='1"])
-    finally:
-        reader.close()
     assert table.column("c").to_pylist() == [0]
 
 
@@ -183,11 +171,8 @@ def test_a_database_path_with_uri_characters_is_opened_as_is(tmp_path):
     conn.execute("INSERT INTO t VALUES (42)")
     conn.commit()
     conn.close()
-    reader = SqliteArrowReader(path)
-    try:
+    with SqliteArrowReader(path) as reader:
         assert read_all(reader, "SELECT id FROM t").column("id").to_pylist() == [42]
         with pytest.raises(SqliteReaderError, match="readonly"):
             list(reader.query("INSERT INTO t VALUES (1)"))
-    finally:
-        reader.close()
     assert sorted(p.name for p in folder.iterdir()) == ["lib ?.db"]

@@ -215,11 +215,7 @@ _lock = threading.Lock()
 
 def eligible(embedder, videos: int) -> bool:
     """Whether a job of ``videos`` with this embedder is worth the worker processes."""
-    return (
-        callable(getattr(embedder, "process_spec", None))
-        and videos >= MIN_VIDEOS
-        and (os.cpu_count() or 1) > 1
-    )
+    return _can_travel(embedder) and videos >= MIN_VIDEOS and (os.cpu_count() or 1) > 1
 
 
 @contextmanager
@@ -248,6 +244,19 @@ def held_compute_pool(workers: int | None = None) -> Iterator[ComputePool]:
 def compute_pool() -> ComputePool | None:
     """The held pool, or None (then work in-process)."""
     return _pool
+
+
+def chunk_and_embed_where_best(items: list[tuple[str, str]], chunking: ChunkingConfig, embedder) -> Prepared:
+    """In the held pool's workers when there is one and the embedder can go there;
+    otherwise in this process."""
+    pool = _pool
+    if pool is not None and _can_travel(embedder):
+        return pool.chunk_and_embed(items, chunking, embedder)
+    return chunk_and_embed(items, chunking, embedder)
+
+
+def _can_travel(embedder) -> bool:
+    return callable(getattr(embedder, "process_spec", None))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,7 +34,7 @@ from videolib.ids import RequestError
 from videolib.operation import effective_batch_size, plan_batches
 from videolib.report import FORMULA_PREFIXES
 from videolib.selection import chunked
-from videolib.sqlite_arrow import ReaderPool, null_safe_select, pool_for, restore_nulls
+from videolib.sqlite_arrow import ReaderPool, held_pool, null_safe_select, pool_for, restore_nulls
 from videolib.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -201,13 +201,18 @@ def _window_ranges(engine: Engine, creator_id: str, flt: ExportFilter, size: int
         .where(or_(numbered.c.rn % size == 0, numbered.c.rn % size == size - 1))
         .order_by(numbered.c.rn)
     )
-    batches: list[ExportBatch] = []
     with small_cache_connection(engine) as conn:
-        for vid, rn in conn.execute(edges):
-            if rn % size == 0:
-                batches.append(ExportBatch(lo=vid, hi=None, rows=max(min(size, total - rn), 1)))
-            if rn % size == size - 1 and batches:
-                batches[-1].hi = vid
+        return _ranges_from_edges(((rn, vid) for vid, rn in conn.execute(edges)), size, total)
+
+
+def _ranges_from_edges(edges: Iterable[tuple[int, str]], size: int, total: int) -> list[ExportBatch]:
+    """Ranges from ``(position, id)`` pairs, in order, of every range's first and last id."""
+    batches: list[ExportBatch] = []
+    for rn, vid in edges:
+        if rn % size == 0:
+            batches.append(ExportBatch(lo=vid, hi=None, rows=max(min(size, total - rn), 1)))
+        if rn % size == size - 1 and batches:
+            batches[-1].hi = vid
     return batches
 
 
@@ -221,20 +226,18 @@ def _sqlite_ranges(engine: Engine, creator_id: str, flt: ExportFilter, size: int
     else:
         where, params = _where(ExportBatch(lo=""), flt, "?", creator_id)
     sql = f"SELECT v.id AS id FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
-    batches: list[ExportBatch] = []
-    position = 0  # of the record batch's first id in the whole selection
-    for record_batch in sqlite_readers(engine).query(sql, params):
-        ids = record_batch.column(0)
-        starts = range((-position) % size, len(ids), size)
-        ends = range((size - 1 - position) % size, len(ids), size)
-        for i in sorted({*starts, *ends}):
-            rn, vid = position + i, ids[i].as_py()
-            if rn % size == 0:
-                batches.append(ExportBatch(lo=vid, hi=None, rows=max(min(size, total - rn), 1)))
-            if rn % size == size - 1 and batches:
-                batches[-1].hi = vid
-        position += len(ids)
-    return batches
+
+    def edges() -> Iterator[tuple[int, str]]:
+        position = 0  # of the record batch's first id in the whole selection
+        for record_batch in sqlite_readers(engine).query(sql, params):
+            ids = record_batch.column(0)
+            starts = range((-position) % size, len(ids), size)
+            ends = range((size - 1 - position) % size, len(ids), size)
+            for i in sorted({*starts, *ends}):
+                yield position + i, ids[i].as_py()
+            position += len(ids)
+
+    return _ranges_from_edges(edges(), size, total)
 
 
 # Exports read every row once, in id order: a big page cache buys nothing, and SQLite
@@ -355,11 +358,8 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
             if video_ids is None:
                 video_ids = pa.chunked_array([b.column(0) for b in counts], pa.string())
                 counts_n = pa.chunked_array([b.column(1) for b in counts], pa.int64())
-            if len(counts_n):
-                where = pc.index_in(record_batch.column("id"), value_set=video_ids)
-                n = pc.fill_null(pc.take(counts_n, where), 0).combine_chunks()
-            else:
-                n = pa.repeat(pa.scalar(0, pa.int64()), record_batch.num_rows)
+            where = pc.index_in(record_batch.column("id"), value_set=video_ids)  # null: no chunks
+            n = pc.fill_null(pc.take(counts_n, where), 0).combine_chunks()
             record_batch = record_batch.append_column("chunk_count", n)
         yield conform(record_batch, schema)
 
@@ -394,6 +394,14 @@ def sqlite_db_path(engine: Engine) -> str:
 def sqlite_readers(engine: Engine) -> ReaderPool:
     """This process's ADBC reader processes for the engine's SQLite file."""
     return pool_for(sqlite_db_path(engine), SQLITE_READERS)
+
+
+def held_readers(engine: Engine) -> AbstractContextManager:
+    """Keep (and start now) the engine's SQLite reader processes while the block runs;
+    nothing to hold for PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return held_pool(sqlite_db_path(engine), SQLITE_READERS)
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

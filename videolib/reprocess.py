@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 
 from videolib.chunking import ChunkingConfig
-from videolib.compute_pool import Work, chunk_and_embed, compute_pool
+from videolib.compute_pool import Work, chunk_and_embed_where_best
 from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
 from videolib.embedders import Embedder
@@ -201,11 +201,7 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
     failed: dict[str, str] = {}  # video -> detail; set `failed` after the write
     untouched: dict[str, str] = {}  # claimed but nothing to write: back to the previous status
     items = [(vid, transcript) for vid, (_prev, transcript) in claimed.items()]
-    pool = compute_pool()
-    if pool is not None and callable(getattr(embedder, "process_spec", None)):
-        prepared = pool.chunk_and_embed(items, chunking, embedder)
-    else:
-        prepared = chunk_and_embed(items, chunking, embedder)
+    prepared = chunk_and_embed_where_best(items, chunking, embedder)
     failed.update(prepared.failed)
     for vid in prepared.empty:
         errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))

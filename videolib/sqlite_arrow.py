@@ -191,6 +191,12 @@ class SqliteArrowReader:
             raise SqliteReaderError(f"unexpected frame {kind!r} from the SQLite reader")
         return json.loads(body)
 
+    def __enter__(self) -> SqliteArrowReader:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
     def close(self) -> None:
         proc = self._proc
         if proc.poll() is None:
