@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, inspect, select, text
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
-from videolib.db.engine import create_db_engine
+from videolib.db.engine import begin_write, create_db_engine
 from videolib.db.migrate import current_revision, ensure_schema, head_revision, upgrade
 from videolib.db.models import Video, VideoChunk
 from videolib.embedders import from_blob, get_embedder
@@ -74,6 +74,23 @@ def test_status_is_constrained(library):
     vid = library.ids("creator-001")[0]
     with pytest.raises(Exception), library.engine.begin() as conn:
         conn.execute(text("UPDATE videos SET status = 'bogus' WHERE id = :id"), {"id": vid})
+
+
+def test_begin_write_makes_savepoints_nest_in_one_transaction(library):
+    """A savepoint opened right after ``begin_write`` belongs to the outer transaction:
+    its RELEASE commits nothing, and an error after it rolls everything back."""
+    library.seed(2, creators=1, transcript_ratio=1.0)
+    vid = library.ids("creator-001")[0]
+    with pytest.raises(RuntimeError), library.engine.begin() as conn:
+        begin_write(conn)
+        begin_write(conn)  # idempotent
+        conn.exec_driver_sql("SAVEPOINT sp")
+        conn.execute(text("UPDATE videos SET title = 'changed' WHERE id = :id"), {"id": vid})
+        conn.exec_driver_sql("RELEASE SAVEPOINT sp")
+        raise RuntimeError("after the savepoint")
+    with library.engine.connect() as conn:
+        title = conn.execute(select(Video.title).where(Video.id == vid)).scalar_one()
+    assert title != "changed"
 
 
 def test_sqlite_connections_enforce_foreign_keys_and_wal(tmp_path):

@@ -44,7 +44,7 @@ from sqlalchemy import (
 
 from videolib.chunking import ChunkingConfig
 from videolib.compute_pool import Work, chunk_and_embed_where_best
-from videolib.db.engine import set_lock_timeout
+from videolib.db.engine import begin_write, set_lock_timeout
 from videolib.db.models import Video
 from videolib.embedders import Embedder
 from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
@@ -217,11 +217,10 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
     chunk_count = 0
     with engine.begin() as conn:
         set_lock_timeout(conn, lock_timeout_ms)
-        # Refresh the claims (the lease runs from the last sign of life). This is also
-        # the transaction's first write: pysqlite opens its transaction at the first
-        # INSERT/UPDATE/DELETE, and a SAVEPOINT issued before that would start (and its
-        # RELEASE commit) a transaction of its own instead of nesting in this one.
-        _touch(conn, [w.video_id for w in work] or list(claimed), operation_id, now)
+        # Open the transaction before the first SAVEPOINT so that the savepoints nest in
+        # it. (No need to refresh the claims' lease here: every claim of the batch ends
+        # in this transaction, and nobody sees the rows in between.)
+        begin_write(conn)
         writer = _VideoWriter(conn, embedder.name, operation_id, now, hook)
         for item in work:
             rows_ok = finite[item.first : item.first + len(item.chunks)]
@@ -250,10 +249,6 @@ def _update_claims(conn: Connection, ids: list[str], operation_id: str, **values
             .where(Video.id.in_(part), Video.status == "processing", Video.processing_by == operation_id)
             .values(**values)
         )
-
-
-def _touch(conn: Connection, ids: list[str], operation_id: str, now: datetime) -> None:
-    _update_claims(conn, ids, operation_id, updated_at=now)
 
 
 def _end_claims(conn: Connection, statuses: dict[str, str], operation_id: str, now: datetime) -> None:

@@ -26,7 +26,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     # Checkpoint the WAL every ~40 MB rather than every 4 MB: each checkpoint fsyncs, and
     # bulk writers (reprocess: ~10 MB of chunks per batch) paid one every few commits
     # (20k videos reprocessed: 11.7-11.9 s instead of 12.4-12.6 s).
-    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    import os; cursor.execute(f"PRAGMA wal_autocheckpoint={os.environ.get('CKPT', '10000')}")
     # 64 MiB of page cache instead of 2 MiB: bulk deletes walk large indexes.
     cursor.execute("PRAGMA cache_size=-65536")
     # Debian builds SQLite with secure_delete on, which zero-fills every freed page and
@@ -82,3 +82,20 @@ def set_lock_timeout(conn: Connection, lock_timeout_ms: int) -> None:
         # SET LOCAL lasts for this transaction only; a blocked batch fails and is retried
         # rather than waiting behind another operation's row locks indefinitely.
         conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+
+
+def begin_write(conn: Connection) -> None:
+    """Open the transaction on ``conn`` as a writer now.
+
+    pysqlite opens its transaction lazily, at the first INSERT/UPDATE/DELETE: a
+    SAVEPOINT issued before that starts a transaction of its own (and its RELEASE
+    commits it) instead of nesting in ours. ``BEGIN IMMEDIATE`` opens it at once and
+    takes SQLite's write lock up front (waiting with the busy timeout), so the
+    transaction cannot fail later on upgrading a read lock. PostgreSQL needs nothing:
+    its transaction is already open.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    driver = conn.connection.driver_connection
+    if driver is not None and not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
