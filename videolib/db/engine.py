@@ -26,7 +26,7 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     # Checkpoint the WAL every ~40 MB rather than every 4 MB: each checkpoint fsyncs, and
     # bulk writers (reprocess: ~10 MB of chunks per batch) paid one every few commits
     # (20k videos reprocessed: 11.7-11.9 s instead of 12.4-12.6 s).
-    import os; cursor.execute(f"PRAGMA wal_autocheckpoint={os.environ.get('CKPT', '10000')}")
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
     # 64 MiB of page cache instead of 2 MiB: bulk deletes walk large indexes.
     cursor.execute("PRAGMA cache_size=-65536")
     # Debian builds SQLite with secure_delete on, which zero-fills every freed page and
