@@ -36,6 +36,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from config import get_settings
+from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from tasks.common import clear_stop, request_stop, store
 from videolib.ids import RequestError
 from videolib.operation import (

@@ -66,3 +66,70 @@ def test_flow_parameters_carry_bounds(bad):
     params = {"creator_id": "creator-001", "video_ids": ["x"], **bad}
     with pytest.raises(ParameterTypeError):
         bulk_delete.validate_parameters(params)
+
+
+class _FakeEngine:
+    """What Prefect's flow engine gives the heartbeat context (see flows/engine_fixes.py)."""
+
+    def __init__(self, heartbeat_seconds):
+        import logging
+        import threading
+
+        self.heartbeat_seconds = heartbeat_seconds
+        self.flow_run = None
+        self.logger = logging.getLogger("test-heartbeats")
+        self.beats = 0
+        self.beat = threading.Event()
+
+    def _build_heartbeat_event_template(self):
+        return {"resource": 1}, []
+
+    def _emit_flow_run_heartbeat(self, resource, related):
+        assert resource == {"resource": 1} and related == []
+        self.beats += 1
+        self.beat.set()
+
+
+def _heartbeat_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "bulkops-flow-heartbeat"]
+
+
+def test_flow_engine_uses_the_prompt_heartbeat_on_the_pinned_prefect():
+    import prefect
+    from prefect import flow_engine
+
+    from flows import engine_fixes
+
+    assert prefect.__version__ == engine_fixes.FIXED_RELEASE  # pyproject pins it; revisit the fix on upgrades
+    assert engine_fixes.INSTALLED
+    assert flow_engine._send_heartbeats is engine_fixes.prompt_heartbeats
+
+
+def test_prompt_heartbeat_beats_at_start_and_stops_with_the_run():
+    from flows.engine_fixes import prompt_heartbeats
+
+    engine = _FakeEngine(heartbeat_seconds=30)
+    with prompt_heartbeats(engine):
+        assert engine.beat.wait(10), "no heartbeat at the start of the run"
+        assert len(_heartbeat_threads()) == 1
+    assert _heartbeat_threads() == []  # joined: nothing beats after the run
+    assert engine.beats == 1  # the next beat is 30 s away (Prefect's minimum)
+
+    quiet = _FakeEngine(heartbeat_seconds=None)  # heartbeats switched off: no thread at all
+    with prompt_heartbeats(quiet):
+        assert _heartbeat_threads() == []
+    assert quiet.beats == 0
+
+
+def test_prompt_heartbeat_is_silent_for_a_finished_run():
+    from types import SimpleNamespace
+
+    from flows.engine_fixes import prompt_heartbeats
+
+    engine = _FakeEngine(heartbeat_seconds=30)
+    engine.flow_run = SimpleNamespace(state=SimpleNamespace(is_final=lambda: True))
+    with prompt_heartbeats(engine):
+        pass
+    assert engine.beats == 0 and _heartbeat_threads() == []
