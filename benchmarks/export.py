@@ -189,18 +189,10 @@ def child_pids() -> list[int]:
 
 def export_sql(dialect: str) -> str:
     """The library's SELECT (same column expressions), over all of the creator's rows."""
-    from videolib.export import DEFAULT_COLUMNS, EXPORT_COLUMNS
+    from videolib.export import DEFAULT_COLUMNS, select_list
 
-    if dialect == "sqlite":  # ADBC infers types from the first rows: no NULLs (sqlite_arrow.py)
-        from videolib.export import _nullable
-        from videolib.sqlite_arrow import null_safe_select
-
-        select_list = null_safe_select(
-            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in DEFAULT_COLUMNS])
-    else:
-        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in DEFAULT_COLUMNS)
     placeholder = "?" if dialect == "sqlite" else "$1"
-    return (f"SELECT {select_list} FROM videos v WHERE v.creator_id = {placeholder} "
+    return (f"SELECT {select_list(DEFAULT_COLUMNS, dialect)} FROM videos v WHERE v.creator_id = {placeholder} "
             "AND v.status <> 'deleting' ORDER BY v.id")
 
 

@@ -56,8 +56,11 @@ def _awkward(lib, creator_id):
     with lib.engine.begin() as conn:
         conn.execute(update(Video).where(Video.id == vid[0]).values(description="", title='He said "hi", then\nleft'))
         conn.execute(update(Video).where(Video.id == vid[1]).values(description=None, title="=HYPERLINK(\"x\")"))
-        conn.execute(update(Video).where(Video.id == vid[2]).values(title="+1 @home -minus \ttab"))
+        conn.execute(update(Video).where(Video.id == vid[2]).values(title="+1 @home -minus \ttab", transcript=""))
         conn.execute(update(Video).where(Video.id == vid[3]).values(title="日本語 ünïcödé ✓ 🚀", transcript=None))
+        # A long transcript: PostgreSQL compresses it out of the row (has_transcript reads its size only)
+        long_text = " ".join(f"word{i * 7919 % 100_003}" for i in range(20_000))
+        conn.execute(update(Video).where(Video.id == vid[0]).values(transcript=long_text))
     return vid
 
 

@@ -95,8 +95,8 @@ def test_batch_size_grows_with_the_job(total, batch_size, cap, expected):
 
 @pytest.mark.parametrize(
     "total, batch_size, workers, batches",
-    [(10_000, 1000, 8, 16), (8_000, 1000, 8, 8), (52, 10, 8, 8), (3, 10, 8, 1), (100_000, 1000, 8, 100),
-     (5, 1, 8, 5), (12, 1, 8, 12)],
+    [(10_000, 1000, 8, 8), (8_000, 1000, 8, 8), (12_000, 1000, 8, 16), (20_000, 1000, 8, 24),
+     (52, 10, 8, 8), (3, 10, 8, 1), (100_000, 1000, 8, 100), (5, 1, 8, 5), (12, 1, 8, 12)],
 )
 def test_short_jobs_are_cut_for_the_workers(total, batch_size, workers, batches):
     ids = [str(i) for i in range(total)]

@@ -62,6 +62,10 @@ EXPORT_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "chunk_count": ("(SELECT count(*) FROM video_chunks c WHERE c.video_id = v.id)", pa.int64()),
     "embedded_at": ("v.embedded_at", TS),
 }
+# PostgreSQL compresses and moves long transcripts out of the row (TOAST): comparing one
+# with '' decompresses it, octet_length reads its stored size. 200k rows: see
+# benchmarks/README.md (export).
+_POSTGRES_COLUMNS = {"has_transcript": "CASE WHEN octet_length(v.transcript) > 0 THEN 1 ELSE 0 END"}
 DEFAULT_COLUMNS = tuple(EXPORT_COLUMNS)
 ROW_GROUP_ROWS = 64 * 1024
 
@@ -296,14 +300,17 @@ def _where(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: 
     return where, params
 
 
+def select_list(columns: Sequence[str], dialect: str) -> str:
+    """The SELECT list of ``columns`` over ``videos v``, as the export reads them."""
+    if dialect == "sqlite":  # through ADBC: no NULLs for its type inference (sqlite_arrow.py)
+        return null_safe_select([(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
+    return ", ".join(f"{_POSTGRES_COLUMNS.get(c, EXPORT_COLUMNS[c][0])} AS {c}" for c in columns)
+
+
 def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
-    if placeholder == "?":  # SQLite, through ADBC: no NULLs for its type inference
-        select_list = null_safe_select(
-            [(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
-    else:
-        select_list = ", ".join(f"{EXPORT_COLUMNS[c][0]} AS {c}" for c in columns)
+    selected = select_list(columns, "sqlite" if placeholder == "?" else "postgresql")
     where, params = _where(batch, flt, placeholder, creator_id)
-    sql = f"SELECT {select_list} FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
+    sql = f"SELECT {selected} FROM videos v WHERE {' AND '.join(where)} ORDER BY v.id"
     return sql, params
 
 
