@@ -37,7 +37,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from config import get_settings
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
-from tasks.common import clear_stop, request_stop, store
+from tasks.common import clear_stop, prefetch_stop, request_stop, store
 from videolib.ids import RequestError
 from videolib.operation import (
     BATCH_ERROR,
@@ -198,6 +198,9 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
     started = time.monotonic()
     started_wall = time.time()
     operation_id = current_operation_id()
+    # The batches check this flag as they start: read it once now, while we plan,
+    # rather than from every batch thread at once when the first round starts.
+    prefetch_stop(operation_id)
     result = OperationResult(operation_id=operation_id, operation=operation, creator_id=creator_id, dry_run=dry_run)
     if dry_run:
         result.plan = {"videos": 0, "objects": 0, "bytes": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from functools import lru_cache
@@ -12,11 +13,14 @@ from config import get_settings
 from videolib.db.engine import get_engine
 from videolib.storage import ObjectStore
 
+log = logging.getLogger(__name__)
+
 STOP_PREFIX = "bulkops-stop-"
 _STOP_TTL_S = 1.0
+_STOP_WAIT_S = 10.0
 _stop_cache: dict[str, tuple[float, bool]] = {}
 _stop_lock = threading.Lock()
-_stop_refreshing: set[str] = set()
+_stop_refreshing: dict[str, threading.Event] = {}
 
 
 def stop_variable_name(operation_id: str) -> str:
@@ -28,28 +32,57 @@ def stop_requested(operation_id: str) -> bool:
 
     Prefect's own cancel kills the flow's process; this flag lets the run end
     ``Cancelled`` after the batches in flight, with its progress and result kept.
-    Reads are cached for a second, and one thread refreshes a stale value while the
-    others use it, so hundreds of batches on many threads cost a few API calls.
+    Reads are cached for a second, and only one thread at a time reads the Variable:
+    the others use the last value, or, before there is one, wait for that read. The
+    flow reads it once while it plans (:func:`prefetch_stop`), so the batches that
+    start together do not all ask the Prefect server at once.
     """
-    now = time.monotonic()
-    with _stop_lock:
-        cached = _stop_cache.get(operation_id)
-        if cached and (cached[1] or now - cached[0] < _STOP_TTL_S):
-            return cached[1]
-        refreshing = operation_id in _stop_refreshing
-        if refreshing and cached:
-            return cached[1]
-        _stop_refreshing.add(operation_id)
+    while True:
+        now = time.monotonic()
+        with _stop_lock:
+            cached = _stop_cache.get(operation_id)
+            if cached and (cached[1] or now - cached[0] < _STOP_TTL_S):
+                return cached[1]
+            pending = _stop_refreshing.get(operation_id)
+            if pending is not None and cached:
+                return cached[1]
+            if pending is None:
+                done = _stop_refreshing[operation_id] = threading.Event()
+                break
+        # Nothing cached yet and another thread is reading: wait for its answer (and
+        # read it ourselves if it failed).
+        pending.wait(_STOP_WAIT_S)
+        with _stop_lock:
+            if operation_id in _stop_cache:
+                return _stop_cache[operation_id][1]
+            if _stop_refreshing.get(operation_id) is pending:
+                _stop_refreshing.pop(operation_id)  # a stuck reader: take over
     try:
         stopped = bool(Variable.get(stop_variable_name(operation_id), default=None))
+        with _stop_lock:
+            # A stop is final: a slower reader's stale "not stopped" must not overwrite it.
+            if not (_stop_cache.get(operation_id) or (0.0, False))[1]:
+                _stop_cache[operation_id] = (now, stopped)
+            return _stop_cache[operation_id][1]
     finally:
         with _stop_lock:
-            _stop_refreshing.discard(operation_id)
-    with _stop_lock:
-        # A stop is final: a slower reader's stale "not stopped" must not overwrite it.
-        if not (_stop_cache.get(operation_id) or (0.0, False))[1]:
-            _stop_cache[operation_id] = (now, stopped)
-        return _stop_cache[operation_id][1]
+            if _stop_refreshing.get(operation_id) is done:
+                del _stop_refreshing[operation_id]
+        done.set()
+
+
+def prefetch_stop(operation_id: str) -> threading.Thread:
+    """Read the stop flag in the background now (the flow does while it plans)."""
+
+    def read() -> None:
+        try:
+            stop_requested(operation_id)
+        except Exception as exc:  # noqa: BLE001 - the batches read it again themselves
+            log.debug("could not read the stop flag of %s: %s", operation_id, exc)
+
+    thread = threading.Thread(target=read, name="bulkops-stop-prefetch", daemon=True)
+    thread.start()
+    return thread
 
 
 def request_stop(operation_id: str) -> None:

@@ -133,3 +133,81 @@ def test_prompt_heartbeat_is_silent_for_a_finished_run():
     with prompt_heartbeats(engine):
         pass
     assert engine.beats == 0 and _heartbeat_threads() == []
+
+
+class _CountingVariable:
+    """Prefect's Variable, counting reads (and optionally failing the first ones)."""
+
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0):
+        import threading
+
+        from prefect.variables import Variable
+
+        self.real = Variable
+        self.reads = 0
+        self.fail_first = fail_first
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def get(self, name, default=None):
+        import time
+
+        with self.lock:
+            self.reads += 1
+            fail = self.reads <= self.fail_first
+        time.sleep(self.delay_s)  # keep the read in flight while the other threads arrive
+        if fail:
+            raise ConnectionError("the Prefect API is unreachable")
+        return self.real.get(name, default=default)
+
+    def set(self, *args, **kwargs):
+        return self.real.set(*args, **kwargs)
+
+    def unset(self, *args, **kwargs):
+        return self.real.unset(*args, **kwargs)
+
+
+def test_stop_flag_is_read_once_by_batches_starting_together(prefect_harness, monkeypatch):
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import common
+
+    counting = _CountingVariable(delay_s=0.3)
+    monkeypatch.setattr(common, "Variable", counting)
+    operation_id = str(uuid.uuid4())
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: common.stop_requested(operation_id), range(8)))
+    assert answers == [False] * 8
+    assert counting.reads == 1
+
+    # A stop requested elsewhere (another process sets the Variable) is seen once the
+    # cached answer is stale; a stop is final.
+    counting.real.set(common.stop_variable_name(operation_id), True, overwrite=True)
+    try:
+        with common._stop_lock:
+            checked_at, _ = common._stop_cache[operation_id]
+            common._stop_cache[operation_id] = (checked_at - 2 * common._STOP_TTL_S, False)
+        assert common.stop_requested(operation_id) is True
+        assert common.stop_requested(operation_id) is True
+        assert counting.reads == 2
+    finally:
+        common.clear_stop(operation_id)
+
+
+def test_a_failed_stop_read_lets_the_next_caller_read_again(prefect_harness, monkeypatch):
+    import uuid
+
+    from tasks import common
+
+    counting = _CountingVariable(fail_first=1)
+    monkeypatch.setattr(common, "Variable", counting)
+    operation_id = str(uuid.uuid4())
+    with pytest.raises(ConnectionError):
+        common.stop_requested(operation_id)
+    assert common.stop_requested(operation_id) is False  # not stuck behind the failed read
+    assert counting.reads == 2
+    # The flow's prefetch seeds the cache for the batches.
+    other = str(uuid.uuid4())
+    common.prefetch_stop(other).join(timeout=30)
+    assert common.stop_requested(other) is False and counting.reads == 3
