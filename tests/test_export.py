@@ -357,3 +357,22 @@ def test_planned_ranges_cover_the_selection_once_without_tombstones(library, wor
         read = [v for b in batches for rb in read_batch(library.engine, "creator-001", ["id"], b, flt)
                 for v in rb.column("id").to_pylist()]
         assert read == expected
+
+
+def test_sqlite_chunk_counts_of_a_range_read_only_the_creators_videos(sqlite_library):
+    """A range of one creator's ids spans other creators' videos: the counts start from
+    the creator's own videos (its index), never from a walk over every chunk in the range."""
+    from videolib.export import ExportBatch, _chunk_count_sql
+
+    lib = sqlite_library
+    lib.seed(60, creators=3, chunks_per_video=3, transcript_ratio=1.0)
+    mine = sorted(lib.ids("creator-002"))
+    sql, params = _chunk_count_sql(ExportBatch(lo=mine[0], hi=mine[-1], rows=len(mine)), "creator-002")
+    with lib.engine.connect() as conn:
+        plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, tuple(params)))
+        counted = dict(conn.exec_driver_sql(sql, tuple(params)).all())
+        expected = dict(conn.execute(text(
+            "SELECT c.video_id, count(*) FROM video_chunks c JOIN videos v ON v.id = c.video_id "
+            "WHERE v.creator_id = 'creator-002' GROUP BY c.video_id")).all())
+    assert plan.startswith("SEARCH v USING COVERING INDEX ix_videos_creator_id (creator_id=?"), plan
+    assert counted == expected and set(counted) <= set(mine) and expected

@@ -353,7 +353,7 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
     sql, params = _sql(read_columns, batch, flt, "?", creator_id)
     queries = [(sql, params)]
     if counted:
-        queries.insert(0, _chunk_count_sql(batch))
+        queries.insert(0, _chunk_count_sql(batch, creator_id))
     counts: list[pa.RecordBatch] = []
     video_ids = counts_n = None
     for index, record_batch in sqlite_readers(engine).results(queries):
@@ -371,18 +371,22 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
         yield conform(record_batch, schema)
 
 
-def _chunk_count_sql(batch: ExportBatch) -> tuple[str, list[object]]:
-    """Chunk counts of the batch's videos (of any creator: only the ids the row query
-    returned, the creator's own, are looked up in them)."""
+def _chunk_count_sql(batch: ExportBatch, creator_id: str) -> tuple[str, list[object]]:
+    """Chunk counts of the batch's videos that have chunks.
+
+    A range batch counts only the creator's videos in the range: walking the chunk index
+    over the id range instead (0.08 s against 0.11 s for 62k videos of a one-creator
+    library) would count every other creator's chunks in between, the whole table's
+    for a creator who owns a few videos of a large library."""
     if batch.ids is not None:
-        where, params = f"video_id IN ({', '.join('?' for _ in batch.ids)})", list(batch.ids)
-    else:
-        where, params = "video_id >= ?", [batch.lo]
-        if batch.hi is not None:
-            where += " AND video_id <= ?"
-            params.append(batch.hi)
-    return (f"SELECT video_id, count(*) AS n FROM video_chunks WHERE {where} "
-            "GROUP BY video_id ORDER BY video_id"), params
+        return (f"SELECT video_id, count(*) AS n FROM video_chunks WHERE video_id IN "
+                f"({', '.join('?' for _ in batch.ids)}) GROUP BY video_id ORDER BY video_id"), list(batch.ids)
+    where, params = "v.creator_id = ? AND v.id >= ?", [creator_id, batch.lo]
+    if batch.hi is not None:
+        where += " AND v.id <= ?"
+        params.append(batch.hi)
+    return (f"SELECT v.id AS video_id, count(*) AS n FROM videos v JOIN video_chunks c ON c.video_id = v.id "
+            f"WHERE {where} GROUP BY v.id ORDER BY v.id"), params
 
 
 # SQLite reader processes per exporting process: one per core. Each reads one batch
