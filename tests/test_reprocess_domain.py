@@ -300,6 +300,21 @@ def test_the_ascii_fast_path_tokenises_as_the_regex_does():
         fast, slow = embedder.embed([text, text + " \u2014"])
         np.testing.assert_array_equal(fast, slow)
         assert fast.any()
+    # Non-ASCII texts whose other characters are all word characters take a byte path too;
+    # an em dash, a no-break space or a combining mark (not word characters) send the
+    # text to the regex: the vectors are the same either way.
+    for text in ("Łódź, São Paulo: naïve café ÜBER straße", "日本語のテキスト, ünïcödé ✓ x_1 Ⅻ ½ ٣",
+                 "İstanbul (dotted capital I lower-cases with a combining mark)"):
+        fast, slow, nbsp = embedder.embed([text, text + " \u2014", text.replace(" ", "\u00a0", 1)])
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(fast, nbsp)  # a no-break space separates words, as a space does
+        assert fast.any()
+    reference = get_embedder("hashing")
+    for text in ("Łódź café", "naïve\u00a0word", "ab\u0307cd", "x²y ½"):
+        import re
+
+        tokens = re.findall(r"\w+", text.lower())
+        np.testing.assert_array_equal(reference.embed([text]), reference.embed([" ".join(tokens) or "\u2014"]))
 
 
 def test_search_finds_a_chunks_own_text_first(library):

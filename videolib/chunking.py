@@ -26,7 +26,7 @@ import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -68,8 +68,10 @@ def chunking_config(target: int = 80, overlap: int = 16, unit: str = "words") ->
         raise RequestError("bad_chunking", "bad chunking options: " + "; ".join(problems)) from None
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
+    """One chunk of a transcript (a named tuple: chunking makes and pickles ~10 per video,
+    2.5x cheaper to build than a frozen dataclass)."""
+
     index: int
     content: str
     start_s: float | None = None
