@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -80,7 +81,9 @@ def prefetch_stop(operation_id: str) -> threading.Thread:
         except Exception as exc:  # noqa: BLE001 - the batches read it again themselves
             log.debug("could not read the stop flag of %s: %s", operation_id, exc)
 
-    thread = threading.Thread(target=read, name="bulkops-stop-prefetch", daemon=True)
+    # The caller's context: the same Prefect settings (API URL) as the flow's thread.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(read,), name="bulkops-stop-prefetch", daemon=True)
     thread.start()
     return thread
 

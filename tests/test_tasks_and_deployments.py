@@ -211,3 +211,21 @@ def test_a_failed_stop_read_lets_the_next_caller_read_again(prefect_harness, mon
     other = str(uuid.uuid4())
     common.prefetch_stop(other).join(timeout=30)
     assert common.stop_requested(other) is False and counting.reads == 3
+
+
+def test_stop_prefetch_reads_in_the_callers_context(monkeypatch):
+    """The prefetch thread sees what the flow's thread sees (Prefect keeps its settings,
+    the API URL among them, in context variables)."""
+    import contextvars
+
+    from tasks import common
+
+    marker = contextvars.ContextVar("marker", default="unset")
+    seen: list[str] = []
+    monkeypatch.setattr(common, "stop_requested", lambda _op: seen.append(marker.get()) or False)
+    token = marker.set("the flow's context")
+    try:
+        common.prefetch_stop("some-operation").join(timeout=30)
+    finally:
+        marker.reset(token)
+    assert seen == ["the flow's context"]
