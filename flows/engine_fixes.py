@@ -68,9 +68,8 @@ def prompt_heartbeats(engine: Any, join_on_exit: bool = True) -> Generator[None,
 
 def install() -> bool:
     """Use :func:`prompt_heartbeats` in Prefect's flow engine; True if installed."""
-    if prefect.__version__ != FIXED_RELEASE or not hasattr(flow_engine, "_send_heartbeats"):
-        return False
-    if not hasattr(flow_engine, "MINIMUM_HEARTBEAT_INTERVAL"):
+    expected = ("_send_heartbeats", "MINIMUM_HEARTBEAT_INTERVAL")
+    if prefect.__version__ != FIXED_RELEASE or not all(hasattr(flow_engine, name) for name in expected):
         return False
     flow_engine._send_heartbeats = prompt_heartbeats
     return True

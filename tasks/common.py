@@ -21,7 +21,7 @@ _STOP_TTL_S = 1.0
 _STOP_WAIT_S = 10.0
 _stop_cache: dict[str, tuple[float, bool]] = {}
 _stop_lock = threading.Lock()
-_stop_refreshing: dict[str, threading.Event] = {}
+_stop_readers: dict[str, threading.Lock] = {}  # one reader of the Variable at a time
 
 
 def stop_variable_name(operation_id: str) -> str:
@@ -38,27 +38,22 @@ def stop_requested(operation_id: str) -> bool:
     flow reads it once while it plans (:func:`prefetch_stop`), so the batches that
     start together do not all ask the Prefect server at once.
     """
-    while True:
-        now = time.monotonic()
-        with _stop_lock:
-            cached = _stop_cache.get(operation_id)
-            if cached and (cached[1] or now - cached[0] < _STOP_TTL_S):
-                return cached[1]
-            pending = _stop_refreshing.get(operation_id)
-            if pending is not None and cached:
-                return cached[1]
-            if pending is None:
-                done = _stop_refreshing[operation_id] = threading.Event()
-                break
-        # Nothing cached yet and another thread is reading: wait for its answer (and
-        # read it ourselves if it failed).
-        pending.wait(_STOP_WAIT_S)
-        with _stop_lock:
-            if operation_id in _stop_cache:
-                return _stop_cache[operation_id][1]
-            if _stop_refreshing.get(operation_id) is pending:
-                _stop_refreshing.pop(operation_id)  # a stuck reader: take over
+    now = time.monotonic()
+    with _stop_lock:
+        cached = _stop_cache.get(operation_id)
+        if cached and (cached[1] or now - cached[0] < _STOP_TTL_S):
+            return cached[1]
+        reader = _stop_readers.setdefault(operation_id, threading.Lock())
+    # Someone is reading: with a stale value at hand, use it; with none, wait for that
+    # read (and after a failed or stuck one, read ourselves).
+    if cached and not reader.acquire(blocking=False):
+        return cached[1]
+    locked = bool(cached) or reader.acquire(timeout=_STOP_WAIT_S)
     try:
+        with _stop_lock:
+            fresh = _stop_cache.get(operation_id)
+            if fresh and fresh is not cached and (fresh[1] or time.monotonic() - fresh[0] < _STOP_TTL_S):
+                return fresh[1]  # read while we waited
         stopped = bool(Variable.get(stop_variable_name(operation_id), default=None))
         with _stop_lock:
             # A stop is final: a slower reader's stale "not stopped" must not overwrite it.
@@ -66,10 +61,8 @@ def stop_requested(operation_id: str) -> bool:
                 _stop_cache[operation_id] = (now, stopped)
             return _stop_cache[operation_id][1]
     finally:
-        with _stop_lock:
-            if _stop_refreshing.get(operation_id) is done:
-                del _stop_refreshing[operation_id]
-        done.set()
+        if locked:
+            reader.release()
 
 
 def prefetch_stop(operation_id: str) -> threading.Thread:
@@ -101,6 +94,7 @@ def clear_stop(operation_id: str) -> None:
     finally:
         with _stop_lock:
             _stop_cache.pop(operation_id, None)
+            _stop_readers.pop(operation_id, None)
 
 
 def engine():
