@@ -30,6 +30,7 @@ from videolib.export import (
     ExportFilter,
     ExportWriter,
     check_format,
+    copy_csv_part,
     estimate_bytes,
     export_key,
     held_readers,
@@ -122,14 +123,14 @@ def bulk_export(
         state["writer"] = ExportWriter(store(), state["key"], format, schema_for(cols), formula_guard=formula_guard).open()
         state["pump"] = PartPump(state["writer"])
         state["operation_id"] = result.operation_id
-        task_kwargs.update(columns=cols, export_filter=flt)
+        task_kwargs.update(columns=cols, export_filter=flt, format=format, formula_guard=formula_guard)
         return Plan(batches=batches, sizes=[b.rows for b in batches],
                     failed_items=lambda i, detail: _failed_items(creator_id, batches[i], flt, detail))
 
     def on_outcome(index: int, outcome: BatchOutcome) -> None:
         # Parts go into the file strictly in batch order, on the pump's thread; a broken
         # writer surfaces here (or in finish) and stops the run.
-        state["pump"].submit(index, outcome.extra.get("part"))
+        state["pump"].submit(index, outcome.extra.get("part"), int(outcome.extra.get("rows") or 0))
 
     def finish(result: OperationResult, _started: float) -> None:
         pump: PartPump = state["pump"]
@@ -193,26 +194,29 @@ class PartPump:
         self.writer = writer
         self.error: BaseException | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting: dict[int, str | None] = {}
+        self._waiting: dict[int, tuple[str | None, int]] = {}
         self._next = 0
         self._thread = threading.Thread(target=self._run, name="bulk-export-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, index: int, part: str | None) -> None:
+    def submit(self, index: int, part: str | None, rows: int = 0) -> None:
         if self.error is not None:
             raise self.error
-        self._queue.put((index, part))
+        self._queue.put((index, part, rows))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue
-            index, part = item
-            self._waiting[index] = part
+            index, part, rows = item
+            self._waiting[index] = (part, rows)
             try:
                 while self._next in self._waiting:
-                    key = self._waiting.pop(self._next)
-                    if key:
+                    key, rows = self._waiting.pop(self._next)
+                    if key and self.writer.fmt == "csv":  # encoded by its task: append the bytes
+                        self.writer.write_csv_rows(copy_csv_part(store(), key), rows)
+                        store().delete(key)
+                    elif key:
                         for record_batch in read_part(store(), key):
                             self.writer.write(record_batch)
                         store().delete(key)

@@ -8,7 +8,16 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.common import engine, stop_requested, store
-from videolib.export import ExportBatch, ExportFilter, part_key, read_batch, resolve_export_ids, schema_for, write_part
+from videolib.export import (
+    ExportBatch,
+    ExportFilter,
+    part_key,
+    read_batch,
+    resolve_export_ids,
+    schema_for,
+    write_csv_part,
+    write_part,
+)
 from videolib.operation import NOT_FOUND, BatchOutcome, ItemError
 
 
@@ -28,8 +37,12 @@ def read_export_batch(
     operation_id: str,
     columns: list[str],
     export_filter: ExportFilter,
+    format: str = "parquet",
+    formula_guard: bool = True,
 ) -> dict[str, Any]:
-    """Read one batch of rows (Arrow, straight from the database) into a part file."""
+    """Read one batch of rows (Arrow, straight from the database) into a part file:
+    Arrow IPC for a Parquet export, CSV rows (guarded unless ``formula_guard`` is off)
+    for a CSV export."""
     if stop_requested(operation_id):
         return BatchOutcome(skipped=batch.rows).to_dict()
     errors: list[ItemError] = []
@@ -38,12 +51,13 @@ def read_export_batch(
         owned = resolve_export_ids(engine(), creator_id, batch.ids)
         errors = [ItemError(v, NOT_FOUND, "no such video for this creator") for v in batch.ids if v not in owned]
         batch = ExportBatch(ids=[v for v in batch.ids if v in owned], rows=len(owned))
-    key = part_key(creator_id, operation_id, batch_index)
+    key = part_key(creator_id, operation_id, batch_index, format)
     rows = 0
     if batch.ids is None or batch.ids:
-        rows = write_part(
-            store(), key,
-            read_batch(engine(), creator_id, columns, batch, export_filter),
-            schema_for(columns),
-        )
-    return BatchOutcome(errors=errors, succeeded_count=rows, extra={"part": key if rows else None}).to_dict()
+        record_batches = read_batch(engine(), creator_id, columns, batch, export_filter)
+        if format == "csv":
+            rows = write_csv_part(store(), key, record_batches, formula_guard=formula_guard)
+        else:
+            rows = write_part(store(), key, record_batches, schema_for(columns))
+    return BatchOutcome(errors=errors, succeeded_count=rows,
+                        extra={"part": key if rows else None, "rows": rows}).to_dict()

@@ -312,23 +312,26 @@ def test_export_then_delete_in_one_process_keeps_sqlite_intact(sqlite_library):
     assert lib.ids("creator-001") == []
 
 
-def test_broken_writer_fails_the_run_and_leaves_no_file_or_parts(sqlite_library, monkeypatch):
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_broken_writer_fails_the_run_and_leaves_no_file_or_parts(sqlite_library, monkeypatch, fmt):
     import flows.bulk_export as module
 
     lib = sqlite_library
     lib.seed(400, creators=1, files=False)
-    real_read_part = module.read_part
+    name = "read_part" if fmt == "parquet" else "copy_csv_part"  # how the writer reads a part back
+    real = getattr(module, name)
     calls = []
 
-    def failing_read_part(store, key):
+    def failing(store, key):
         calls.append(key)
         if len(calls) == 2:
             raise OSError("injected: storage went away while merging")
-        return real_read_part(store, key)
+        return real(store, key)
 
-    monkeypatch.setattr(module, "read_part", failing_read_part)
-    state, doc = _export(creator_id="creator-001", format="parquet", batch_size=100)
+    monkeypatch.setattr(module, name, failing)
+    state, doc = _export(creator_id="creator-001", format=fmt, batch_size=100)
     assert state.is_failed()
+    assert len(calls) == 2
     assert "injected" in doc["message"] and doc["output"] is None
     assert lib.store.list_keys("exports") == [], "no half export, no leftover parts"
 
@@ -357,6 +360,50 @@ def test_planned_ranges_cover_the_selection_once_without_tombstones(library, wor
         read = [v for b in batches for rb in read_batch(library.engine, "creator-001", ["id"], b, flt)
                 for v in rb.column("id").to_pylist()]
         assert read == expected
+
+
+def test_chunk_counts_of_dense_and_sparse_ranges_are_the_creators(library):
+    """A range batch counts chunks either by one walk over the range's chunks ('dense': the
+    creator owns most of the table) or per video; both give exactly the creator's counts,
+    even when the range holds other creators' videos. Planning picks the walk only when
+    the selection is at least half of the table."""
+    from dataclasses import replace
+
+    from videolib.export import ExportFilter, plan_export_batches, read_batch
+
+    def analyze() -> None:
+        if library.engine.dialect.name == "postgresql":
+            with library.engine.begin() as conn:
+                conn.execute(text("ANALYZE videos"))  # the planner's row estimate (pg_class.reltuples)
+
+    def expected(creator: str) -> dict[str, int]:
+        with library.engine.connect() as conn:
+            return dict(conn.execute(text(
+                "SELECT v.id, count(c.id) FROM videos v LEFT JOIN video_chunks c ON c.video_id = v.id "
+                "WHERE v.creator_id = :c GROUP BY v.id"), {"c": creator}).all())
+
+    def plan(creator: str):
+        return plan_export_batches(library.engine, creator, ExportFilter(), batch_rows=100, max_batches=300, workers=2)
+
+    def counted(creator: str, batches) -> dict[str, int]:
+        return {v: n for b in batches for rb in read_batch(library.engine, creator, ["id", "chunk_count"], b,
+                                                           ExportFilter())
+                for v, n in zip(rb.column("id").to_pylist(), rb.column("chunk_count").to_pylist(), strict=True)}
+
+    library.seed(30, creators=1, seed=1, chunks_per_video=3, transcript_ratio=0.7, files=False)
+    analyze()
+    batches = plan("creator-001")
+    assert batches and all(b.dense for b in batches), "the creator's videos are the whole table"
+    assert counted("creator-001", batches) == expected("creator-001")
+
+    library.seed(60, creators=3, seed=2, chunks_per_video=3, transcript_ratio=0.7, files=False)
+    analyze()
+    batches = plan("creator-002")  # 20 of 90 videos
+    assert batches and not any(b.dense for b in batches), "a small share of the table: one probe per video"
+    want = expected("creator-002")
+    assert any(want.values()) and not all(want.values())  # some videos have no chunks
+    for dense in (False, True):  # the walk also meets other creators' videos in the range
+        assert counted("creator-002", [replace(b, dense=dense) for b in batches]) == want, f"dense={dense}"
 
 
 def test_sqlite_chunk_counts_of_a_range_read_only_the_creators_videos(sqlite_library):
