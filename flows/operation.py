@@ -38,6 +38,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from config import get_settings
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from tasks.common import clear_stop, prefetch_stop, request_stop, store
+from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import (
     BATCH_ERROR,
@@ -179,11 +180,12 @@ def run_operation(
     the result and the start time; ``cleanup`` runs last, however the run ends.
     """
     try:
-        return _run_operation(
-            operation=operation, creator_id=creator_id, dry_run=dry_run, batch_size=batch_size,
-            prepare=prepare, batch_task=batch_task, task_kwargs=task_kwargs, on_outcome=on_outcome,
-            finish=finish,
-        )
+        with bulk_gc():  # the collector skips Prefect's heap while the batches allocate
+            return _run_operation(
+                operation=operation, creator_id=creator_id, dry_run=dry_run, batch_size=batch_size,
+                prepare=prepare, batch_task=batch_task, task_kwargs=task_kwargs, on_outcome=on_outcome,
+                finish=finish,
+            )
     finally:
         if cleanup is not None:
             try:

@@ -144,6 +144,9 @@ class WorkerDied(RuntimeError):
 
 
 def _serve() -> int:
+    from videolib.gc_tuning import tune_worker_gc
+
+    tune_worker_gc()  # a worker only chunks and embeds: no cycles worth a collection every 700 allocations
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     embedders: dict = {}
     while True:

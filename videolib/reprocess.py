@@ -47,6 +47,7 @@ from videolib.compute_pool import Work, chunk_and_embed_where_best
 from videolib.db.engine import begin_write, set_lock_timeout
 from videolib.db.models import Video
 from videolib.embedders import Embedder
+from videolib.gc_tuning import bulk_gc
 from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
 from videolib.selection import chunked
 
@@ -185,10 +186,11 @@ def reprocess_batch(
         return BatchOutcome(errors=errors)
     previous = {vid: prev for vid, (prev, _t) in claimed.items()}
     try:
-        return _process_claimed(
-            engine, embedder, claimed, errors, operation_id=operation_id, chunking=chunking,
-            lock_timeout_ms=lock_timeout_ms, hook=hook,
-        )
+        with bulk_gc():  # ~10 containers per chunk, no cycles: see videolib/gc_tuning.py
+            return _process_claimed(
+                engine, embedder, claimed, errors, operation_id=operation_id, chunking=chunking,
+                lock_timeout_ms=lock_timeout_ms, hook=hook,
+            )
     except Exception:
         try:
             release_claims(engine, operation_id, previous)
