@@ -416,6 +416,11 @@ def test_worker_processes_write_exactly_what_in_process_work_writes(sqlite_libra
         assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == []
         assert {vid: [c[:5] for c in _chunks(engine, vid)] for vid in ids} == in_process
         assert not pool.broken
+        # The workers run below the parent's priority: the database writes come first.
+        from videolib.compute_pool import WORKER_NICE
+
+        for pid in pool.worker_pids():
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
 
         # A worker that dies breaks the pool; the batch still completes, in-process.
         for pid in pool.worker_pids():
