@@ -213,12 +213,12 @@ class PartPump:
             try:
                 while self._next in self._waiting:
                     key, rows = self._waiting.pop(self._next)
-                    if key and self.writer.fmt == "csv":  # encoded by its task: append the bytes
-                        self.writer.write_csv_rows(copy_csv_part(store(), key), rows)
-                        store().delete(key)
-                    elif key:
-                        for record_batch in read_part(store(), key):
-                            self.writer.write(record_batch)
+                    if key:
+                        if self.writer.fmt == "csv":  # encoded by its task: append the bytes
+                            self.writer.write_csv_rows(copy_csv_part(store(), key), rows)
+                        else:
+                            for record_batch in read_part(store(), key):
+                                self.writer.write(record_batch)
                         store().delete(key)
                     self._next += 1
             except BaseException as exc:  # noqa: BLE001 - handed to the flow thread

@@ -340,17 +340,19 @@ def _where(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: 
     return where, params
 
 
-def select_list(columns: Sequence[str], dialect: str) -> str:
-    """The SELECT list of ``columns`` over ``videos v``, as the export reads them."""
+def select_list(columns: Sequence[str], dialect: str, overrides: dict[str, str] | None = None) -> str:
+    """The SELECT list of ``columns`` over ``videos v``, as the export reads them
+    (PostgreSQL: ``overrides`` replace column expressions)."""
     if dialect == "sqlite":  # through ADBC: no NULLs for its type inference (sqlite_arrow.py)
         return null_safe_select([(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
-    return ", ".join(f"{_POSTGRES_COLUMNS.get(c, EXPORT_COLUMNS[c][0])} AS {c}" for c in columns)
+    expressions = {**_POSTGRES_COLUMNS, **(overrides or {})}
+    return ", ".join(f"{expressions.get(c, EXPORT_COLUMNS[c][0])} AS {c}" for c in columns)
 
 
 def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: str):
     dialect = "sqlite" if placeholder == "?" else "postgresql"
     where, params = _where(batch, flt, placeholder, creator_id)
-    source = "videos v"
+    source, overrides = "videos v", None
     if dialect == "postgresql" and "chunk_count" in columns and batch.dense and batch.ids is None:
         # Dense range: the counts of every video in the range, grouped in one index walk,
         # merge-joined to the rows (see DENSE_SHARE); other creators' counts join nothing.
@@ -361,11 +363,8 @@ def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placehol
             bounds += f" AND c.video_id <= ${len(params)}"
         source += (f" LEFT JOIN (SELECT c.video_id, count(*) AS n FROM video_chunks c WHERE {bounds} "
                    "GROUP BY c.video_id) cc ON cc.video_id = v.id")
-        selected = ", ".join(f"coalesce(cc.n, 0) AS {c}" if c == "chunk_count" else
-                             f"{_POSTGRES_COLUMNS.get(c, EXPORT_COLUMNS[c][0])} AS {c}" for c in columns)
-    else:
-        selected = select_list(columns, dialect)
-    sql = f"SELECT {selected} FROM {source} WHERE {' AND '.join(where)} ORDER BY v.id"
+        overrides = {"chunk_count": "coalesce(cc.n, 0)"}
+    sql = f"SELECT {select_list(columns, dialect, overrides)} FROM {source} WHERE {' AND '.join(where)} ORDER BY v.id"
     return sql, params
 
 
@@ -516,7 +515,7 @@ def write_csv_part(store: ObjectStore, key: str, batches: Iterator[pa.RecordBatc
     with store.open(key, "wb") as raw:
         for batch in batches:
             if batch.num_rows:
-                raw.write(encode_csv(batch, header=False, formula_guard=formula_guard))
+                raw.write(encode_csv(batch, formula_guard=formula_guard))
                 rows += batch.num_rows
     return rows
 
@@ -535,8 +534,8 @@ def csv_header(names: Sequence[str]) -> bytes:
     return (",".join(names) + "\r\n").encode("utf-8")
 
 
-def encode_csv(batch: pa.RecordBatch, *, header: bool, formula_guard: bool) -> bytes:
-    """RFC 4180 CSV of a record batch: UTF-8, CRLF, quotes only where needed, NULL an
+def encode_csv(batch: pa.RecordBatch, *, formula_guard: bool) -> bytes:
+    """RFC 4180 CSV rows (no header: ``csv_header``) of a record batch: UTF-8, CRLF, quotes only where needed, NULL an
     empty field and an empty string ``""``, timestamps ISO 8601 UTC."""
     import polars as pl
 
@@ -544,7 +543,7 @@ def encode_csv(batch: pa.RecordBatch, *, header: bool, formula_guard: bool) -> b
         batch = guard_formulas(batch)
     buffer = io.BytesIO()
     pl.from_arrow(batch).write_csv(
-        buffer, include_header=header, quote_style="necessary",
+        buffer, include_header=False, quote_style="necessary",
         line_terminator="\r\n", null_value="", datetime_format="%Y-%m-%dT%H:%M:%S%.6fZ",
     )
     return buffer.getvalue()
@@ -608,7 +607,7 @@ class ExportWriter:
 
     def _write_csv(self, batch: pa.RecordBatch) -> None:
         self._write_csv_header()
-        self._raw.write(encode_csv(batch, header=False, formula_guard=self.formula_guard))
+        self._raw.write(encode_csv(batch, formula_guard=self.formula_guard))
 
     def write_csv_rows(self, chunks: Iterable[bytes], rows: int) -> None:
         """Append ``rows`` rows already encoded as CSV by ``encode_csv`` (a CSV part)."""
