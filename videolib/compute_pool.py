@@ -107,6 +107,9 @@ class _Worker:
             [sys.executable, "-s", "-m", "videolib.compute_pool"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
         )
+        # Set by the parent at spawn, not by the worker once it has imported: the
+        # priority holds from the start, and holds as soon as the pool is started.
+        lower_priority(self.proc.pid)
 
     def call(self, request: tuple) -> Prepared:
         data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
@@ -153,12 +156,13 @@ class WorkerDied(RuntimeError):
 WORKER_NICE = 15
 
 
-def lower_priority(steps: int = WORKER_NICE) -> None:
-    """Lower this process's CPU priority (where the OS has ``nice``)."""
-    if hasattr(os, "nice"):
+def lower_priority(pid: int, steps: int = WORKER_NICE) -> None:
+    """Run process ``pid`` ``steps`` nice levels below this process (where the OS
+    has priorities; lowering another process of the same user is always allowed)."""
+    if hasattr(os, "setpriority"):
         try:
-            os.nice(steps)
-        except OSError:  # not permitted: run at the parent's priority
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps))
+        except OSError:  # not permitted, or already gone: it runs at the parent's priority
             log.debug("could not lower the compute worker's priority", exc_info=True)
 
 
@@ -166,7 +170,6 @@ def _serve() -> int:
     from videolib.gc_tuning import tune_worker_gc
 
     tune_worker_gc()  # a worker only chunks and embeds: no cycles worth a collection every 700 allocations
-    lower_priority()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     embedders: dict = {}
     while True:
