@@ -493,7 +493,8 @@ def print_report(machine, template, results, ratios, model, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="videos per batch (default: the flow's default for the embedder: 1000 hashing, 100 minilm)")
     parser.add_argument("--variants", default="abcd")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--model-videos", type=int, default=110,
@@ -504,8 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.videos, args.model_videos = 200, min(args.model_videos, 10)
-        if args.batch_size == 500:
+        if args.batch_size is None:
             args.batch_size = 25
+    if args.batch_size is None:
+        from videolib.embedders import default_batch_size
+
+        args.batch_size = default_batch_size("hashing")
     order = [v for v in args.variants if v in "abcd"]
     work = args.work_dir / f"reprocess-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)

@@ -383,7 +383,9 @@ def delete(
     ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
     all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Videos per batch.")] = 1000,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, max=100_000, help="Videos per batch [default: BULKOPS_BATCH_SIZE, 1000]."
+    )] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Delete videos: rows, files, thumbnails and transcript chunks (tombstone first)."""
@@ -489,7 +491,9 @@ def reprocess(
     chunk_target: Annotated[int, typer.Option("--chunk-target", help="Most words (or tokens) per chunk.")] = 80,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Words (or tokens) of overlap.")] = 16,
     chunk_unit: Annotated[str, typer.Option("--chunk-unit", help="words or tokens.")] = "words",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Videos per batch.")] = 500,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, max=100_000, help="Videos per batch [default: 1000 with hashing, 100 with minilm]."
+    )] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-chunk transcripts and recompute embeddings (a video gets all new chunks or keeps its old ones)."""

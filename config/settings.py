@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
 
     # Operation tuning
-    batch_size: int = Field(1000, ge=1, description="default videos per batch")
+    batch_size: int = Field(1000, ge=1, description="default videos per delete batch")
     max_batches: int = Field(
         300, ge=1, description="most task runs one operation maps; batches grow past it"
     )

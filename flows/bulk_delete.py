@@ -36,7 +36,7 @@ def bulk_delete(
     video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
     all_videos: bool = False,
     dry_run: bool = False,
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000,
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
 ):
     """Delete videos of one creator: rows, files, thumbnails and transcript chunks.
 
@@ -45,7 +45,7 @@ def bulk_delete(
         video_ids: Video ids (UUIDs) to delete, at most BULKOPS_MAX_IDS (10,000 by default). Leave empty with all_videos.
         all_videos: Delete every video of the creator. Must be set explicitly, and only without video_ids.
         dry_run: Report what would be deleted (videos, objects, bytes) and change nothing.
-        batch_size: Videos per batch; grows automatically so one run maps at most a few hundred batches.
+        batch_size: Videos per batch (default BULKOPS_BATCH_SIZE, 1000); grows automatically so one run maps at most a few hundred batches.
     """
 
     def prepare(result: OperationResult) -> list[str]:
@@ -71,7 +71,7 @@ def bulk_delete(
         operation="delete",
         creator_id=creator_id,
         dry_run=dry_run,
-        batch_size=batch_size,
+        batch_size=batch_size or get_settings().batch_size,
         prepare=prepare,
         batch_task=delete_video_batch,
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run},

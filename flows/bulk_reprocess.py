@@ -22,6 +22,7 @@ from flows.operation import run_operation, select_videos
 from tasks.reprocess import embedder_for, reprocess_video_batch
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
+from videolib.embedders import default_batch_size
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult
 
@@ -37,7 +38,7 @@ def bulk_reprocess(
     video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
     all_videos: bool = False,
     embedder: Literal["hashing", "minilm"] | None = None,
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500,
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     chunk_target: Annotated[int, Field(ge=8, le=2000)] = 80,
     chunk_overlap: Annotated[int, Field(ge=0, le=1000)] = 16,
     chunk_unit: Literal["words", "tokens"] = "words",
@@ -49,7 +50,7 @@ def bulk_reprocess(
         video_ids: Video ids (UUIDs), at most BULKOPS_MAX_IDS (10,000 by default). Leave empty with all_videos.
         all_videos: Reprocess every video of the creator (those without a transcript are reported as no_transcript).
         embedder: hashing (built in, lexical) or minilm (the optional extra); default BULKOPS_EMBEDDER.
-        batch_size: Videos per batch; grows automatically so one run maps at most a few hundred batches.
+        batch_size: Videos per batch (default: 1000 with hashing, 100 with minilm); grows automatically so one run maps at most a few hundred batches.
         chunk_target: Most words (or tokens) per chunk.
         chunk_overlap: Words (or tokens) repeated from the end of the previous chunk; smaller than chunk_target.
         chunk_unit: Count chunk sizes in words or in tokens (letter/digit runs and punctuation marks).
@@ -90,7 +91,7 @@ def bulk_reprocess(
         operation="reprocess",
         creator_id=creator_id,
         dry_run=False,
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size(embedder_name),
         prepare=prepare,
         batch_task=reprocess_video_batch,
         task_kwargs=task_kwargs,

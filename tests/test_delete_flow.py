@@ -164,6 +164,25 @@ def test_all_videos_with_batches_growing_past_the_cap(sqlite_library, monkeypatc
     assert status["progress"]["current"] == count
 
 
+def test_the_default_batch_size_is_the_setting(sqlite_library, monkeypatch):
+    """Without `batch_size`, a delete takes BULKOPS_BATCH_SIZE videos per batch."""
+    from config import get_settings
+    from videolib.operation import plan_batches
+
+    monkeypatch.setenv("BULKOPS_BATCH_SIZE", "3")
+    get_settings.cache_clear()
+    lib = sqlite_library
+    lib.seed(12, creators=1, files=False)
+    ids = lib.ids("creator-001")
+    settings = get_settings()
+    expected = len(plan_batches(ids, batch_size=3, max_batches=settings.max_batches, workers=settings.task_workers))
+    assert expected > 1  # the flow's old fixed default (1000) would make one batch
+    doc = _run(creator_id="creator-001", all_videos=True).result()
+    assert doc["status"] == "completed" and lib.ids("creator-001") == []
+    progress = next(a for a in _artifacts(doc["operation_id"]) if a.type == "progress")
+    assert f"/{expected} batches" in progress.description
+
+
 def test_stop_flag_cancels_after_batches_in_flight(sqlite_library, monkeypatch):
     import threading
 

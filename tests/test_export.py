@@ -95,7 +95,10 @@ def test_parquet_round_trip_matches_the_database(library):
     assert not set(r["id"] for r in rows) & set(library.ids("creator-002"))
 
 
-def test_csv_round_trip_without_guard(sqlite_library):
+@pytest.mark.parametrize("encode_rows", [None, 7], ids=["default-slices", "7-row-slices"])
+def test_csv_round_trip_without_guard(sqlite_library, monkeypatch, encode_rows):
+    if encode_rows:  # every record batch encoded in several pieces: rows are neither lost nor doubled
+        monkeypatch.setattr("videolib.export.CSV_ENCODE_ROWS", encode_rows)
     lib = sqlite_library
     lib.seed(60, creators=1)
     awkward = _awkward(lib, "creator-001")

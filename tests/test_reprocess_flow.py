@@ -193,3 +193,34 @@ def test_a_big_job_chunks_and_embeds_in_worker_processes(sqlite_library, monkeyp
                                     .order_by(VideoChunk.chunk_index)).scalars().all()
             assert video.status == "ready"
             assert contents == [c.content for c in chunk_transcript(video.transcript, config)]
+
+
+def test_the_default_batch_size_is_the_embedders(sqlite_library, monkeypatch):
+    """Without `batch_size`, a run takes its embedder's default (DEFAULT_BATCH_VIDEOS:
+    big batches for the fast hashing embedder, small ones for the real model)."""
+    import tasks.reprocess
+    from videolib import embedders
+    from config import get_settings
+    from videolib.operation import plan_batches
+
+    assert embedders.default_batch_size("hashing") == 1000
+    assert embedders.default_batch_size("minilm") == 100
+    lib = sqlite_library
+    lib.seed(30, creators=1, transcript_ratio=1.0)
+    ids = _transcribed(lib)
+    batches: list[int] = []
+    original = tasks.reprocess.reprocess_batch
+
+    def spy(*args, **kwargs):
+        batches.append(len(kwargs["video_ids"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.reprocess, "reprocess_batch", spy)
+    monkeypatch.setitem(embedders.DEFAULT_BATCH_VIDEOS, "hashing", 2)
+    settings = get_settings()
+    for params, size in (({}, 2), ({"batch_size": 7}, 7)):
+        batches.clear()
+        state = _run(creator_id="creator-001", video_ids=ids, **params)
+        assert state.is_completed() and state.name == "Completed", state.message
+        planned = plan_batches(ids, batch_size=size, max_batches=settings.max_batches, workers=settings.task_workers)
+        assert sorted(batches) == sorted(len(b) for b in planned)

@@ -33,6 +33,12 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     # made bulk deletes ~30% slower here. PostgreSQL does not zero deleted tuples
     # either; erasure evidence is the audit manifest, not a zeroed file.
     cursor.execute("PRAGMA secure_delete=OFF")
+    # Savepoint and statement journals in memory, not in temp files: once the
+    # sub-journal outgrew 64 KiB it became a file for the rest of the transaction, and
+    # reprocess (a savepoint per video) wrote 1.1 GB of it for 20k videos (DB path
+    # 8.2 -> 6.9-7.7 s). Our statements touch at most ~1000 rows each (ids are
+    # chunked), so the journal stays a few MB; no temp tables here.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
