@@ -803,7 +803,10 @@ def run_scenario(scenario: Scenario, order: list[str], work: Path, ctx: dict, re
     return {variant: median_of(runs) for variant, runs in samples.items()}
 
 
-def time_ratios(results: dict[str, Measurement]) -> list[dict[str, Any]]:
+def time_ratios(results: dict[str, Measurement], *, targets: bool = True) -> list[dict[str, Any]]:
+    """The ratios; ``targets=False`` (the small SQLite scenario, there for memory
+    flatness: the issue's time targets are for the large SQLite and the PostgreSQL
+    sizes) shows them all as information."""
     out = []
 
     def add(name: str, num: str, den: str) -> None:
@@ -811,12 +814,12 @@ def time_ratios(results: dict[str, Measurement]) -> list[dict[str, Any]]:
             return
         total = results[num].seconds / results[den].seconds
         steady = results[num].steady_seconds / results[den].steady_seconds
-        op, bound, text = TIME_TARGETS.get(name, ("", 0.0, "information only"))
+        op, bound, text = TIME_TARGETS.get(name, ("", 0.0, "information only")) if targets else ("", 0.0, "information only")
         met = None
-        if name in TIME_TARGETS:
+        if targets and name in TIME_TARGETS:
             met = {k: (v <= bound if op == "<=" else v >= bound) for k, v in (("total", total), ("steady", steady))}
         out.append({"ratio": name, "total": total, "steady": steady,
-                    "target": f"{op} {bound:g}" if name in TIME_TARGETS else "(info)", "met": met, "text": text})
+                    "target": f"{op} {bound:g}" if met is not None else "(info)", "met": met, "text": text})
 
     add("a/b", "a", "b")
     add("a-csv/b", "a-csv", "b")
@@ -996,12 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx["profile"] = args.profile.resolve()
     small_name = big_name = None
 
-    def run_and_record(scenario: Scenario, repeat: int) -> None:
+    def run_and_record(scenario: Scenario, repeat: int, *, targets: bool = True) -> None:
         note(f"{scenario.name}: {scenario.rows:,} videos, {scenario.chunks:,} chunks, "
              f"db {human_bytes(scenario.db_bytes)}")
         scenarios.append(scenario)
         all_results[scenario.name] = run_scenario(scenario, order, work, ctx, repeat)
-        all_ratios[scenario.name] = time_ratios(all_results[scenario.name])
+        all_ratios[scenario.name] = time_ratios(all_results[scenario.name], targets=targets)
 
     try:
         needs_flow = any(v in FLOW_VARIANTS for v in order)
@@ -1028,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
                             big_name = scenario.name
                         else:
                             small_name = scenario.name
-                        run_and_record(scenario, args.repeat)
+                        run_and_record(scenario, args.repeat, targets=rows == args.rows)
                 else:
                     servers = load_servers_module()
                     note("pg: starting PostgreSQL ...")
