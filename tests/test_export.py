@@ -426,3 +426,50 @@ def test_sqlite_chunk_counts_of_a_range_read_only_the_creators_videos(sqlite_lib
             "WHERE v.creator_id = 'creator-002' GROUP BY c.video_id")).all())
     assert plan.startswith("SEARCH v USING COVERING INDEX ix_videos_creator_id (creator_id=?"), plan
     assert counted == expected and set(counted) <= set(mine) and expected
+
+
+def test_postgres_reads_reuse_idle_connections_and_replace_dropped_ones(pg_library, monkeypatch):
+    """ADBC connections to PostgreSQL are kept idle for the next read (a new one loads the
+    server's type catalog), never idle inside a transaction; one the server dropped is
+    replaced, not used; disposing of the engine closes them."""
+    import videolib.export as export
+    from videolib.export import ExportBatch, ExportFilter, read_batch
+
+    lib = pg_library
+    lib.seed(30, creators=1, files=False)
+    ids = lib.ids("creator-001")
+    engine = lib.engine
+    opened: list[str] = []
+    original = export._adbc_postgres
+    monkeypatch.setattr(export, "_adbc_postgres", lambda url: opened.append(url) or original(url))
+
+    def read(part):
+        batch = ExportBatch(ids=part, rows=len(part))
+        return sorted(v for b in read_batch(engine, "creator-001", ["id"], batch, ExportFilter())
+                      for v in b.column("id").to_pylist())
+
+    def bulkops_backends(state=None):
+        with engine.connect() as conn:
+            query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND pid <> pg_backend_pid()" + (" AND state = :state" if state else ""))
+            return conn.execute(text(query), {"state": state} if state else {}).scalar_one()
+
+    engine.dispose()  # only the reader's connections remain to be seen
+    assert read(ids[:10]) == sorted(ids[:10])
+    assert read(ids[10:]) == sorted(ids[10:])
+    assert len(opened) == 1  # the second read reused the first one's connection
+    assert bulkops_backends("idle in transaction") == 0
+    # The server drops it (a restart, an idle timeout): the next read opens a new one.
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    assert read(ids) == sorted(ids)
+    assert len(opened) == 2
+    # An abandoned read closes its connection instead of keeping it.
+    batches = read_batch(engine, "creator-001", ["id"], ExportBatch(ids=ids, rows=len(ids)), ExportFilter())
+    next(batches)
+    batches.close()
+    assert len(export._pg_idle.get(engine.url.render_as_string(hide_password=False), [])) == 0
+    assert read(ids[:5]) == sorted(ids[:5]) and len(opened) == 3
+    engine.dispose()
+    assert bulkops_backends() == 0
