@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Any
 
 from prefect import task
@@ -54,10 +55,12 @@ def read_export_batch(
     key = part_key(creator_id, operation_id, batch_index, format)
     rows = 0
     if batch.ids is None or batch.ids:
-        record_batches = read_batch(engine(), creator_id, columns, batch, export_filter)
-        if format == "csv":
-            rows = write_csv_part(store(), key, record_batches, formula_guard=formula_guard)
-        else:
-            rows = write_part(store(), key, record_batches, schema_for(columns))
+        # closing(): a failed write gives the reader's connection (or reader process)
+        # back now, not when the generator is collected (a traceback may keep it).
+        with closing(read_batch(engine(), creator_id, columns, batch, export_filter)) as record_batches:
+            if format == "csv":
+                rows = write_csv_part(store(), key, record_batches, formula_guard=formula_guard)
+            else:
+                rows = write_part(store(), key, record_batches, schema_for(columns))
     return BatchOutcome(errors=errors, succeeded_count=rows,
                         extra={"part": key if rows else None, "rows": rows}).to_dict()

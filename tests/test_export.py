@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -439,6 +440,7 @@ def test_postgres_reads_reuse_idle_connections_and_replace_dropped_ones(pg_libra
     lib.seed(30, creators=1, files=False)
     ids = lib.ids("creator-001")
     engine = lib.engine
+    monkeypatch.setattr(export, "_pg_slots", threading.BoundedSemaphore(1))  # one read at a time
     opened: list[str] = []
     original = export._adbc_postgres
     monkeypatch.setattr(export, "_adbc_postgres", lambda url: opened.append(url) or original(url))
@@ -468,7 +470,10 @@ def test_postgres_reads_reuse_idle_connections_and_replace_dropped_ones(pg_libra
     # An abandoned read closes its connection instead of keeping it.
     batches = read_batch(engine, "creator-001", ["id"], ExportBatch(ids=ids, rows=len(ids)), ExportFilter())
     next(batches)
+    assert not export._pg_slots.acquire(blocking=False)  # the read holds the one slot
     batches.close()
+    assert export._pg_slots.acquire(blocking=False)  # and gave it back
+    export._pg_slots.release()
     assert len(export._pg_idle.get(engine.url.render_as_string(hide_password=False), [])) == 0
     assert read(ids[:5]) == sorted(ids[:5]) and len(opened) == 3
     engine.dispose()
