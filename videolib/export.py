@@ -20,6 +20,7 @@ depend on which task finished first, and the user downloads one file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import logging
@@ -342,6 +343,9 @@ def close_idle_pg_connections(database_url: str | None = None) -> None:
             conn.close()
         except Exception:  # a connection the server dropped: nothing to close
             log.debug("closing an idle ADBC connection failed", exc_info=True)
+
+
+atexit.register(close_idle_pg_connections)  # a clean goodbye to the server, not a dropped socket
 
 
 @contextmanager
