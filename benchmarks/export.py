@@ -814,9 +814,10 @@ def time_ratios(results: dict[str, Measurement], *, targets: bool = True) -> lis
             return
         total = results[num].seconds / results[den].seconds
         steady = results[num].steady_seconds / results[den].steady_seconds
-        op, bound, text = TIME_TARGETS.get(name, ("", 0.0, "information only")) if targets else ("", 0.0, "information only")
+        target = TIME_TARGETS.get(name) if targets else None
+        op, bound, text = target or ("", 0.0, "information only")
         met = None
-        if targets and name in TIME_TARGETS:
+        if target:
             met = {k: (v <= bound if op == "<=" else v >= bound) for k, v in (("total", total), ("steady", steady))}
         out.append({"ratio": name, "total": total, "steady": steady,
                     "target": f"{op} {bound:g}" if met is not None else "(info)", "met": met, "text": text})

@@ -333,6 +333,23 @@ _pg_idle_lock = threading.Lock()
 _pg_watched: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+def _idle_pg_connection(url: str):
+    """An idle connection to ``url`` that still answers, or None."""
+    while True:
+        with _pg_idle_lock:
+            if not _pg_idle.get(url):
+                return None
+            conn = _pg_idle[url].pop()
+        try:  # the server may have closed it (restart, idle timeout, dropped database)
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            return conn
+        except Exception:  # noqa: BLE001 - any failure: drop it, try the next
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
 def close_idle_pg_connections(database_url: str | None = None) -> None:
     """Close the idle ADBC connections (of one database, or all)."""
     with _pg_idle_lock:
@@ -350,10 +367,11 @@ atexit.register(close_idle_pg_connections)  # a clean goodbye to the server, not
 
 @contextmanager
 def pg_connection(engine: Engine):
-    """An ADBC connection to the engine's PostgreSQL database, one of ``PG_READERS``
-    slots (waits for a free one): an idle connection that still answers, or a new one. Returned to the idle list when the block ends normally;
-    closed when it raised (or the reader was abandoned mid-result). The idle ones close
-    with the engine (``Engine.dispose``)."""
+    """An ADBC connection to the engine's PostgreSQL database, in one of ``PG_READERS``
+    slots (waits for a free one): an idle connection that still answers, or a new one.
+    Returned to the idle list when the block ends normally; closed when it raised (or
+    the reader was abandoned mid-result). The idle ones close with the engine
+    (``Engine.dispose``)."""
     with _pg_slots, _pg_connection(engine) as conn:
         yield conn
 
@@ -364,21 +382,7 @@ def _pg_connection(engine: Engine):
     if engine not in _pg_watched:
         _pg_watched.add(engine)
         event.listen(engine, "engine_disposed", lambda _engine: close_idle_pg_connections(url))
-    conn = None
-    while conn is None:
-        with _pg_idle_lock:
-            candidate = _pg_idle[url].pop() if _pg_idle.get(url) else None
-        if candidate is None:
-            conn = _adbc_postgres(url)
-            break
-        try:  # the server may have closed it (restart, idle timeout, dropped database)
-            with candidate.cursor() as cursor:
-                cursor.execute("SELECT 1")
-                cursor.fetchall()
-            conn = candidate
-        except Exception:  # noqa: BLE001 - any failure: drop it, try the next
-            with contextlib.suppress(Exception):
-                candidate.close()
+    conn = _idle_pg_connection(url) or _adbc_postgres(url)
     returned = False
     try:
         yield conn
@@ -597,11 +601,16 @@ def write_csv_part(store: ObjectStore, key: str, batches: Iterator[pa.RecordBatc
     rows = 0
     with store.open(key, "wb") as raw:
         for batch in batches:
-            for offset in range(0, batch.num_rows, CSV_ENCODE_ROWS):
-                piece = batch.slice(offset, CSV_ENCODE_ROWS)
-                raw.write(encode_csv(piece, formula_guard=formula_guard))
-                rows += piece.num_rows
+            for piece in encode_csv_pieces(batch, formula_guard=formula_guard):
+                raw.write(piece)
+            rows += batch.num_rows
     return rows
+
+
+def encode_csv_pieces(batch: pa.RecordBatch, *, formula_guard: bool) -> Iterator[bytes]:
+    """``encode_csv`` of the batch, ``CSV_ENCODE_ROWS`` rows at a time."""
+    for offset in range(0, batch.num_rows, CSV_ENCODE_ROWS):
+        yield encode_csv(batch.slice(offset, CSV_ENCODE_ROWS), formula_guard=formula_guard)
 
 
 CSV_COPY_BYTES = 1 << 20
@@ -691,7 +700,8 @@ class ExportWriter:
 
     def _write_csv(self, batch: pa.RecordBatch) -> None:
         self._write_csv_header()
-        self._raw.write(encode_csv(batch, formula_guard=self.formula_guard))
+        for piece in encode_csv_pieces(batch, formula_guard=self.formula_guard):
+            self._raw.write(piece)
 
     def write_csv_rows(self, chunks: Iterable[bytes], rows: int) -> None:
         """Append ``rows`` rows already encoded as CSV by ``encode_csv`` (a CSV part)."""
