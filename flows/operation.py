@@ -310,6 +310,7 @@ def _percent(current: int, total: int) -> float:
 
 def _finalize(result: OperationResult, logger) -> State:
     """Report, artifacts, and the final state, for every way a run can end."""
+    result.count_unstarted()
     if result.failed and not result.dry_run:
         key = report_key(result.operation_id)
         try:

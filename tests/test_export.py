@@ -233,6 +233,9 @@ def test_quota_refuses_and_writes_nothing(sqlite_library, monkeypatch):
     state, doc = _export(creator_id="creator-001", format="csv")
     assert state.is_failed() and "quota" in doc["message"] and doc["output"] is None
     assert lib.store.list_keys("exports") == []
+    # Nothing was started: the selection counts as skipped, and the counts still add up.
+    assert (doc["status"], doc["requested"], doc["succeeded"], doc["failed"], doc["skipped"]) == (
+        "failed", 50, 0, 0, 50)
 
 
 def test_postgres_and_s3_presigned_download(pg_url, s3_server, s3_prefix, monkeypatch, tmp_path):
@@ -338,6 +341,8 @@ def test_broken_writer_fails_the_run_and_leaves_no_file_or_parts(sqlite_library,
     assert len(calls) == 2
     assert "injected" in doc["message"] and doc["output"] is None
     assert lib.store.list_keys("exports") == [], "no half export, no leftover parts"
+    assert doc["status"] == "failed" and doc["requested"] == 400
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"]
 
 
 @pytest.mark.parametrize("workers", [1, 8])

@@ -132,6 +132,19 @@ def test_result_document_counts_add_up():
     assert BatchOutcome.from_dict(BatchOutcome(succeeded=["a"], objects=2).to_dict()).objects == 2
 
 
+def test_a_run_that_could_not_proceed_counts_what_it_never_reached_as_skipped():
+    result = OperationResult(operation_id="op", operation="export", creator_id="c", requested=10)
+    result.add_errors([ItemError("x", "invalid_id")])
+    result.add(BatchOutcome(succeeded=["a", "b"]))
+    result.count_unstarted()
+    assert result.skipped == 0, "a run that went on to the end leaves nothing to account for"
+    result.aborted = True
+    result.count_unstarted()
+    result.count_unstarted()  # once is enough: calling again changes nothing
+    doc = result.to_dict()
+    assert (doc["status"], doc["succeeded"], doc["failed"], doc["skipped"]) == ("failed", 2, 1, 7)
+
+
 @pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
 def test_formula_guard(cell):
     assert guard_formula(cell) == "'" + cell

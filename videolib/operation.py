@@ -206,6 +206,14 @@ class OperationResult:
     def add_errors(self, errors: Iterable[ItemError]) -> None:
         self.errors.extend(errors)
 
+    def count_unstarted(self) -> None:
+        """A run that could not proceed never reached some of what it selected: those
+        items count as skipped, so that requested = succeeded + failed + skipped holds
+        for every ending (a quota refusal, an unreachable store, a broken writer)."""
+        unstarted = self.requested - (self.succeeded + self.failed + self.skipped)
+        if self.aborted and unstarted > 0:
+            self.skipped += unstarted
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "operation_id": self.operation_id,
