@@ -45,6 +45,11 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+# Repeatable: `--ids A --ids B,C` selects all three (a repeated option must never drop ids).
+IdsOpt = Annotated[list[str] | None, typer.Option("--ids", help="Comma-separated video ids (repeatable).")]
+IdsFileOpt = Annotated[
+    list[Path] | None, typer.Option("--ids-file", help="File with one video id per line (repeatable).")
+]
 
 
 class Refused(Exception):
@@ -144,8 +149,10 @@ def seed(
 # ----------------------------------------------------------------------------- operations
 
 
-def _read_selection(ids: str | None, ids_file: Path | None, all_videos: bool, *, allow_all: bool) -> list[str] | None:
-    given = [name for name, value in (("--ids", ids is not None), ("--ids-file", ids_file is not None),
+def _read_selection(
+    ids: list[str] | None, ids_files: list[Path] | None, all_videos: bool, *, allow_all: bool
+) -> list[str] | None:
+    given = [name for name, value in (("--ids", bool(ids)), ("--ids-file", bool(ids_files)),
                                       ("--all", all_videos)) if value]
     options = "--ids, --ids-file or --all" if allow_all else "--ids or --ids-file"
     if len(given) != 1:
@@ -154,21 +161,11 @@ def _read_selection(ids: str | None, ids_file: Path | None, all_videos: bool, *,
         raise Refused("bad_selection", f"{' and '.join(given)} given: use exactly one of {options}")
     if all_videos:
         return None
-    if ids is not None:
-        items = [part.strip() for part in ids.split(",")]
-    else:
-        assert ids_file is not None
-        try:
-            text = ids_file.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise Refused("ids_file_not_found", f"--ids-file {str(ids_file)!r} does not exist") from exc
-        except IsADirectoryError as exc:
-            raise Refused("ids_file_unreadable", f"--ids-file {str(ids_file)!r} is a directory") from exc
-        except UnicodeDecodeError as exc:
-            raise Refused("ids_file_unreadable", f"--ids-file {str(ids_file)!r} is not UTF-8 text") from exc
-        except OSError as exc:
-            raise Refused("ids_file_unreadable", f"cannot read --ids-file {str(ids_file)!r}: {exc.strerror}") from exc
-        items = [line.strip() for line in text.splitlines()]
+    items: list[str] = []
+    for value in ids or []:
+        items.extend(part.strip() for part in value.split(","))
+    for path in ids_files or []:
+        items.extend(line.strip() for line in _read_ids_file(path).splitlines())
     items = [item for item in items if item]
     if not items:
         raise Refused("empty_selection", "the selection is empty: give at least one video id")
@@ -180,6 +177,20 @@ def _read_selection(ids: str | None, ids_file: Path | None, all_videos: bool, *,
             "(BULKOPS_MAX_IDS; split the list or use --all)",
         )
     return items
+
+
+def _read_ids_file(path: Path) -> str:
+    try:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first id.
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise Refused("ids_file_not_found", f"--ids-file {str(path)!r} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise Refused("ids_file_unreadable", f"--ids-file {str(path)!r} is a directory") from exc
+    except UnicodeDecodeError as exc:
+        raise Refused("ids_file_unreadable", f"--ids-file {str(path)!r} is not UTF-8 text") from exc
+    except OSError as exc:
+        raise Refused("ids_file_unreadable", f"cannot read --ids-file {str(path)!r}: {exc.strerror}") from exc
 
 
 def _check_creator(creator: str) -> None:
@@ -379,8 +390,8 @@ def _human_bytes(n: int) -> str:
 @app.command()
 def delete(
     creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are deleted.")],
-    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids.")] = None,
-    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
     all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")] = False,
     batch_size: Annotated[int | None, typer.Option(
@@ -404,8 +415,8 @@ def delete(
 def export(
     creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are exported.")],
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")],
-    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids (default: all).")] = None,
-    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
     columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated subset of columns.")] = None,
     status_filter: Annotated[str | None, typer.Option("--status", help="Only videos with this status.")] = None,
     created_after: Annotated[str | None, typer.Option("--created-after", help="ISO 8601 time (inclusive).")] = None,
@@ -431,7 +442,7 @@ def export(
     except RequestError as exc:
         raise Refused(exc.code, exc.message) from exc
     selection = None
-    if ids is not None or ids_file is not None:
+    if ids or ids_file:
         if status_filter or created_after or created_before:
             raise Refused("bad_selection", "give either ids or a filter (--status, --created-after/before), not both")
         selection = _read_selection(ids, ids_file, False, allow_all=False)
@@ -484,8 +495,8 @@ def _check_embedder(name: str | None) -> str:
 @app.command()
 def reprocess(
     creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are reprocessed.")],
-    ids: Annotated[str | None, typer.Option("--ids", help="Comma-separated video ids.")] = None,
-    ids_file: Annotated[Path | None, typer.Option("--ids-file", help="File with one video id per line.")] = None,
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
     all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
     embedder: EmbedderOpt = None,
     chunk_target: Annotated[int, typer.Option("--chunk-target", help="Most words (or tokens) per chunk.")] = 80,
@@ -748,6 +759,51 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(exc.code, exc.message, json_out)
     except RequestError as exc:
         return _refuse(exc.code, exc.message, json_out)
+    except Exception as exc:
+        known = _environment_error(exc)
+        if known is not None:  # bad settings, database or Prefect server: nothing ran
+            return _refuse(*known, json_out)
+        # A bug of ours. The traceback is for a developer (stderr); --json still gets
+        # its one document.
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        if json_out:
+            emit({"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+        else:
+            err.print(f"Error: unexpected {type(exc).__name__}: {exc}", markup=False)
+        return 1
+
+
+def _environment_error(exc: BaseException) -> tuple[str, str] | None:
+    """(code, message) for an error in the set-up rather than the request: settings that
+    do not validate, a database that cannot be opened, a Prefect server out of reach.
+    Recognised by class, without importing pydantic, SQLAlchemy or httpx for it."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    if "pydantic_core._pydantic_core.ValidationError" in names and getattr(exc, "title", "") == "Settings":
+        problems = "; ".join(
+            f"BULKOPS_{'_'.join(str(part) for part in e['loc']).upper()}={e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()  # type: ignore[attr-defined]
+        )
+        return "bad_settings", f"invalid setting: {problems} (fix or unset the variable)"
+    url = os.environ.get("BULKOPS_DATABASE_URL", "")
+    if names & {"sqlalchemy.exc.ArgumentError", "sqlalchemy.exc.NoSuchModuleError"}:
+        return "bad_database_url", (
+            f"BULKOPS_DATABASE_URL={_redact(url)!r} is not a usable SQLAlchemy URL ({exc}); "
+            "e.g. sqlite:///.data/bulkops.db or postgresql+psycopg://user:pass@host/db"
+        )
+    if names & {"sqlalchemy.exc.OperationalError", "sqlalchemy.exc.InterfaceError",
+                 "videolib.db.engine.DatabaseUnavailable"}:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = _redact(url) if url else "the default database"
+        return "database_unavailable", f"cannot open {where}: {reason} (check BULKOPS_DATABASE_URL and the server)"
+    api = os.environ.get("PREFECT_API_URL", "")
+    if "httpx.TransportError" in names or (isinstance(exc, RuntimeError) and "Failed to reach API" in str(exc)):
+        return "prefect_unreachable", (
+            f"cannot reach the Prefect server at {api or 'its configured address'}: {exc}; start it "
+            "(prefect server start) or unset PREFECT_API_URL to run on a temporary local one"
+        )
+    return None
 
 
 def _refuse(code: str, message: str, json_out: bool, ctx=None) -> int:

@@ -166,6 +166,41 @@ def test_over_limit_selection_refused(seeded, tmp_path):
     assert seeded.ids("creator-001") == before
 
 
+@pytest.mark.parametrize(
+    "env, args, error, words",
+    [
+        ({"BULKOPS_MAX_IDS": "abc"}, ["delete", "--creator", "creator-001", "--ids", "{id}"], "bad_settings",
+         "BULKOPS_MAX_IDS"),
+        ({"BULKOPS_MAX_IDS": "0"}, ["delete", "--creator", "creator-001", "--ids", "{id}"], "bad_settings",
+         "BULKOPS_MAX_IDS"),
+        ({"BULKOPS_EMBEDDER": "bogus"}, ["search", "--creator", "creator-001", "words"], "bad_settings",
+         "BULKOPS_EMBEDDER"),
+        ({"BULKOPS_DATABASE_URL": "nonsense://x"}, ["delete", "--creator", "creator-001", "--ids", "{id}"],
+         "bad_database_url", "BULKOPS_DATABASE_URL"),
+        ({"BULKOPS_DATABASE_URL": "sqlite:////proc/no/such.db"}, ["init"], "database_unavailable",
+         "BULKOPS_DATABASE_URL"),
+        ({"BULKOPS_DATABASE_URL": "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"},
+         ["delete", "--creator", "creator-001", "--all"], "database_unavailable", "u:***@127.0.0.1:1"),
+        ({"PREFECT_API_URL": "http://127.0.0.1:1/api"}, ["delete", "--creator", "creator-001", "--ids", "{id}"],
+         "prefect_unreachable", "prefect server start"),
+        ({"PREFECT_API_URL": "http://127.0.0.1:1/api"}, ["status", "00000000-0000-4000-8000-000000000000"],
+         "prefect_unreachable", "PREFECT_API_URL"),
+    ],
+)
+def test_a_broken_set_up_is_refused_with_what_to_fix(seeded, env, args, error, words):
+    """Settings that do not validate, a database that cannot be opened, a Prefect server
+    out of reach: one JSON document naming what to fix, exit 2, no traceback on stdout."""
+    lib = seeded
+    vid = lib.ids("creator-001")[0]
+    before = counts(lib)
+    proc, doc = run_cli(lib, *[a.format(id=vid) for a in args], "--json", env_extra=env)
+    assert proc.returncode == 2, proc.stderr
+    assert set(doc) == {"error", "message"} and doc["error"] == error and words in doc["message"], doc
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert counts(lib) == before
+
+
 def test_refusal_without_json_explains_on_stderr(seeded):
     proc, _ = run_cli(seeded, "delete", "--creator", "creator-001")
     assert proc.returncode == 2 and proc.stdout == ""
@@ -219,6 +254,23 @@ def test_delete_all_completed_and_dry_run(seeded, prefect_server):
     proc, doc = run_cli(lib, "delete", "--creator", "creator-002", "--all", "--json", prefect=prefect_server)
     assert proc.returncode == 0 and doc["status"] == "completed" and doc["succeeded"] == n == doc["requested"]
     assert lib.ids("creator-002") == [] and lib.ids("creator-001") == mine
+
+
+def test_repeated_selection_options_add_up_and_a_byte_order_mark_is_not_part_of_an_id(seeded, prefect_server,
+                                                                                       tmp_path):
+    lib = seeded
+    mine = lib.ids("creator-001")
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", mine[0], "--ids", f"{mine[1]},{mine[2]}",
+                        "--dry-run", "--json", prefect=prefect_server)
+    assert proc.returncode == 0, proc.stderr
+    assert (doc["requested"], doc["succeeded"], doc["failed"], doc["plan"]["videos"]) == (3, 3, 0, 3)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeff".encode() + f"{mine[3]}\r\n{mine[4]}\r\n".encode())
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids-file", _ids_file(tmp_path, [mine[5]]),
+                        "--ids-file", str(bom), "--dry-run", "--json", prefect=prefect_server)
+    assert proc.returncode == 0, proc.stderr
+    assert (doc["requested"], doc["succeeded"], doc["errors"]) == (3, 3, [])
+    assert lib.ids("creator-001") == mine, "dry runs change nothing"
 
 
 def test_human_output_has_summary_and_progress(seeded, prefect_server):

@@ -42,13 +42,21 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The configured database cannot be used at all (its directory cannot be made)."""
+
+
 def create_db_engine(url: str) -> Engine:
     """A new engine for ``url``; SQLite files get their directory created."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(f"cannot create the directory {str(folder)!r}: {exc.strerror}") from exc
         engine = create_engine(url, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
