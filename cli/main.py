@@ -759,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(exc.code, exc.message, json_out)
     except RequestError as exc:
         return _refuse(exc.code, exc.message, json_out)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the last resort: --json still gets one document
         known = _environment_error(exc)
         if known is not None:  # bad settings, database or Prefect server: nothing ran
             return _refuse(*known, json_out)
