@@ -16,6 +16,7 @@ second (and always at the end); in-process listeners (the CLI's bar) see every b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -37,7 +38,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from config import get_settings
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
-from tasks.common import clear_stop, prefetch_stop, request_stop, store
+from tasks.common import clear_stop, prefetch_stop, request_stop, stop_here, store
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import (
@@ -254,40 +255,57 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
         index_of = {future.task_run_id: i for i, future in enumerate(futures)}
         done = 0
         last_posted = 0.0
-        for future in as_completed(futures):
-            index = index_of[future.task_run_id]
-            try:
-                outcome = BatchOutcome.from_dict(future.result())
-            except Exception as exc:  # retries exhausted: every item of the batch failed
-                detail = f"{type(exc).__name__}: {exc}"[:500]
-                logger.error("batch %s failed after retries: %s", index, detail)
-                outcome = BatchOutcome(errors=plan.failed_items(index, detail))
-            result.add(outcome)
-            if on_outcome is not None and not result.aborted:
+        posted = (current, 0)
+
+        def post(eta: float | None) -> None:
+            nonlocal last_posted, posted
+            last_posted = time.monotonic()
+            posted = (current, done)
+            update_progress_artifact(
+                artifact_id=progress_id,
+                progress=_percent(current, total),
+                description=progress_description(current, total, done, len(batches), eta),
+            )
+
+        try:
+            for future in as_completed(futures):
+                index = index_of[future.task_run_id]
                 try:
-                    on_outcome(index, outcome)
-                except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
-                    result.aborted = True
-                    result.message = f"{operation} could not proceed: {type(exc).__name__}: {exc}"
-                    logger.exception("stopping the %s", operation)
-                    request_stop(operation_id)  # batches not yet started return unstarted
-            done += 1
-            current += outcome.processed
-            elapsed = time.monotonic() - started
-            processed = max(current - (total - planned_items), 0)
-            remaining = total - current
-            eta = elapsed / processed * remaining if processed else None
-            now = time.monotonic()
-            if done == len(batches) or now - last_posted >= PROGRESS_MIN_INTERVAL_S:
-                # One HTTP round trip to the Prefect server each (50-95 ms measured here,
-                # the server on the same cores): at most one a second, and always the last.
-                last_posted = now
-                update_progress_artifact(
-                    artifact_id=progress_id,
-                    progress=_percent(current, total),
-                    description=progress_description(current, total, done, len(batches), eta),
-                )
-            _notify(ProgressEvent(operation_id, operation, current, total, done, len(batches), eta))
+                    outcome = BatchOutcome.from_dict(future.result())
+                except Exception as exc:  # retries exhausted: every item of the batch failed
+                    detail = f"{type(exc).__name__}: {exc}"[:500]
+                    logger.error("batch %s failed after retries: %s", index, detail)
+                    outcome = BatchOutcome(errors=plan.failed_items(index, detail))
+                result.add(outcome)
+                if on_outcome is not None and not result.aborted:
+                    try:
+                        on_outcome(index, outcome)
+                    except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
+                        result.aborted = True
+                        result.message = f"{operation} could not proceed: {type(exc).__name__}: {exc}"
+                        logger.exception("stopping the %s", operation)
+                        request_stop(operation_id)  # batches not yet started return unstarted
+                done += 1
+                current += outcome.processed
+                elapsed = time.monotonic() - started
+                processed = max(current - (total - planned_items), 0)
+                remaining = total - current
+                eta = elapsed / processed * remaining if processed else None
+                if done == len(batches) or time.monotonic() - last_posted >= PROGRESS_MIN_INTERVAL_S:
+                    # One HTTP round trip to the Prefect server each (50-95 ms measured here,
+                    # the server on the same cores): at most one a second, and always the last.
+                    post(eta)
+                _notify(ProgressEvent(operation_id, operation, current, total, done, len(batches), eta))
+        except BaseException:
+            # Terminated (SIGTERM: a crash, or Prefect's own cancel). Batches that have not
+            # started must not start while Prefect reports the crash (the pool would go
+            # on deleting), and the progress must show where the run really got to
+            # (it may be up to a second behind); then Prefect ends the run.
+            stop_here(operation_id)
+            if posted != (current, done):
+                with contextlib.suppress(Exception):
+                    post(None)
+            raise
 
     if result.skipped and not result.aborted:
         # Batches that had not started when the stop was requested returned unstarted.

@@ -81,10 +81,17 @@ def prefetch_stop(operation_id: str) -> threading.Thread:
     return thread
 
 
+def stop_here(operation_id: str) -> None:
+    """Stop the operation's batches in this process only: from now on the ones that have
+    not started return unstarted. Nothing is written to the server (a terminated flow
+    uses it: its run is ending anyway, and no one would clear a Variable)."""
+    with _stop_lock:
+        _stop_cache[operation_id] = (time.monotonic(), True)
+
+
 def request_stop(operation_id: str) -> None:
     """Ask a running operation to stop after its batches in flight (any process)."""
-    with _stop_lock:  # this process sees it at once
-        _stop_cache[operation_id] = (time.monotonic(), True)
+    stop_here(operation_id)  # this process sees it at once
     Variable.set(stop_variable_name(operation_id), True, overwrite=True)
 
 

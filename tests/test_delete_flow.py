@@ -238,3 +238,65 @@ def test_stop_before_any_batch_skips_everything(sqlite_library):
     doc = _status(str(state.state_details.flow_run_id))["result"]
     assert (doc["succeeded"], doc["skipped"], doc["status"]) == (0, 10, "cancelled")
     assert lib.ids("creator-001") == ids
+
+
+def test_a_terminated_run_leaves_its_progress_where_it_got_to(sqlite_library, monkeypatch):
+    """SIGTERM (a crash, or Prefect's own cancel) reaches the flow as a BaseException
+    (Prefect's TerminationSignal) between two progress posts: the artifact must still
+    show the batches that finished. Raised here as a BaseException of our own: a real TerminationSignal makes
+    Prefect re-send SIGTERM to the process, the test runner."""
+    import flows.operation
+    from flows.operation import add_progress_listener, remove_progress_listener
+
+    lib = sqlite_library
+    lib.seed(200, creators=1, files=False)
+    ids = lib.ids("creator-001")
+    # No post between the first (0 %) and the last batch: only the flush can move it.
+    monkeypatch.setattr(flows.operation, "PROGRESS_MIN_INTERVAL_S", float("inf"))
+    seen = []
+
+    def terminate_after_three(event):
+        if event.result is None and event.batches_done:
+            seen.append((event.operation_id, event.current))
+            if event.batches_done == 3:
+                raise _Terminated
+
+    add_progress_listener(terminate_after_three)
+    try:
+        with pytest.raises(_Terminated):
+            _run(creator_id="creator-001", video_ids=ids, batch_size=1)
+    finally:
+        remove_progress_listener(terminate_after_three)
+    operation_id, current = seen[-1]
+    assert len(seen) == 3 and current == 3
+    status = _status(operation_id)
+    assert status["status"] == "failed" and status["result"] is None  # Crashed
+    assert status["progress"]["current"] == current, "the progress of the 3 finished batches"
+    assert status["progress"]["percent"] == 1.5
+    assert len(ids) - len(lib.ids("creator-001")) >= current, "what the progress counts was really deleted"
+    # And the batches that had not started were told not to (in this process only).
+    import tasks.common
+
+    monkeypatch.setattr(tasks.common.Variable, "get", lambda *a, **k: pytest.fail("asked the server"))
+    assert tasks.common.stop_requested(operation_id) is True
+
+
+def test_a_stop_here_is_seen_at_once_and_asks_no_server(monkeypatch):
+    """What a terminated flow sets so that its batches not yet started return unstarted:
+    no Variable is read or written for it (the run is ending; nobody would clear it)."""
+    import tasks.common
+    from tasks.common import stop_here, stop_requested
+
+    def no_server(*_args, **_kwargs):
+        raise AssertionError("the Prefect server was asked")
+
+    monkeypatch.setattr(tasks.common.Variable, "get", no_server)
+    monkeypatch.setattr(tasks.common.Variable, "set", no_server)
+    operation_id = str(uuid.uuid4())
+    stop_here(operation_id)
+    assert stop_requested(operation_id) is True
+
+
+class _Terminated(BaseException):
+    """Stands in for prefect.exceptions.TerminationSignal (also a BaseException)."""
+
