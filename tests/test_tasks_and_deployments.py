@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,51 @@ def test_stop_prefetch_reads_in_the_callers_context(monkeypatch):
     finally:
         marker.reset(token)
     assert seen == ["the flow's context"]
+
+
+def test_deployments_deploy_and_run_through_a_worker(sqlite_library, prefect_server, tmp_path):
+    """The way operators use it: `prefect deploy --all` from prefect.yaml, a process
+    worker, runs created from a deployment (as the UI's Run button and the API do).
+    Also guards the FastAPI pin: with FastAPI >= 0.151 Prefect 3.8.8's server answers
+    its own CLI's filter requests (`limit: null`) with 422, and `prefect deploy` fails."""
+    import json
+    import re
+    import subprocess
+
+    lib = sqlite_library
+    lib.seed(12, creators=2)
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, **lib.env(), PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(tmp_path / "home"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", BULKOPS_PROJECT_DIR=str(ROOT))
+
+    def prefect(*args, timeout=180):
+        proc = subprocess.run([str(bin_dir / "prefect"), "--no-prompt", *args], cwd=ROOT, env=env, text=True,
+                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    prefect("work-pool", "create", "bulkops", "--type", "process", "--overwrite")
+    prefect("deploy", "--all")
+    listing = prefect("deployment", "ls")
+    for name in ("bulk-delete/bulk-delete", "bulk-export/bulk-export", "bulk-reprocess/bulk-reprocess"):
+        assert name in listing
+
+    def run_deployment(*params):
+        out = prefect("deployment", "run", "bulk-delete/bulk-delete", *[p for kv in params for p in ("--param", kv)])
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+        prefect("worker", "start", "--pool", "bulkops", "--run-once", timeout=300)
+        proc = subprocess.run([str(bin_dir / "bulkops"), "status", run_id, "--json"], env=env, text=True,
+                              capture_output=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    # The deployment's default is a dry run: triggering it without thinking deletes nothing.
+    status = run_deployment("creator_id=creator-001", "all_videos=true")
+    assert status["status"] == "completed" and status["result"]["dry_run"] is True
+    assert status["result"]["plan"]["videos"] == len(mine) and lib.ids("creator-001") == mine
+
+    status = run_deployment("creator_id=creator-001", f"video_ids={json.dumps(mine[:3])}", "dry_run=false")
+    assert status["status"] == "completed" and status["result"]["succeeded"] == 3
+    assert status["progress"] == {"current": 3, "total": 3, "percent": 100.0}
+    assert lib.ids("creator-001") == mine[3:] and lib.ids("creator-002") == theirs
