@@ -64,6 +64,7 @@ def bulk_export(
     creator_id: Annotated[str, Field(min_length=1, max_length=64)],
     format: Literal["parquet", "csv"] = "parquet",
     video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    all_videos: bool = False,
     columns: list[str] | None = None,
     status: str | None = None,
     created_after: datetime | None = None,
@@ -78,6 +79,7 @@ def bulk_export(
         creator_id: The creator whose videos are exported; other creators' ids are reported as not_found.
         format: parquet (typed, zstd) or csv (RFC 4180, UTF-8, header row).
         video_ids: Only these videos (at most BULKOPS_MAX_IDS); leave empty to export all of the creator's videos.
+        all_videos: Export every video of the creator (also what an empty video_ids means); only without video_ids.
         columns: Subset of columns, in this order; default every metadata column.
         status: Only videos with this status (uploaded, processing, ready, failed).
         created_after: Only videos created at or after this time (ISO 8601, UTC if no zone).
@@ -96,8 +98,10 @@ def bulk_export(
         resources.enter_context(held_readers(engine()))  # SQLite's reader processes start while we plan
         state["columns"] = cols = resolve_columns(columns)
         state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
-        if video_ids is not None:
-            if video_ids and (status or created_after or created_before):
+        if all_videos and video_ids:
+            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+        if video_ids:  # None or [] (a UI's empty list field): all of the creator's videos
+            if status or created_after or created_before:
                 raise RequestError("bad_selection", "give either `video_ids` or a filter (status, created_after/before)")
             parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
             result.add_errors(parsed.errors)

@@ -208,8 +208,8 @@ def test_filters(sqlite_library):
 @pytest.mark.parametrize(
     "params, words",
     [({"format": "xlsx"}, "format"), ({"columns": ["id", "password"]}, "unknown column"),
-     ({"status": "deleted"}, "status"), ({"video_ids": []}, "empty"),
-     ({"creator_id": "../x"}, "creator_id")],
+     ({"status": "deleted"}, "status"), ({"creator_id": "../x"}, "creator_id"),
+     ({"video_ids": ["0f8fad5b-d9cb-469f-a165-70867728950e"], "all_videos": True}, "not both")],
 )
 def test_bad_requests_refused_touching_nothing(sqlite_library, params, words):
     lib = sqlite_library
@@ -221,6 +221,19 @@ def test_bad_requests_refused_touching_nothing(sqlite_library, params, words):
     else:
         assert words in doc["message"]
     assert lib.store.list_keys("exports") == []
+
+
+@pytest.mark.parametrize("selection", [{}, {"all_videos": True}, {"video_ids": []}])
+def test_no_selection_all_videos_and_an_empty_list_all_export_every_video(sqlite_library, selection):
+    """CONTRACT.md: no selection means all of the creator's videos. The UI's list field
+    sends [] when left empty, and `all_videos` is there as in the other flows."""
+    lib = sqlite_library
+    lib.seed(12, creators=2)
+    state, doc = _export(creator_id="creator-001", format="parquet", **selection)
+    assert state.is_completed(), doc
+    table = pq.read_table(io.BytesIO(lib.store.get(doc["output"]["path"])))
+    assert sorted(table.column("id").to_pylist()) == sorted(lib.ids("creator-001"))
+    assert doc["requested"] == doc["succeeded"] == len(lib.ids("creator-001"))
 
 
 def test_quota_refuses_and_writes_nothing(sqlite_library, monkeypatch):
