@@ -53,7 +53,12 @@ from videolib.report import render_error_report, report_key
 RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
 PROGRESS_UNIT = "videos"
 PROGRESS_MIN_INTERVAL_S = 1.0
-ARTIFACT_ERROR_ROWS = 1000
+ARTIFACT_ERROR_ROWS = 1000  # rows of the errors table artifact (the UI renders it)
+# Errors kept in the stored result document, which `bulkops status` and the API read
+# back. Enough for every error of a request listing ids (BULKOPS_MAX_IDS, 10,000 by
+# default), so that failed == len(errors) holds there too, even for a dry run (which
+# writes no report); past it (whole-library runs) the report in storage has them all.
+RESULT_ERROR_ROWS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +394,8 @@ def summary_line(document: dict[str, Any]) -> str:
 def result_markdown(document: dict[str, Any]) -> str:
     """The result as a person reads it in the Prefect UI, with the JSON document below."""
     stored = dict(document)
-    if len(stored["errors"]) > ARTIFACT_ERROR_ROWS:
-        stored["errors"] = stored["errors"][:ARTIFACT_ERROR_ROWS]
+    if len(stored["errors"]) > RESULT_ERROR_ROWS:
+        stored["errors"] = stored["errors"][:RESULT_ERROR_ROWS]
         stored["errors_truncated"] = True
     lines = [
         f"# {document['operation']}: {document['status']}",
@@ -411,8 +416,17 @@ def result_markdown(document: dict[str, Any]) -> str:
         lines += [f"Per-item report: `{document['report_path']}`", ""]
     if document.get("manifest_path"):
         lines += [f"Audit manifest: `{document['manifest_path']}`", ""]
-    lines += ["```json", json.dumps(stored, indent=2, ensure_ascii=False), "```", ""]
+    # Indented for a person; one line per error past the table's size (~150 bytes each).
+    body = (json.dumps(stored, indent=2, ensure_ascii=False) if len(stored["errors"]) <= ARTIFACT_ERROR_ROWS
+            else _compact_json(stored))
+    lines += ["```json", body, "```", ""]
     return "\n".join(lines)
+
+
+def _compact_json(document: dict[str, Any]) -> str:
+    head = json.dumps({k: v for k, v in document.items() if k != "errors"}, ensure_ascii=False)
+    rows = ",\n".join("  " + json.dumps(e, ensure_ascii=False) for e in document["errors"])
+    return head[:-1] + (", " if len(head) > 2 else "") + '"errors": [\n' + rows + "\n]}"
 
 
 def parse_result_markdown(markdown: str) -> dict[str, Any] | None:

@@ -300,3 +300,18 @@ def test_a_stop_here_is_seen_at_once_and_asks_no_server(monkeypatch):
 class _Terminated(BaseException):
     """Stands in for prefect.exceptions.TerminationSignal (also a BaseException)."""
 
+
+
+def test_a_stored_result_keeps_every_error_of_a_long_id_list(sqlite_library):
+    """`bulkops status` and the API read the result back from the run's artifact: with
+    thousands of unknown ids (a dry run writes no report), failed == len(errors) still."""
+    lib = sqlite_library
+    lib.seed(6, creators=1, files=False)
+    real = lib.ids("creator-001")[:2]
+    unknown = [str(uuid.uuid4()) for _ in range(2500)]
+    state = _run(creator_id="creator-001", video_ids=[*unknown, *real], dry_run=True)
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert (doc["requested"], doc["succeeded"], doc["failed"]) == (2502, 2, 2500)
+    assert len(doc["errors"]) == doc["failed"] and "errors_truncated" not in doc
+    assert {e["video_id"] for e in doc["errors"]} == set(unknown)
+    assert doc["report_path"] is None and lib.ids("creator-001")

@@ -8,7 +8,12 @@ import uuid
 
 import pytest
 
-from videolib.ids import RequestError, check_creator_id, is_valid_creator_id, normalize_video_id
+from videolib.ids import (
+    RequestError,
+    check_creator_id,
+    is_valid_creator_id,
+    normalize_video_id,
+)
 from videolib.operation import (
     BatchOutcome,
     ItemError,
@@ -159,3 +164,22 @@ def test_error_report_is_rfc4180_and_guarded():
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows[1] == ["'=cmd|\" /C calc\"!A0", "invalid_id", 'a "quoted", multi\nline detail']
     assert rows[2] == [GOOD, "not_found", "ünïcode ✓"]
+
+
+@pytest.mark.parametrize("n", [3, 1500, 10_005])
+def test_the_stored_result_round_trips_and_says_when_it_is_cut(n):
+    from flows.operation import (
+        RESULT_ERROR_ROWS,
+        parse_result_markdown,
+        result_markdown,
+    )
+
+    result = OperationResult(operation_id="op", operation="delete", creator_id="c", requested=n)
+    result.add_errors([ItemError(f'id-{i}"', "not_found", "=x, \n y") for i in range(n)])
+    document = result.to_dict()
+    stored = parse_result_markdown(result_markdown(document))
+    if n <= RESULT_ERROR_ROWS:
+        assert stored == document
+    else:
+        assert stored["errors"] == document["errors"][:RESULT_ERROR_ROWS] and stored["errors_truncated"] is True
+        assert stored["failed"] == n
