@@ -80,6 +80,12 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         eta_match = _ETA_RE.search(progress.description)
         if eta_match:
             eta = float(eta_match.group(1))
+    if result is None and progress is None and status in FINAL:
+        # Ended before the operation started (Prefect refused its parameters, or it was
+        # cancelled while scheduled): nothing was selected or touched, and the state's
+        # message is the whole story. A crash after that has a progress artifact and
+        # no result: how far it got is in the progress, not in invented counts.
+        result = _not_started(run, operation, status)
     if result is not None:
         # The result is the final word (a Failed state carries no readable result).
         if status in FINAL:
@@ -97,4 +103,18 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         "progress": {"current": current, "total": total, "percent": percent},
         "eta_seconds": eta,
         "result": result if status in FINAL else None,
+    }
+
+
+def _not_started(run, operation: str, status: str) -> dict[str, Any]:
+    parameters = run.parameters or {}
+    state = run.state
+    message = (state.message if state else None) or (
+        f"the flow run ended {state.name if state else 'without a state'} before the {operation} started"
+    )
+    return {
+        "operation_id": str(run.id), "operation": operation, "creator_id": parameters.get("creator_id"),
+        "status": status, "requested": 0, "succeeded": 0, "failed": 0, "skipped": 0, "errors": [],
+        "report_path": None, "output": None, "plan": None, "dry_run": parameters.get("dry_run") is True,
+        "duration_s": 0.0, "manifest_path": None, "message": message,
     }
