@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import Artifact
 from prefect.exceptions import ObjectNotFound
 
 from flows.operation import RESULT_ARTIFACT_DESCRIPTION, parse_result_markdown
+from videolib.operation import OperationResult
 
 FLOW_OPERATIONS = {"bulk-delete": "delete", "bulk-export": "export", "bulk-reprocess": "reprocess"}
 _PROGRESS_RE = re.compile(r"^(\d+)/(\d+) ")
@@ -106,15 +107,16 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
     }
 
 
+
 def _not_started(run, operation: str, status: str) -> dict[str, Any]:
     parameters = run.parameters or {}
     state = run.state
     message = (state.message if state else None) or (
         f"the flow run ended {state.name if state else 'without a state'} before the {operation} started"
     )
-    return {
-        "operation_id": str(run.id), "operation": operation, "creator_id": parameters.get("creator_id"),
-        "status": status, "requested": 0, "succeeded": 0, "failed": 0, "skipped": 0, "errors": [],
-        "report_path": None, "output": None, "plan": None, "dry_run": parameters.get("dry_run") is True,
-        "duration_s": 0.0, "manifest_path": None, "message": message,
-    }
+    document = OperationResult(
+        operation_id=str(run.id), operation=operation, creator_id=parameters.get("creator_id"),
+        dry_run=parameters.get("dry_run") is True, message=message,
+    ).to_dict()
+    document["status"] = status
+    return document
