@@ -57,7 +57,9 @@ def read_export_batch(
     if batch.ids is None or batch.ids:
         # closing(): a failed write gives the reader's connection (or reader process)
         # back now, not when the generator is collected (a traceback may keep it).
-        with closing(read_batch(engine(), creator_id, columns, batch, export_filter)) as record_batches:
+        # Rows with a value that cannot be exported are left out, each a bad_value error.
+        with closing(read_batch(engine(), creator_id, columns, batch, export_filter,
+                                errors=errors)) as record_batches:
             if format == "csv":
                 rows = write_csv_part(store(), key, record_batches, formula_guard=formula_guard)
             else:

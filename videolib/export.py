@@ -40,8 +40,10 @@ from sqlalchemy import Connection, Engine, event, func, or_, select, text
 from sqlalchemy.engine import make_url
 
 from videolib.db.models import VIDEO_STATUSES, Video
+from videolib.db.types import parse_timestamp as parse_stored_timestamp
+from videolib.db.types import sqlite_text, to_utc
 from videolib.ids import RequestError
-from videolib.operation import effective_batch_size, plan_batches
+from videolib.operation import BAD_VALUE, ItemError, effective_batch_size, plan_batches
 from videolib.report import FORMULA_PREFIXES
 from videolib.selection import chunked
 from videolib.sqlite_arrow import (
@@ -424,11 +426,18 @@ def _where(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator_id: 
     return where, params
 
 
+def _sqlite_expression(name: str) -> str:
+    expression, arrow_type = EXPORT_COLUMNS[name]
+    # A timestamp is read as text whatever a writer stored there (a foreign writer's
+    # number would otherwise change the column's type under the driver); conform parses it.
+    return f"CAST({expression} AS TEXT)" if pa.types.is_timestamp(arrow_type) else expression
+
+
 def select_list(columns: Sequence[str], dialect: str, overrides: dict[str, str] | None = None) -> str:
     """The SELECT list of ``columns`` over ``videos v``, as the export reads them
     (PostgreSQL: ``overrides`` replace column expressions)."""
     if dialect == "sqlite":  # through ADBC: no NULLs for its type inference (sqlite_arrow.py)
-        return null_safe_select([(c, EXPORT_COLUMNS[c][0], EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
+        return null_safe_select([(c, _sqlite_expression(c), EXPORT_COLUMNS[c][1], _nullable(c)) for c in columns])
     expressions = {**_POSTGRES_COLUMNS, **(overrides or {})}
     return ", ".join(f"{expressions.get(c, EXPORT_COLUMNS[c][0])} AS {c}" for c in columns)
 
@@ -453,28 +462,30 @@ def _sql(columns: Sequence[str], batch: ExportBatch, flt: ExportFilter, placehol
 
 
 def _db_timestamp(value: datetime, placeholder: str):
-    value = value.astimezone(UTC)
-    # SQLAlchemy keeps SQLite timestamps as naive UTC text: compare in the same form.
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if placeholder == "?" else value
+    # SQLite keeps timestamps as canonical UTC text (videolib/db/types.py): compare in that form.
+    return sqlite_text(value) if placeholder == "?" else to_utc(value)
 
 
 def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: ExportBatch,
-               flt: ExportFilter) -> Iterator[pa.RecordBatch]:
+               flt: ExportFilter, *, errors: list[ItemError] | None = None) -> Iterator[pa.RecordBatch]:
     """The batch's rows as Arrow record batches with the export schema.
 
     PostgreSQL: the ADBC driver (COPY in Arrow's binary format, no Python objects).
     SQLite: the ADBC driver in helper processes (``videolib/sqlite_arrow.py`` says why
-    not in this one).
+    not in this one). A row with a value that cannot be exported is left out and
+    reported in ``errors`` (:func:`conform`).
     """
     schema = schema_for(columns)
+    # The id is read even when not exported: it names the rows :func:`conform` leaves out.
+    read_columns = list(columns) if "id" in columns else ["id", *columns]
     if engine.dialect.name == "postgresql":
-        sql, params = _sql(columns, batch, flt, "$", creator_id)
+        sql, params = _sql(read_columns, batch, flt, "$", creator_id)
         with pg_connection(engine) as conn:
             cursor = conn.cursor()
             try:
                 cursor.execute(sql, params)
                 for record_batch in cursor.fetch_record_batch():
-                    yield conform(record_batch, schema)
+                    yield conform(record_batch, schema, errors)
             finally:
                 cursor.close()
         return
@@ -482,9 +493,7 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
     # index once per batch range, against 1.9 s for a correlated subquery per row; the
     # counts join the rows here, by id. Both queries run in one read transaction.
     counted = "chunk_count" in columns
-    read_columns = [c for c in columns if c != "chunk_count"]
-    if counted and "id" not in read_columns:
-        read_columns.insert(0, "id")
+    read_columns = [c for c in read_columns if c != "chunk_count"]
     sql, params = _sql(read_columns, batch, flt, "?", creator_id)
     queries = [(sql, params)]
     if counted:
@@ -503,7 +512,7 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
             where = pc.index_in(record_batch.column("id"), value_set=video_ids)  # null: no chunks
             n = pc.fill_null(pc.take(counts_n, where), 0).combine_chunks()
             record_batch = record_batch.append_column("chunk_count", n)
-        yield conform(record_batch, schema)
+        yield conform(record_batch, schema, errors)
 
 
 def _chunk_count_sql(batch: ExportBatch, creator_id: str) -> tuple[str, list[object]]:
@@ -556,23 +565,94 @@ def held_readers(engine: Engine) -> AbstractContextManager:
     return held_pool(sqlite_db_path(engine), SQLITE_READERS)
 
 
-def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Cast a driver's batch to the export schema (SQLite gives timestamps as text)."""
+class BadValueError(ValueError):
+    """A value the export cannot write (raised by :func:`conform` when given no error list)."""
+
+
+# Timestamps the export writes: years 1-9999 (ISO 8601's four digits, and Python's
+# datetime). PostgreSQL also stores 'infinity' and years up to 294276, which its ADBC
+# driver hands over as wrapped-around numbers: they fall outside this range too.
+TS_MIN_US = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
+TS_MAX_US = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000 + 999_999
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema, errors: list[ItemError] | None = None) -> pa.RecordBatch:
+    """Cast a driver's batch to the export schema (SQLite gives timestamps as text).
+
+    Timestamps are read whatever form older or foreign writers stored (with or without
+    an offset or a fraction; videolib/db/types.py). A row holding a value that still
+    cannot be converted is left out and reported in ``errors`` as ``bad_value`` with
+    detail ``column=<name>`` (the batch must carry its ``id`` column); with no
+    ``errors`` list such a value raises :class:`BadValueError`.
+    """
     arrays = []
+    bad: dict[str, pa.Array] = {}  # column -> rows whose value could not be converted
     for target in schema:
         column = batch.column(target.name)
-        if column.type == target.type:
+        if pa.types.is_timestamp(target.type):
+            column, mask = _utc_timestamps(column)
+            if mask is not None and pc.any(mask).as_py():
+                bad[target.name] = mask
             arrays.append(column)
-        elif pa.types.is_timestamp(target.type) and pa.types.is_string(column.type):
-            # SQLAlchemy stores SQLite timestamps as naive UTC text "YYYY-MM-DD HH:MM:SS.ffffff".
-            arrays.append(pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC"))
-        elif pa.types.is_timestamp(target.type):
-            arrays.append(column.cast(target.type))
+        elif column.type == target.type:
+            arrays.append(column)
         elif pa.types.is_boolean(target.type):
             arrays.append(pc.not_equal(column, 0) if not pa.types.is_boolean(column.type) else column)
         else:
             arrays.append(column.cast(target.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    out = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    if not bad:
+        return out
+    any_bad = None
+    for mask in bad.values():
+        any_bad = mask if any_bad is None else pc.or_(any_bad, mask)
+    bad_rows = pc.indices_nonzero(any_bad).to_pylist()
+    ids = batch.column("id")
+    found = []
+    for row in bad_rows:
+        names = ",".join(name for name, mask in bad.items() if mask[row].as_py())
+        found.append(ItemError(str(ids[row].as_py()), BAD_VALUE, f"column={names}"))
+    if errors is None:
+        raise BadValueError(f"{len(found)} rows hold values that cannot be exported, first: "
+                            f"{found[0].video_id} {found[0].detail}")
+    errors.extend(found)
+    log.warning("export: %s rows left out for values that cannot be exported (first: %s %s)",
+                len(found), found[0].video_id, found[0].detail)
+    return out.filter(pc.invert(any_bad))
+
+
+def _utc_timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """``(timestamp[us, UTC] column, mask of the values that could not be converted or None)``."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:  # the canonical form (every writer's since migration 0004): one vectorised cast
+            column = pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC")
+        except pa.ArrowInvalid:  # older or foreign forms: parse each value
+            return _parse_timestamps(column)
+    elif column.type != TS:
+        column = column.cast(TS)
+    low, high = pc.min_max(column.cast(pa.int64())).values()
+    if low.as_py() is None or (low.as_py() >= TS_MIN_US and high.as_py() <= TS_MAX_US):
+        return column, None
+    raw = column.cast(pa.int64())
+    outside = pc.fill_null(pc.or_(pc.less(raw, TS_MIN_US), pc.greater(raw, TS_MAX_US)), False)
+    return pc.if_else(outside, pa.scalar(None, TS), column), outside
+
+
+def _parse_timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array]:
+    values: list[datetime | None] = []
+    bad: list[bool] = []
+    for text in column.to_pylist():
+        if text is None:
+            values.append(None)
+            bad.append(False)
+            continue
+        try:
+            values.append(parse_stored_timestamp(text))
+            bad.append(False)
+        except ValueError:
+            values.append(None)
+            bad.append(True)
+    return pa.array(values, TS), pa.array(bad, pa.bool_())
 
 
 def write_part(store: ObjectStore, key: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:

@@ -18,6 +18,7 @@ NOT_FOUND = "not_found"
 INVALID_ID = "invalid_id"
 UNSAFE_KEY = "unsafe_key"
 NO_TRANSCRIPT = "no_transcript"
+BAD_VALUE = "bad_value"  # export: a stored value that cannot be written (detail column=<name>)
 STORAGE_ERROR = "storage_error"
 DATABASE_ERROR = "database_error"
 BATCH_ERROR = "batch_error"

@@ -33,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from sqlalchemy import (
     Connection,
-    DateTime,
     Engine,
     and_,
     func,
@@ -46,6 +45,7 @@ from videolib.chunking import ChunkingConfig
 from videolib.compute_pool import Work, chunk_and_embed_where_best
 from videolib.db.engine import begin_write, set_lock_timeout
 from videolib.db.models import Video
+from videolib.db.types import bind_timestamp
 from videolib.embedders import Embedder
 from videolib.gc_tuning import bulk_gc
 from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
@@ -273,8 +273,10 @@ class _VideoWriter:
     def __init__(self, conn: Connection, model: str, operation_id: str, now: datetime, hook: WriteHook | None):
         self.cursor = conn.connection.cursor()
         p = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        to_db = DateTime(timezone=True).bind_processor(conn.dialect)
-        stamp = to_db(now) if to_db else now
+        # Raw DBAPI statements skip SQLAlchemy's column types: bind the timestamp as
+        # UTCDateTime would (an aware datetime went to SQLite as '...+00:00', text that
+        # sorted apart from every other timestamp and that exports could not read).
+        stamp = bind_timestamp(conn.dialect, now)
         self.model, self.operation_id, self.hook = model, operation_id, hook
         self.ready_params = (stamp, model, stamp)
         self.mark_ready = (

@@ -7,7 +7,6 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -18,6 +17,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from videolib.db.types import UTCDateTime
 
 VIDEO_STATUSES = ("uploaded", "processing", "ready", "failed", "deleting")
 
@@ -49,9 +50,10 @@ class Video(Base):
     transcript: Mapped[str | None] = mapped_column(Text)
     duration_s: Mapped[float | None] = mapped_column(Float)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    embedded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # UTC on every database, one stored form each (videolib/db/types.py).
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    embedded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     embedding_model: Mapped[str | None] = mapped_column(String(128))
     # The reprocess operation holding this video's `processing` claim (migration 0003).
     processing_by: Mapped[str | None] = mapped_column(String(36))
