@@ -210,6 +210,23 @@ def _check_all_not_empty(creator: str) -> None:
         raise Refused("empty_selection", f"creator {creator!r} has no videos: nothing to select with --all")
 
 
+def _check_reprocessable(creator: str) -> None:
+    """``--all`` selects only what a reprocess can act on: refuse when that is nothing."""
+    from videolib.db.engine import get_engine
+    from videolib.operation import describe_not_selected
+    from videolib.reprocess import any_reprocessable, select_reprocessable
+
+    settings = _settings()
+    engine = get_engine(settings.database_url)
+    if any_reprocessable(engine, creator, lease_s=settings.reprocess_lease_s):
+        return
+    left_out = describe_not_selected(
+        select_reprocessable(engine, creator, operation_id="", lease_s=settings.reprocess_lease_s).not_selected)
+    if not left_out:
+        raise Refused("empty_selection", f"creator {creator!r} has no videos: nothing to select with --all")
+    raise Refused("empty_selection", f"creator {creator!r} has no videos to reprocess: {left_out}")
+
+
 def _prepare_database() -> None:
     from videolib.db.engine import get_engine
     from videolib.db.migrate import ensure_schema
@@ -345,6 +362,11 @@ def print_result(document: dict[str, Any]) -> None:
         table.add_column(column, justify="right")
     table.add_row(*(str(document.get(c, 0)) for c in ("requested", "succeeded", "failed", "skipped")))
     out.print(table)
+    if document.get("not_selected") and any(document["not_selected"].values()):
+        from videolib.operation import describe_not_selected
+
+        out.print(f"Not selected (left out on purpose, not failures): {describe_not_selected(document['not_selected'])}",
+                  markup=False)
     if document.get("plan"):
         plan = document["plan"]
         out.print(
@@ -497,7 +519,9 @@ def reprocess(
     creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are reprocessed.")],
     ids: IdsOpt = None,
     ids_file: IdsFileOpt = None,
-    all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
+    all_videos: Annotated[bool, typer.Option("--all", help=(
+        "Every video of the creator that has a transcript and that nobody else is processing; "
+        "the others are counted as not selected, not as failures."))] = False,
     embedder: EmbedderOpt = None,
     chunk_target: Annotated[int, typer.Option("--chunk-target", help="Most words (or tokens) per chunk.")] = 80,
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Words (or tokens) of overlap.")] = 16,
@@ -516,7 +540,7 @@ def reprocess(
     name = _check_embedder(embedder)
     _prepare_database()
     if selection is None:
-        _check_all_not_empty(creator)
+        _check_reprocessable(creator)
     parameters = {"creator_id": creator, "video_ids": selection, "all_videos": selection is None,
                   "embedder": name, "batch_size": batch_size, "chunk_target": chunk_target,
                   "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
@@ -644,28 +668,17 @@ def demo(
     mine = list(iter_creator_video_ids(engine, creator))
     targets = mine[: max(1, len(mine) // 2)]
 
-    steps = [
-        ("2. export to Parquet", "bulk-export", {"creator_id": creator, "format": "parquet", "batch_size": 200}, "export"),
-        ("3. export to CSV (formula guard on)", "bulk-export", {"creator_id": creator, "format": "csv", "batch_size": 200},
-         "export"),
-    ]
-    with engine.connect() as conn:
-        from sqlalchemy import func, select
-
-        from videolib.db.models import Video
-
-        # Videos with a transcript that no other pipeline is processing, so the demo's
-        # reprocess completes (--all would report the others, and end partial).
-        with_transcripts = list(conn.execute(
-            select(Video.id).where(Video.creator_id == creator, Video.transcript.is_not(None),
-                                   func.trim(Video.transcript) != "", Video.status != "processing")
-            .order_by(Video.id)
-        ).scalars())
-    steps.append(("4. reprocess transcripts (re-chunk, re-embed)", "bulk-reprocess",
-                  {"creator_id": creator, "video_ids": with_transcripts, "embedder": settings.embedder,
-                   "batch_size": max(10, len(with_transcripts) // 8)}, "reprocess"))
+    # Each step works on what the one before it left: the exports read what reprocess wrote.
+    # Reprocess --all takes the videos that have a transcript and that no other pipeline is
+    # processing; the others are counted as not selected (the run still completes).
     batch = max(10, len(targets) // 5)
-    steps += [
+    steps = [
+        ("2. reprocess transcripts (re-chunk, re-embed)", "bulk-reprocess",
+         {"creator_id": creator, "all_videos": True, "embedder": settings.embedder,
+          "batch_size": max(10, len(mine) // 8)}, "reprocess"),
+        ("4. export to Parquet", "bulk-export", {"creator_id": creator, "format": "parquet", "batch_size": 200}, "export"),
+        ("5. export to CSV (formula guard on)", "bulk-export", {"creator_id": creator, "format": "csv", "batch_size": 200},
+         "export"),
         ("6. delete (dry run)", "bulk-delete",
          {"creator_id": creator, "video_ids": targets, "dry_run": True, "batch_size": batch}, "delete (dry run)"),
         ("7. delete", "bulk-delete", {"creator_id": creator, "video_ids": targets, "batch_size": batch}, "delete"),
@@ -691,7 +704,7 @@ def _demo_search(engine, creator: str, embedder_name: str) -> None:
     from videolib.search import search_chunks
 
     query = "what is a common mistake to avoid"
-    out.rule(f"5. search: {query!r}")
+    out.rule(f"3. search: {query!r}")
     result = search_chunks(engine, get_embedder(embedder_name), creator_id=creator, query=query, top=3)
     for rank, hit in enumerate(result.results, 1):
         text = hit.content if len(hit.content) <= 160 else hit.content[:157] + "..."

@@ -19,12 +19,14 @@ from pydantic import Field
 
 from config import get_settings
 from flows.operation import run_operation, select_videos
+from tasks.common import engine
 from tasks.reprocess import embedder_for, reprocess_video_batch
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
 from videolib.embedders import default_batch_size
 from videolib.ids import RequestError, check_creator_id
-from videolib.operation import BatchOutcome, OperationResult
+from videolib.operation import BatchOutcome, OperationResult, describe_not_selected
+from videolib.reprocess import select_reprocessable
 
 
 @flow(
@@ -48,7 +50,7 @@ def bulk_reprocess(
     Args:
         creator_id: The creator whose videos are reprocessed; other creators' ids are reported as not_found.
         video_ids: Video ids (UUIDs), at most BULKOPS_MAX_IDS (10,000 by default). Leave empty with all_videos.
-        all_videos: Reprocess every video of the creator (those without a transcript are reported as no_transcript).
+        all_videos: Reprocess every video of the creator that has a transcript and that no other operation or pipeline holds; the others are counted under not_selected, not as failures.
         embedder: hashing (built in, lexical) or minilm (the optional extra); default BULKOPS_EMBEDDER.
         batch_size: Videos per batch (default: 1000 with hashing, 100 with minilm); grows automatically so one run maps at most a few hundred batches.
         chunk_target: Most words (or tokens) per chunk.
@@ -69,8 +71,21 @@ def bulk_reprocess(
         except (ImportError, ValueError, RuntimeError, OSError) as exc:
             raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
         task_kwargs["chunking"] = chunking.model_dump()
-        ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                            verb="reprocess", exclude_statuses=("deleting",))
+        if all_videos and not video_ids:
+            # Only what a reprocess can act on; the rest is counted, not failed.
+            selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
+                                             lease_s=settings.reprocess_lease_s)
+            result.not_selected = selection.not_selected
+            if not selection.ids:
+                left_out = describe_not_selected(selection.not_selected)
+                raise RequestError("empty_selection", f"creator {creator_id!r} has no videos to reprocess"
+                                   + (f": {left_out}" if left_out else ""))
+            ids = selection.ids
+            result.requested = len(ids)
+            task_kwargs["whole_library"] = True
+        else:
+            ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                                verb="reprocess", exclude_statuses=("deleting",))
         if eligible(embedder_for(embedder_name), len(ids)):
             # chunking and embedding in worker processes (videolib/compute_pool.py)
             resources.enter_context(held_compute_pool())

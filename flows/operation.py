@@ -46,6 +46,7 @@ from videolib.operation import (
     BatchOutcome,
     ItemError,
     OperationResult,
+    describe_not_selected,
     plan_batches,
 )
 from videolib.report import render_error_report, report_key
@@ -282,6 +283,10 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
                     logger.error("batch %s failed after retries: %s", index, detail)
                     outcome = BatchOutcome(errors=plan.failed_items(index, detail))
                 result.add(outcome)
+                # What a whole-library run left out on the way is no longer requested.
+                left_out = sum(outcome.not_selected.values())
+                total -= left_out
+                planned_items -= left_out
                 if on_outcome is not None and not result.aborted:
                     try:
                         on_outcome(index, outcome)
@@ -412,6 +417,9 @@ def result_markdown(document: dict[str, Any]) -> str:
         plan = document["plan"]
         lines += [f"Dry run plan: {plan.get('videos', 0)} videos, {plan.get('objects', 0)} objects, "
                   f"{plan.get('bytes', 0)} bytes.", ""]
+    if document.get("not_selected") and any(document["not_selected"].values()):
+        lines += [f"Not selected (left out on purpose, not failures): {describe_not_selected(document['not_selected'])}.",
+                  ""]
     if document.get("report_path"):
         lines += [f"Per-item report: `{document['report_path']}`", ""]
     if document.get("manifest_path"):

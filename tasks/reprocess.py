@@ -12,8 +12,8 @@ from config import get_settings
 from tasks.common import engine, stop_requested
 from videolib.chunking import ChunkingConfig
 from videolib.embedders import Embedder, get_embedder
-from videolib.operation import BatchOutcome
-from videolib.reprocess import reprocess_batch
+from videolib.operation import NO_TRANSCRIPT, BatchOutcome
+from videolib.reprocess import BUSY, reprocess_batch
 
 
 @lru_cache(maxsize=4)
@@ -38,8 +38,12 @@ def reprocess_video_batch(
     operation_id: str,
     embedder: str,
     chunking: dict[str, Any],
+    whole_library: bool = False,
 ) -> dict[str, Any]:
-    """Re-chunk and re-embed one batch; returns the batch's outcome as a dict."""
+    """Re-chunk and re-embed one batch; returns the batch's outcome as a dict.
+
+    In a whole-library run (``all_videos``) a video found without a transcript or held
+    by someone else when its batch comes is left out (``not_selected``), not failed."""
     if stop_requested(operation_id):
         return BatchOutcome(skipped=len(video_ids)).to_dict()
     settings = get_settings()
@@ -53,6 +57,8 @@ def reprocess_video_batch(
         lease_s=settings.reprocess_lease_s,
         lock_timeout_ms=settings.lock_timeout_ms,
     )
+    if whole_library:
+        outcome.leave_out((NO_TRANSCRIPT, BUSY))
     if outcome.errors:
         get_run_logger().warning(
             "batch %s: %s reprocessed, %s failed", batch_index, len(outcome.succeeded), len(outcome.errors)

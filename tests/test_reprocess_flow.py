@@ -62,23 +62,87 @@ def test_completed_reprocess(library):
     assert status["progress"]["percent"] == 100.0 and status["result"]["succeeded"] == len(ids)
 
 
-def test_all_videos_reports_no_transcript_as_partial(sqlite_library):
-    lib = sqlite_library
-    lib.seed(40, creators=1, transcript_ratio=0.6)
+def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library):
+    """Under all_videos, videos without a transcript and videos that another operation
+    or pipeline holds are left out on purpose (not_selected), not failed: the run is
+    completed. A claim whose lease ran out is taken over; tombstones are not counted."""
+    lib = library
+    lib.seed(40, creators=2, transcript_ratio=0.6)
     everything = lib.ids("creator-001")
-    with lib.engine.connect() as conn:
-        no_transcript = set(conn.execute(select(Video.id).where(Video.transcript.is_(None))).scalars())
-        elsewhere = set(conn.execute(select(Video.id).where(Video.status == "processing",
-                                                             Video.transcript.is_not(None))).scalars())
-    assert no_transcript
-    state = _run(creator_id="creator-001", all_videos=True)
-    assert state.is_completed() and state.name == "Partial"
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    with lib.engine.begin() as conn:
+        transcribed = list(conn.execute(select(Video.id).where(
+            Video.creator_id == "creator-001", Video.transcript.is_not(None), Video.status != "processing")
+            .order_by(Video.id)).scalars())
+        # Another run's fresh claim (busy), a crashed run's stale claim (taken over), a tombstone.
+        fresh, stale, tombstone, blank, cueless = transcribed[:5]
+        conn.execute(update(Video).where(Video.id == fresh).values(
+            status="processing", processing_by="33333333-3333-4333-8333-333333333333", updated_at=datetime.now(UTC)))
+        conn.execute(update(Video).where(Video.id == stale).values(
+            status="processing", processing_by="44444444-4444-4444-8444-444444444444", updated_at=old))
+        conn.execute(update(Video).where(Video.id == tombstone).values(status="deleting"))
+        conn.execute(update(Video).where(Video.id == blank).values(transcript="  \n\t "))
+        # Text, but no words: only the claim's chunking finds out (left out then, not failed).
+        conn.execute(update(Video).where(Video.id == cueless).values(
+            transcript="WEBVTT\n\n00:00:01.000 --> 00:00:02.000\n\n", status="ready"))
+        no_transcript = set(conn.execute(select(Video.id).where(
+            Video.creator_id == "creator-001", Video.status != "deleting",
+            (Video.transcript.is_(None)) | (func.trim(Video.transcript, " \n\t") == ""))).scalars()) | {cueless}
+        elsewhere = set(conn.execute(select(Video.id).where(
+            Video.creator_id == "creator-001", Video.status == "processing", Video.processing_by.is_(None),
+            Video.transcript.is_not(None), func.trim(Video.transcript) != "")).scalars())
+    assert no_transcript and blank in no_transcript
+    busy = elsewhere | {fresh}
+    selected = set(everything) - no_transcript - busy - {tombstone}
+    before = _snapshot(lib)
+    state = _run(creator_id="creator-001", all_videos=True, batch_size=4)
+    assert state.is_completed() and state.name == "Completed", state.message
     doc = state.result()
-    assert doc["requested"] == len(everything)
-    errors = {e["video_id"]: e["error"] for e in doc["errors"]}
-    assert errors == {**{v: "no_transcript" for v in no_transcript}, **{v: "busy" for v in elsewhere}}
-    assert doc["succeeded"] == len(everything) - len(errors)
-    assert doc["report_path"] and lib.store.exists(doc["report_path"])
+    assert doc["status"] == "completed" and doc["errors"] == [] and doc["report_path"] is None
+    assert doc["not_selected"] == {"no_transcript": len(no_transcript), "busy": len(busy)}
+    assert doc["requested"] == doc["succeeded"] == len(selected)
+    after = _snapshot(lib)
+    for vid in no_transcript - {cueless} | busy | {tombstone}:
+        assert after[0][vid] == before[0][vid], "left out means left untouched"
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(Video.status).where(Video.id == stale)).scalar_one() == "ready"
+        assert conn.execute(select(Video.status, Video.processing_by).where(Video.id == cueless)).one() == (
+            "ready", None)
+
+    from flows.status import read_status
+
+    status = read_status(doc["operation_id"])
+    assert status["status"] == "completed" and status["result"]["not_selected"] == doc["not_selected"]
+    assert status["progress"] == {"current": len(selected), "total": len(selected), "percent": 100.0}
+
+
+def test_all_videos_with_nothing_to_act_on_is_refused_with_the_counts(sqlite_library):
+    lib = sqlite_library
+    lib.seed(10, creators=1, transcript_ratio=1.0)
+    with lib.engine.begin() as conn:
+        ids = lib.ids("creator-001")
+        conn.execute(update(Video).where(Video.id.in_(ids[:3])).values(transcript=None))
+        conn.execute(update(Video).where(Video.id.in_(ids[3:])).values(status="processing", processing_by=None))
+    before = _snapshot(lib)
+    state = _run(creator_id="creator-001", all_videos=True)
+    assert state.is_failed()
+    assert "no videos to reprocess: 3 without a transcript, 7 busy" in state.message
+    assert _snapshot(lib) == before
+
+
+def test_listed_ids_keep_their_per_item_errors(sqlite_library):
+    """Only a whole-library selection leaves things out: a listed video that has no
+    transcript or that someone else holds is still a per-item error."""
+    lib = sqlite_library
+    lib.seed(10, creators=1, transcript_ratio=1.0)
+    ids = lib.ids("creator-001")
+    with lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id == ids[0]).values(transcript=None))
+        conn.execute(update(Video).where(Video.id == ids[1]).values(status="processing", processing_by=None))
+        conn.execute(update(Video).where(Video.id.in_(ids[2:])).values(status="ready"))
+    doc = _run(creator_id="creator-001", video_ids=ids).result()
+    assert doc["status"] == "partial" and doc["not_selected"] is None
+    assert {e["video_id"]: e["error"] for e in doc["errors"]} == {ids[0]: "no_transcript", ids[1]: "busy"}
 
 
 def test_foreign_malformed_and_duplicate_ids(sqlite_library):

@@ -46,6 +46,9 @@ class BatchOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     # Set when a batch counts its successes without listing them (export rows).
     succeeded_count: int | None = None
+    # Items a whole-library selection turned out unable to act on when the batch came to
+    # them, by reason: not errors, and no longer part of what was requested.
+    not_selected: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_succeeded(self) -> int:
@@ -54,6 +57,19 @@ class BatchOutcome:
     @property
     def processed(self) -> int:
         return self.n_succeeded + len(self.errors) + self.skipped
+
+    def leave_out(self, reasons: Iterable[str]) -> BatchOutcome:
+        """Move the errors with these codes to ``not_selected`` (a whole-library run
+        selects only what it can act on: what changed under it is left out, not failed)."""
+        reasons = set(reasons)
+        kept: list[ItemError] = []
+        for error in self.errors:
+            if error.error in reasons:
+                self.not_selected[error.error] = self.not_selected.get(error.error, 0) + 1
+            else:
+                kept.append(error)
+        self.errors = kept
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,6 +86,7 @@ class BatchOutcome:
             bytes=int(data.get("bytes", 0)),
             extra=dict(data.get("extra", {})),
             succeeded_count=data.get("succeeded_count"),
+            not_selected=dict(data.get("not_selected", {})),
         )
 
 
@@ -115,6 +132,12 @@ def parse_video_ids(raw_ids: Sequence[object] | None, *, max_ids: int) -> Parsed
             seen.add(vid)
             ids.append(vid)
     return ParsedIds(ids=ids, errors=errors)
+
+
+def describe_not_selected(not_selected: dict[str, int] | None) -> str:
+    """``"120 without a transcript, 3 busy"``: what a selection left out, for people."""
+    words = {"no_transcript": "without a transcript", "busy": "busy (another operation or pipeline holds them)"}
+    return ", ".join(f"{n} {words.get(reason, reason)}" for reason, n in (not_selected or {}).items() if n)
 
 
 def effective_batch_size(total: int, batch_size: int, max_batches: int, *, workers: int = 1) -> int:
@@ -175,6 +198,8 @@ class OperationResult:
     report_path: str | None = None
     output: dict[str, Any] | None = None
     plan: dict[str, int] | None = None
+    # What a whole-library selection left out on purpose, by reason (not errors).
+    not_selected: dict[str, int] | None = None
     manifest_path: str | None = None
     message: str | None = None
     cancelled: bool = False
@@ -199,6 +224,11 @@ class OperationResult:
         self.errors.extend(outcome.errors)
         self.skipped += outcome.skipped
         self.objects += outcome.objects
+        if outcome.not_selected:
+            self.not_selected = dict(self.not_selected or {})
+            for reason, n in outcome.not_selected.items():
+                self.not_selected[reason] = self.not_selected.get(reason, 0) + n
+                self.requested -= n
         if self.plan is not None:
             self.plan["videos"] = self.plan.get("videos", 0) + outcome.n_succeeded
             self.plan["objects"] = self.plan.get("objects", 0) + outcome.objects
@@ -225,6 +255,7 @@ class OperationResult:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "skipped": self.skipped,
+            "not_selected": self.not_selected,
             "errors": [e.to_dict() for e in self.errors],
             "report_path": self.report_path,
             "output": self.output,

@@ -28,18 +28,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
+    Text,
     and_,
-    func,
     or_,
     select,
     update,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from videolib.chunking import ChunkingConfig
 from videolib.compute_pool import Work, chunk_and_embed_where_best
@@ -62,8 +65,26 @@ CLAIMABLE = ("uploaded", "ready", "failed")
 WriteHook = Callable[[str, str], None]
 
 
+class _strip_whitespace(FunctionElement):
+    """The text without leading and trailing spaces, tabs and line breaks (SQL's plain
+    ``trim`` strips spaces only, so a transcript of blank lines looked transcribed)."""
+
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(_strip_whitespace)
+def _strip_whitespace_sqlite(element, compiler, **kw):
+    return f"trim({compiler.process(element.clauses, **kw)}, ' ' || char(9, 10, 13))"
+
+
+@compiles(_strip_whitespace, "postgresql")
+def _strip_whitespace_postgresql(element, compiler, **kw):
+    return f"btrim({compiler.process(element.clauses, **kw)}, E' \\t\\n\\r')"
+
+
 def _has_transcript():
-    return and_(Video.transcript.is_not(None), func.trim(Video.transcript) != "")
+    return and_(Video.transcript.is_not(None), _strip_whitespace(Video.transcript) != "")
 
 
 def claim_batch(
@@ -110,20 +131,7 @@ def claim_batch(
         for part in chunked(takeable):
             result = conn.execute(
                 update(Video)
-                .where(
-                    Video.creator_id == creator_id,
-                    Video.id.in_(part),
-                    or_(
-                        Video.status.in_(CLAIMABLE),
-                        and_(
-                            Video.status == "processing",
-                            or_(
-                                Video.processing_by == operation_id,
-                                and_(Video.processing_by.is_not(None), Video.updated_at < cutoff),
-                            ),
-                        ),
-                    ),
-                )
+                .where(Video.creator_id == creator_id, Video.id.in_(part), _claimable(operation_id, cutoff))
                 .values(status="processing", processing_by=operation_id, updated_at=now)
                 .returning(Video.id)
             )
@@ -136,6 +144,74 @@ def claim_batch(
                 previous = rows[row.id].status
                 claimed[row.id] = ("failed" if previous == "processing" else previous, row.transcript)
     return claimed, errors
+
+
+def _claimable(operation_id: str, cutoff: datetime):
+    """The videos a claim of ``operation_id`` may take (SQL): any status but
+    ``processing`` and ``deleting``, or a ``processing`` claim of its own (a retried
+    batch) or one of another run whose lease ran out."""
+    return or_(
+        Video.status.in_(CLAIMABLE),
+        and_(
+            Video.status == "processing",
+            or_(
+                Video.processing_by == operation_id,
+                and_(Video.processing_by.is_not(None), Video.updated_at < cutoff),
+            ),
+        ),
+    )
+
+
+@dataclass
+class Selection:
+    """What ``--all`` selects for a reprocess: the videos it can act on, in id order, and
+    how many of the others it leaves out on purpose, by reason (not errors)."""
+
+    ids: list[str]
+    not_selected: dict[str, int]
+
+
+def select_reprocessable(
+    engine: Engine, creator_id: str, *, operation_id: str, lease_s: int, page: int = 10_000
+) -> Selection:
+    """Every video of the creator that a reprocess can act on now: it has a transcript
+    and nobody else holds it (the claim's own rules, :func:`claim_batch`). Videos with no
+    transcript count as ``no_transcript``, those another operation or pipeline is
+    processing as ``busy``; tombstones (``deleting``) are no longer the creator's
+    library and are not counted. Streamed by keyset pages over (creator_id, id)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=lease_s)
+    has_t = _has_transcript().label("has_t")
+    claimable = _claimable(operation_id, cutoff).label("claimable")
+    selection = Selection(ids=[], not_selected={NO_TRANSCRIPT: 0, BUSY: 0})
+    last = ""
+    while True:
+        query = (
+            select(Video.id, has_t, claimable)
+            .where(Video.creator_id == creator_id, Video.id > last, Video.status != "deleting")
+            .order_by(Video.id)
+            .limit(page)
+        )
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return selection
+        for vid, transcript, free in rows:
+            if not transcript:
+                selection.not_selected[NO_TRANSCRIPT] += 1
+            elif not free:
+                selection.not_selected[BUSY] += 1
+            else:
+                selection.ids.append(vid)
+        last = rows[-1][0]
+
+
+def any_reprocessable(engine: Engine, creator_id: str, *, lease_s: int) -> bool:
+    """Whether :func:`select_reprocessable` would select anything (stops at the first)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=lease_s)
+    query = select(Video.id).where(Video.creator_id == creator_id, Video.status != "deleting", _has_transcript(),
+                                   _claimable("", cutoff)).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None
 
 
 def _can_take(row, operation_id: str, cutoff: datetime) -> bool:
