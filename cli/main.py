@@ -118,12 +118,11 @@ def seed(
     from videolib.db.migrate import ensure_schema
     from videolib.embedders import get_embedder
     from videolib.seed import SeedConflictError, seed_library
-    from videolib.storage import ObjectStore
 
     settings = _settings()
+    store = None if no_files else _check_storage()
     engine = get_engine(settings.database_url)
     ensure_schema(engine)
-    store = None if no_files else ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     seed_value = random.SystemRandom().randrange(2**31) if seed_value is None else seed_value
     started = time.monotonic()
     with _progress(not json_out and videos >= 1000, "seeding", videos) as advance:
@@ -208,6 +207,38 @@ def _check_all_not_empty(creator: str) -> None:
 
     if count_creator_videos(get_engine(_settings().database_url), creator) == 0:
         raise Refused("empty_selection", f"creator {creator!r} has no videos: nothing to select with --all")
+
+
+def _check_storage():
+    """The configured store, once it has answered a probe (exit 2 storage_unavailable if not)."""
+    from videolib.storage import ObjectStore, StorageUnavailable
+
+    settings = _settings()
+    try:
+        store = ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+        store.check()
+    except StorageUnavailable as exc:
+        raise Refused("storage_unavailable", f"{exc} (check BULKOPS_STORAGE_URL"
+                      f"{' and BULKOPS_S3_ENDPOINT_URL' if store_is_s3(settings) else ''})") from exc
+    return store
+
+
+def store_is_s3(settings) -> bool:
+    return settings.storage_url.startswith(("s3://", "s3a://"))
+
+
+def _launch_ids(creator: str, items: list[str] | None, store) -> tuple[list[str] | None, str | None]:
+    """What a run takes for a listed selection: the distinct valid ids, and the key of
+    the malformed ones set aside in storage (they never travel as flow parameters: 10,000
+    long junk ids would pass Prefect's 512 KiB limit; the run reports them as invalid_id)."""
+    if items is None:
+        return None, None
+    from videolib.operation import parse_video_ids
+    from videolib.selection import stage_invalid_ids
+
+    parsed = parse_video_ids(items, max_ids=_settings().max_ids)
+    key = stage_invalid_ids(store, creator, [e.video_id for e in parsed.errors]) if parsed.errors else None
+    return parsed.ids, key
 
 
 def _check_reprocessable(creator: str) -> None:
@@ -424,11 +455,13 @@ def delete(
     """Delete videos: rows, files, thumbnails and transcript chunks (tombstone first)."""
     _check_creator(creator)
     selection = _read_selection(ids, ids_file, all_videos, allow_all=True)
+    store = _check_storage()
     _prepare_database()
     if selection is None:
         _check_all_not_empty(creator)
-    parameters = {"creator_id": creator, "video_ids": selection, "all_videos": selection is None,
-                  "dry_run": dry_run, "batch_size": batch_size}
+    video_ids, invalid_key = _launch_ids(creator, selection, store)
+    parameters = {"creator_id": creator, "video_ids": video_ids, "all_videos": selection is None,
+                  "dry_run": dry_run, "batch_size": batch_size, "invalid_ids_key": invalid_key}
     document = run_flow("bulk-delete", parameters, json_out=json_out, label="delete")
     finish_operation(document, json_out=json_out)
 
@@ -468,11 +501,13 @@ def export(
         if status_filter or created_after or created_before:
             raise Refused("bad_selection", "give either ids or a filter (--status, --created-after/before), not both")
         selection = _read_selection(ids, ids_file, False, allow_all=False)
+    store = _check_storage()
     _prepare_database()
     if selection is None:
         _check_export_not_empty(creator, flt)
+    video_ids, invalid_key = _launch_ids(creator, selection, store)
     parameters = {
-        "creator_id": creator, "format": fmt, "video_ids": selection, "columns": cols,
+        "creator_id": creator, "format": fmt, "video_ids": video_ids, "invalid_ids_key": invalid_key, "columns": cols,
         "status": flt.status, "created_after": flt.created_after, "created_before": flt.created_before,
         "formula_guard": not no_formula_guard, "batch_size": batch_size,
     }
@@ -538,11 +573,13 @@ def reprocess(
     chunking_config(chunk_target, chunk_overlap, chunk_unit)  # RequestError -> exit 2
     selection = _read_selection(ids, ids_file, all_videos, allow_all=True)
     name = _check_embedder(embedder)
+    store = _check_storage()
     _prepare_database()
     if selection is None:
         _check_reprocessable(creator)
-    parameters = {"creator_id": creator, "video_ids": selection, "all_videos": selection is None,
-                  "embedder": name, "batch_size": batch_size, "chunk_target": chunk_target,
+    video_ids, invalid_key = _launch_ids(creator, selection, store)
+    parameters = {"creator_id": creator, "video_ids": video_ids, "all_videos": selection is None,
+                  "invalid_ids_key": invalid_key, "embedder": name, "batch_size": batch_size, "chunk_target": chunk_target,
                   "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
     document = run_flow("bulk-reprocess", parameters, json_out=json_out, label="reprocess")
     finish_operation(document, json_out=json_out)
@@ -651,12 +688,11 @@ def demo(
     from videolib.embedders import get_embedder
     from videolib.seed import seed_library
     from videolib.selection import iter_creator_video_ids
-    from videolib.storage import ObjectStore
 
     settings = _settings()
+    store = _check_storage()
     engine = get_engine(settings.database_url)
     upgrade(engine)
-    store = ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
     import random
 
     seed_value = random.SystemRandom().randrange(2**31)
@@ -810,6 +846,8 @@ def _environment_error(exc: BaseException) -> tuple[str, str] | None:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         where = _redact(url) if url else "the default database"
         return "database_unavailable", f"cannot open {where}: {reason} (check BULKOPS_DATABASE_URL and the server)"
+    if "videolib.storage.StorageUnavailable" in names:
+        return "storage_unavailable", f"{exc} (check BULKOPS_STORAGE_URL)"
     api = os.environ.get("PREFECT_API_URL", "")
     if "httpx.TransportError" in names or (isinstance(exc, RuntimeError) and "Failed to reach API" in str(exc)):
         return "prefect_unreachable", (

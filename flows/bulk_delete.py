@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from prefect import flow
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import run_operation, select_videos
+from flows.operation import DRY_RUN_TAG, run_operation, select_videos
 from tasks.common import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
@@ -25,18 +26,27 @@ from videolib.ids import check_creator_id
 from videolib.operation import OperationResult
 
 
+def run_name() -> str:
+    """``delete-<creator>``; a dry run's name says so (``delete-<creator>-dry-run``), so that
+    the UI's run list does not mix it with real deletes."""
+    parameters = flow_run.parameters
+    name = f"delete-{parameters.get('creator_id')}"
+    return f"{name}-{DRY_RUN_TAG}" if parameters.get("dry_run") else name
+
+
 @flow(
     name="bulk-delete",
-    flow_run_name="delete-{creator_id}",
+    flow_run_name=run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
     validate_parameters=True,
 )
 def bulk_delete(
     creator_id: Annotated[str, Field(min_length=1, max_length=64)],
-    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    video_ids: Annotated[list[str] | None, Field(max_length=get_settings().max_ids)] = None,
     all_videos: bool = False,
     dry_run: bool = False,
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
+    invalid_ids_key: str | None = None,
 ):
     """Delete videos of one creator: rows, files, thumbnails and transcript chunks.
 
@@ -46,12 +56,13 @@ def bulk_delete(
         all_videos: Delete every video of the creator. Must be set explicitly, and only without video_ids.
         dry_run: Report what would be deleted (videos, objects, bytes) and change nothing.
         batch_size: Videos per batch (default BULKOPS_BATCH_SIZE, 1000); grows automatically so one run maps at most a few hundred batches.
+        invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
     """
 
     def prepare(result: OperationResult) -> list[str]:
         check_creator_id(creator_id)
         return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                             verb="delete")
+                             verb="delete", invalid_ids_key=invalid_ids_key)
 
     def finish(result: OperationResult, started_at: float) -> None:
         if result.dry_run or result.succeeded == 0:

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import ExitStack
 from datetime import datetime
 from typing import Annotated, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_link_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Plan, run_operation
+from flows.operation import Plan, listed_ids, run_operation
 from tasks.common import engine, store
 from tasks.export import read_export_batch
 from videolib.export import (
+    DEFAULT_COLUMNS,
+    FILTER_STATUSES,
     ExportBatch,
     ExportFilter,
     ExportWriter,
@@ -33,6 +36,7 @@ from videolib.export import (
     copy_csv_part,
     estimate_bytes,
     export_key,
+    export_leftovers,
     held_readers,
     ids_in_range,
     parts_prefix,
@@ -48,10 +52,14 @@ from videolib.operation import (
     BatchOutcome,
     ItemError,
     OperationResult,
-    parse_video_ids,
 )
 from videolib.selection import resolve_owned
 from videolib.signing import signed_link
+
+
+# Choices the deployment form offers and Prefect's server enforces (its parameter schema).
+ExportColumn = Literal[DEFAULT_COLUMNS]  # type: ignore[valid-type]
+StatusFilter = Literal[FILTER_STATUSES]  # type: ignore[valid-type]
 
 
 @flow(
@@ -63,15 +71,16 @@ from videolib.signing import signed_link
 def bulk_export(
     creator_id: Annotated[str, Field(min_length=1, max_length=64)],
     format: Literal["parquet", "csv"] = "parquet",
-    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    video_ids: Annotated[list[str] | None, Field(max_length=get_settings().max_ids)] = None,
     all_videos: bool = False,
-    columns: list[str] | None = None,
-    status: str | None = None,
+    columns: list[ExportColumn] | None = None,
+    status: StatusFilter | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     formula_guard: bool = True,
     batch_size: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000,
     link_expires_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
+    invalid_ids_key: str | None = None,
 ):
     """Export video metadata of one creator to a Parquet or CSV file with an expiring download link.
 
@@ -87,6 +96,7 @@ def bulk_export(
         formula_guard: CSV only: prefix ' to cells starting with = + - @ tab or CR (OWASP CSV injection).
         batch_size: Rows per read task; grows automatically so one run maps at most a few hundred tasks.
         link_expires_s: Lifetime of the download link in seconds (at most 7 days).
+        invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
     """
     settings = get_settings()
     logger = get_run_logger()
@@ -98,16 +108,14 @@ def bulk_export(
         resources.enter_context(held_readers(engine()))  # SQLite's reader processes start while we plan
         state["columns"] = cols = resolve_columns(columns)
         state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
-        if all_videos and video_ids:
-            raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
-        if video_ids:  # None or [] (a UI's empty list field): all of the creator's videos
+        # No ids (None, or a UI's empty list field []): all of the creator's videos.
+        listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                            invalid_ids_key=invalid_ids_key)
+        if listed is not None:
             if status or created_after or created_before:
                 raise RequestError("bad_selection", "give either `video_ids` or a filter (status, created_after/before)")
-            parsed = parse_video_ids(video_ids, max_ids=settings.max_ids)
-            result.add_errors(parsed.errors)
-            owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=("deleting",))
+            owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=("deleting",))
             result.add_errors(missing)
-            result.requested = parsed.requested
             batches = plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
                                           max_batches=settings.max_batches, workers=settings.task_workers)
         else:
@@ -116,7 +124,9 @@ def bulk_export(
             result.requested = sum(b.rows for b in batches)
         rows = sum(b.rows for b in batches)
         estimate = estimate_bytes(engine(), creator_id, rows, cols)
-        used = used_export_bytes(store(), creator_id)
+        listing = store().list_modified(f"exports/{creator_id}")
+        clear_leftovers(listing, current=result.operation_id)
+        used = used_export_bytes(store(), creator_id, keys=listing)
         if used + estimate > settings.export_quota_bytes:
             raise RequestError(
                 "quota_exceeded",
@@ -235,6 +245,45 @@ class PartPump:
             self._thread.join()
         if check and self.error is not None:
             raise self.error
+
+
+# A run that left part files or a file being written is over when Prefect says so, or
+# when nothing of it changed for this long: a live export writes something every few
+# seconds (parts as its batches read, the file as the parts arrive). A killed in-process
+# run stays "Running" in Prefect until something marks it crashed.
+LEFTOVER_IDLE_S = 15 * 60
+FINAL_STATE_TYPES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def clear_leftovers(listing: dict[str, float], *, current: str) -> int:
+    """Remove the part files and unfinished files that other exports of this creator left
+    behind when they were killed (``listing``: ``exports/{creator}`` with modification
+    times); a run still going is left alone. Returns how many objects went."""
+    leftovers = export_leftovers(listing)
+    leftovers.pop(current, None)
+    if not leftovers:
+        return 0
+    states = _run_states(list(leftovers))
+    now = time.time()
+    doomed = [key for operation, (keys, newest) in leftovers.items()
+              if states.get(operation) in FINAL_STATE_TYPES or now - newest > LEFTOVER_IDLE_S for key in keys]
+    if doomed:
+        failures = store().delete_many(doomed)
+        get_run_logger().info("removed %s objects that ended exports left behind (%s could not be removed)",
+                              len(doomed) - len(failures), len(failures))
+    return len(doomed)
+
+
+def _run_states(operation_ids: list[str]) -> dict[str, str]:
+    """``{operation id: Prefect state type}`` of the runs Prefect knows."""
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for start in range(0, len(operation_ids), 200):  # the API's page size
+            response = client.request("POST", "/flow_runs/filter", json={
+                "flow_runs": {"id": {"any_": operation_ids[start:start + 200]}}, "limit": 200, "offset": 0})
+            for run in response.json():
+                states[run["id"]] = (run.get("state") or {}).get("type") or "PENDING"
+    return states
 
 
 def _failed_items(creator_id: str, batch: ExportBatch, flt: ExportFilter, detail: str) -> list[ItemError]:

@@ -37,13 +37,14 @@ from videolib.reprocess import select_reprocessable
 )
 def bulk_reprocess(
     creator_id: Annotated[str, Field(min_length=1, max_length=64)],
-    video_ids: Annotated[list[str] | None, Field(max_length=1_000_000)] = None,
+    video_ids: Annotated[list[str] | None, Field(max_length=get_settings().max_ids)] = None,
     all_videos: bool = False,
     embedder: Literal["hashing", "minilm"] | None = None,
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     chunk_target: Annotated[int, Field(ge=8, le=2000)] = 80,
     chunk_overlap: Annotated[int, Field(ge=0, le=1000)] = 16,
     chunk_unit: Literal["words", "tokens"] = "words",
+    invalid_ids_key: str | None = None,
 ):
     """Re-chunk transcripts and recompute embeddings for videos of one creator.
 
@@ -56,6 +57,7 @@ def bulk_reprocess(
         chunk_target: Most words (or tokens) per chunk.
         chunk_overlap: Words (or tokens) repeated from the end of the previous chunk; smaller than chunk_target.
         chunk_unit: Count chunk sizes in words or in tokens (letter/digit runs and punctuation marks).
+        invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
     """
     settings = get_settings()
     embedder_name = embedder or settings.embedder
@@ -71,7 +73,7 @@ def bulk_reprocess(
         except (ImportError, ValueError, RuntimeError, OSError) as exc:
             raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
         task_kwargs["chunking"] = chunking.model_dump()
-        if all_videos and not video_ids:
+        if all_videos and not video_ids and not invalid_ids_key:
             # Only what a reprocess can act on; the rest is counted, not failed.
             selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
                                              lease_s=settings.reprocess_lease_s)
@@ -85,7 +87,7 @@ def bulk_reprocess(
             task_kwargs["whole_library"] = True
         else:
             ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                                verb="reprocess", exclude_statuses=("deleting",))
+                                verb="reprocess", exclude_statuses=("deleting",), invalid_ids_key=invalid_ids_key)
         if eligible(embedder_for(embedder_name), len(ids)):
             # chunking and embedding in worker processes (videolib/compute_pool.py)
             resources.enter_context(held_compute_pool())

@@ -21,11 +21,12 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import Task, get_run_logger, unmapped
+from prefect import Task, get_client, get_run_logger, unmapped
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -50,8 +51,10 @@ from videolib.operation import (
     plan_batches,
 )
 from videolib.report import render_error_report, report_key
+from videolib.storage import StorageUnavailable
 
 RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
+DRY_RUN_TAG = "dry-run"
 PROGRESS_UNIT = "videos"
 PROGRESS_MIN_INTERVAL_S = 1.0
 ARTIFACT_ERROR_ROWS = 1000  # rows of the errors table artifact (the UI renders it)
@@ -129,30 +132,50 @@ def select_videos(
     all_videos: bool,
     verb: str,
     exclude_statuses: Sequence[str] = (),
+    invalid_ids_key: str | None = None,
 ) -> list[str]:
     """The ids an operation works on: every video of the creator (``all_videos``), or the
     creator's own among ``video_ids`` (malformed ids ``invalid_id``, others'/unknown ids
     and those in ``exclude_statuses`` ``not_found``). Sets ``result.requested``."""
     from tasks.common import engine
-    from videolib.operation import parse_video_ids
     from videolib.selection import iter_creator_video_ids, resolve_owned
 
-    if all_videos and video_ids:
-        raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+    parsed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                        invalid_ids_key=invalid_ids_key)
     if all_videos:
         ids = list(iter_creator_video_ids(engine(), creator_id))
         result.requested = len(ids)
         return ids
-    if not video_ids:
+    if parsed is None:
         raise RequestError(
             "empty_selection", f"no videos selected: give `video_ids`, or set `all_videos` to {verb} everything"
         )
-    parsed = parse_video_ids(video_ids, max_ids=get_settings().max_ids)
-    result.requested = parsed.requested
-    result.add_errors(parsed.errors)
-    owned, missing = resolve_owned(engine(), creator_id, parsed.ids, exclude_statuses=exclude_statuses)
+    owned, missing = resolve_owned(engine(), creator_id, parsed, exclude_statuses=exclude_statuses)
     result.add_errors(missing)
     return owned
+
+
+def listed_ids(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
+               invalid_ids_key: str | None) -> list[str] | None:
+    """The distinct valid ids a request lists (None: it lists none), with its malformed
+    ones, given inline or set aside in storage by a front door (``invalid_ids_key``),
+    added to ``result`` as ``invalid_id`` items and counted in ``requested``."""
+    from videolib.operation import parse_video_ids
+    from videolib.selection import read_invalid_ids
+
+    if all_videos and (video_ids or invalid_ids_key):
+        raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+    if not video_ids and not invalid_ids_key:
+        return None
+    malformed = read_invalid_ids(store(), creator_id, invalid_ids_key) if invalid_ids_key else []
+    valid: list[str] = []
+    if video_ids:
+        parsed = parse_video_ids(video_ids, max_ids=get_settings().max_ids)
+        valid = parsed.ids
+        malformed = parsed.errors + malformed
+    result.add_errors(malformed)
+    result.requested = len(valid) + len(malformed)
+    return valid
 
 
 def current_operation_id() -> str:
@@ -213,7 +236,14 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
     result = OperationResult(operation_id=operation_id, operation=operation, creator_id=creator_id, dry_run=dry_run)
     if dry_run:
         result.plan = {"videos": 0, "objects": 0, "bytes": 0}
+        tag_dry_run(operation_id, logger)
     try:
+        # Storage that cannot be used would fail every batch (or the export's file, or the
+        # report) one by one: refuse the run at once instead, naming what is wrong.
+        try:
+            store().check()
+        except StorageUnavailable as exc:
+            raise RequestError("storage_unavailable", f"{exc} (check BULKOPS_STORAGE_URL)") from None
         prepared = prepare(result)
     except RequestError as exc:
         result.aborted = True
@@ -330,6 +360,20 @@ def _run_operation(*, operation, creator_id, dry_run, batch_size, prepare, batch
             logger.exception("could not finish the operation")
     result.duration_s = time.monotonic() - started
     return _finalize(result, logger)
+
+
+def tag_dry_run(operation_id: str, logger) -> None:
+    """Give the run the ``dry-run`` tag, however it was started (the CLI, a deployment run
+    from the UI or the API): tags are set when a run is created, and only the flow knows
+    for sure that it is a dry run."""
+    tags = list(flow_run.tags or [])
+    if DRY_RUN_TAG in tags:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(uuid.UUID(operation_id), tags=[*tags, DRY_RUN_TAG])
+    except Exception as exc:  # a label, not the work: the dry run goes on without it
+        logger.warning("could not tag the run %s: %s", DRY_RUN_TAG, exc)
 
 
 def _percent(current: int, total: int) -> float:

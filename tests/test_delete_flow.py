@@ -106,6 +106,13 @@ def test_nothing_succeeded_is_failed_with_readable_result(sqlite_library):
         ({"all_videos": True, "video_ids": ["x"]}, "not both"),
         ({"creator_id": "../../etc", "video_ids": ["x"]}, "creator_id"),
         ({"creator_id": "a b", "all_videos": True}, "creator_id"),
+        # The key of malformed ids set aside by a front door: only this creator's, only that shape.
+        ({"invalid_ids_key": "../../etc/passwd"}, "invalid_ids_key"),
+        ({"invalid_ids_key": "requests/creator-002/invalid-ids-" + "0" * 32 + ".json"}, "invalid_ids_key"),
+        ({"invalid_ids_key": "audit/delete/x/manifest.json"}, "invalid_ids_key"),
+        ({"invalid_ids_key": "requests/creator-001/invalid-ids-" + "0" * 32 + ".json"}, "are gone"),
+        ({"all_videos": True, "invalid_ids_key": "requests/creator-001/invalid-ids-" + "0" * 32 + ".json"},
+         "not both"),
     ],
 )
 def test_bad_request_fails_at_once_touching_nothing(sqlite_library, params, code_words):
@@ -119,6 +126,39 @@ def test_bad_request_fails_at_once_touching_nothing(sqlite_library, params, code
     result = _status(str(state.state_details.flow_run_id))["result"]
     assert result["status"] == "failed" and code_words in result["message"] and result["report_path"] is None
     assert lib.store.list_keys("reports") == []
+
+
+def test_malformed_ids_set_aside_by_a_front_door_are_reported(sqlite_library):
+    from videolib.selection import stage_invalid_ids
+
+    lib = sqlite_library
+    lib.seed(6, creators=1)
+    ids = lib.ids("creator-001")
+    key = stage_invalid_ids(lib.store, "creator-001", ["nope", "x" * 100])
+    doc = _run(creator_id="creator-001", video_ids=ids[:2], invalid_ids_key=key).result()
+    assert (doc["status"], doc["requested"], doc["succeeded"], doc["failed"]) == ("partial", 4, 2, 2)
+    assert [(e["video_id"], e["error"]) for e in doc["errors"]] == [("nope", "invalid_id"), ("x" * 64 + "…", "invalid_id")]
+    # Only malformed ids: nothing to do, every item reported; not a refusal.
+    only = stage_invalid_ids(lib.store, "creator-001", ["nope"])
+    state = _run(creator_id="creator-001", video_ids=[], invalid_ids_key=only)
+    assert state.is_failed() and _status(str(state.state_details.flow_run_id))["result"]["failed"] == 1
+    assert lib.ids("creator-001") == ids[2:]
+
+
+def test_unusable_storage_fails_the_run_at_once_touching_nothing(sqlite_library, monkeypatch):
+    """A deployment run (no CLI to check first) on storage that cannot be used."""
+    from tests.conftest import reset_bulkops_caches
+
+    lib = sqlite_library
+    lib.seed(6, creators=1)
+    ids = lib.ids("creator-001")
+    monkeypatch.setenv("BULKOPS_STORAGE_URL", "/etc/passwd/storage")
+    reset_bulkops_caches()
+    state = _run(creator_id="creator-001", video_ids=ids)
+    assert state.is_failed() and "/etc/passwd/storage" in state.message and "BULKOPS_STORAGE_URL" in state.message
+    result = _status(str(state.state_details.flow_run_id))["result"]
+    assert (result["requested"], result["succeeded"], result["failed"]) == (0, 0, 0)
+    assert lib.ids("creator-001") == ids
 
 
 def test_over_limit_request_refused(sqlite_library, monkeypatch):
@@ -145,6 +185,22 @@ def test_dry_run_reports_plan_and_changes_nothing(sqlite_library):
     assert doc["succeeded"] == 10 and doc["report_path"] is None and doc["manifest_path"] is None
     assert lib.ids("creator-001") == ids
     assert lib.store.list_keys("reports") == [] and lib.store.list_keys("audit") == []
+
+
+def test_dry_runs_say_so_in_their_name_and_tags(sqlite_library):
+    """The Prefect UI's run list must not mix dry runs with real deletes."""
+    from prefect.client.orchestration import get_client
+
+    lib = sqlite_library
+    lib.seed(6, creators=1)
+    ids = lib.ids("creator-001")
+    dry = _run(creator_id="creator-001", video_ids=ids[:2], dry_run=True)
+    real = _run(creator_id="creator-001", video_ids=ids[:2])
+    with get_client(sync_client=True) as client:
+        dry_run = client.read_flow_run(dry.state_details.flow_run_id)
+        real_run = client.read_flow_run(real.state_details.flow_run_id)
+    assert dry_run.name == "delete-creator-001-dry-run" and "dry-run" in dry_run.tags
+    assert real_run.name == "delete-creator-001" and "dry-run" not in real_run.tags
 
 
 def test_all_videos_with_batches_growing_past_the_cap(sqlite_library, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from sqlalchemy import delete, func, inspect, select, text
@@ -94,11 +96,30 @@ def test_begin_write_makes_savepoints_nest_in_one_transaction(library):
 
 
 def test_sqlite_connections_enforce_foreign_keys_and_wal(tmp_path):
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'x' / 'db.sqlite'}")
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'x' / 'db.sqlite'}", data_dir=str(tmp_path))
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert conn.execute(text("PRAGMA busy_timeout")).scalar_one() == 60000
+
+
+def test_only_the_data_directory_is_created_on_demand(tmp_path):
+    """A URL naming a directory that does not exist is refused, not created (a typo
+    must not make folders at the filesystem's root and answer "no videos")."""
+    from videolib.db.engine import DatabaseUnavailable
+
+    for url in (f"sqlite:///{tmp_path / 'nope' / 'x.db'}", "sqlite:////nonexistent-dir-bulkops/x.db"):
+        with pytest.raises(DatabaseUnavailable, match="does not exist"):
+            create_db_engine(url, data_dir=str(tmp_path / "data"))
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DatabaseUnavailable, match="not a directory"):
+        create_db_engine(f"sqlite:///{tmp_path / 'a-file' / 'x.db'}", data_dir=str(tmp_path / "data"))
+    assert not (tmp_path / "nope").exists() and not os.path.exists("/nonexistent-dir-bulkops")
+    # The embedded default's home (and anything inside it) is made when first used.
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'deep' / 'x.db'}", data_dir=str(tmp_path / "data"))
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert (tmp_path / "data" / "deep" / "x.db").exists()
 
 
 def test_seed_makes_a_realistic_library(sqlite_library):

@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,7 +54,7 @@ from videolib.sqlite_arrow import (
     pool_for,
     restore_nulls,
 )
-from videolib.storage import ObjectStore
+from videolib.storage import STAGING_SUFFIX, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ EXPORT_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
 # benchmarks/README.md (export).
 _POSTGRES_COLUMNS = {"has_transcript": "CASE WHEN octet_length(v.transcript) > 0 THEN 1 ELSE 0 END"}
 DEFAULT_COLUMNS = tuple(EXPORT_COLUMNS)
+# What `status` may filter on: any status but the tombstones', which no export reads.
+FILTER_STATUSES = tuple(s for s in VIDEO_STATUSES if s != "deleting")
 ROW_GROUP_ROWS = 64 * 1024
 
 
@@ -137,9 +140,9 @@ class ExportFilter:
     created_before: datetime | None = None
 
     def __post_init__(self) -> None:
-        if self.status is not None and self.status not in VIDEO_STATUSES[:-1]:
+        if self.status is not None and self.status not in FILTER_STATUSES:
             raise RequestError(
-                "bad_filter", f"`status` must be one of {', '.join(VIDEO_STATUSES[:-1])}; got {str(self.status)[:40]!r}"
+                "bad_filter", f"`status` must be one of {', '.join(FILTER_STATUSES)}; got {str(self.status)[:40]!r}"
             )
         for name in ("created_after", "created_before"):
             value = getattr(self, name)
@@ -641,13 +644,13 @@ def _utc_timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
 def _parse_timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array]:
     values: list[datetime | None] = []
     bad: list[bool] = []
-    for text in column.to_pylist():
-        if text is None:
+    for stored in column.to_pylist():
+        if stored is None:
             values.append(None)
             bad.append(False)
             continue
         try:
-            values.append(parse_stored_timestamp(text))
+            values.append(parse_stored_timestamp(stored))
             bad.append(False)
         except ValueError:
             values.append(None)
@@ -746,6 +749,7 @@ class ExportWriter:
     formula_guard: bool = True
     rows: int = 0
     _raw: object = None
+    _staging: str = ""
     _parquet: pq.ParquetWriter | None = None
     _pending: list[pa.RecordBatch] = field(default_factory=list)
     _pending_rows: int = 0
@@ -753,7 +757,10 @@ class ExportWriter:
 
     def open(self) -> ExportWriter:
         check_format(self.fmt)
-        self._raw = self.store.open(self.key, "wb")
+        # Written under a staging name and published whole by close(): a reader never
+        # finds half an export under its name, even after a SIGKILL.
+        self._staging = self.store.staging_key(self.key)
+        self._raw = self.store.open(self._staging, "wb")
         if self.fmt == "parquet":
             self._parquet = pq.ParquetWriter(self._raw, self.schema, compression="zstd")
         return self
@@ -798,15 +805,20 @@ class ExportWriter:
             self._header_written = True
 
     def close(self) -> None:
-        """Finish the file (Parquet footer, or a CSV header for an empty export)."""
+        """Finish the file (Parquet footer, or a CSV header for an empty export) and
+        publish it under its name; on any failure nothing appears there."""
         try:
             if self._parquet is not None:
                 self._flush_row_group()
                 self._parquet.close()
+                self._parquet = None
             else:
                 self._write_csv_header()  # an empty export is a header
-        finally:
             self._raw.close()
+            self.store.publish(self._staging, self.key)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the incomplete file: nobody may download half an export."""
@@ -816,14 +828,7 @@ class ExportWriter:
             except Exception:
                 log.debug("closing an aborted Parquet writer failed", exc_info=True)
             self._parquet = None
-        try:
-            self._raw.close()
-        except Exception:  # the stream may be broken already
-            log.debug("closing an aborted export failed", exc_info=True)
-        try:
-            self.store.delete(self.key)
-        except OSError:
-            log.warning("could not remove the incomplete export %s", self.key)
+        self.store.abandon(self._raw, self._staging)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -857,11 +862,39 @@ def estimate_bytes(engine: Engine, creator_id: str, rows: int, columns: Sequence
     return int(rows * per_row)
 
 
-def used_export_bytes(store: ObjectStore, creator_id: str) -> int:
-    """Bytes of the creator's finished exports already in storage."""
-    keys = [k for k in store.list_keys(f"exports/{creator_id}") if not k.rsplit("/", 2)[-2].endswith(".parts")]
-    sizes = store.sizes(keys) if keys else {}
+def used_export_bytes(store: ObjectStore, creator_id: str, keys: Iterable[str] | None = None) -> int:
+    """Bytes of the creator's finished exports already in storage (``keys``: the listing
+    of ``exports/{creator_id}`` when the caller has it)."""
+    if keys is None:
+        keys = store.list_keys(f"exports/{creator_id}")
+    finished = [k for k in keys if leftover_operation(k) is None]
+    sizes = store.sizes(finished) if finished else {}
     return sum(size for size in sizes.values() if size)
+
+
+_PART_OR_STAGING = re.compile(
+    r"^exports/[^/]+/(?:(?P<parts>[0-9a-f-]{36})\.parts/.+|\.(?P<staging>[0-9a-f-]{36})\.(?:parquet|csv)"
+    + re.escape(STAGING_SUFFIX) + r")$"
+)
+
+
+def leftover_operation(key: str) -> str | None:
+    """The operation a part file or a file being written belongs to (None: a finished export)."""
+    match = _PART_OR_STAGING.match(key)
+    return None if match is None else (match.group("parts") or match.group("staging"))
+
+
+def export_leftovers(listing: dict[str, float]) -> dict[str, tuple[list[str], float]]:
+    """``{operation id: (its part and staging keys, newest modification time)}`` from a
+    listing of ``exports/{creator_id}`` (:meth:`ObjectStore.list_modified`)."""
+    found: dict[str, tuple[list[str], float]] = {}
+    for key, mtime in listing.items():
+        operation = leftover_operation(key)
+        if operation is not None:
+            keys, newest = found.get(operation, ([], 0.0))
+            keys.append(key)
+            found[operation] = (keys, max(newest, mtime))
+    return found
 
 
 def ids_in_range(engine: Engine, creator_id: str, flt: ExportFilter, lo: str, hi: str | None) -> list[str]:

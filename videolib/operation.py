@@ -90,6 +90,17 @@ class BatchOutcome:
         )
 
 
+ECHO_MAX_CHARS = 64
+INVALID_DETAIL = "not a UUID (expected 8-4-4-4-12 hex digits)"
+
+
+def echo_id(raw: object) -> str:
+    """How a rejected id is echoed back: as given, but an id longer than 64 characters
+    as its first 64 and ``…`` (a 1 MB line must not come back twice in a document)."""
+    shown = raw if isinstance(raw, str) else repr(raw)
+    return shown if len(shown) <= ECHO_MAX_CHARS else shown[:ECHO_MAX_CHARS] + "…"
+
+
 @dataclass
 class ParsedIds:
     """A request's id list: distinct valid ids in first-seen order, malformed ones as errors."""
@@ -124,10 +135,10 @@ def parse_video_ids(raw_ids: Sequence[object] | None, *, max_ids: int) -> Parsed
     for raw in raw_ids:
         vid = normalize_video_id(raw)
         if vid is None:
-            shown = raw if isinstance(raw, str) else repr(raw)
-            if shown not in seen_bad:
-                seen_bad.add(shown)
-                errors.append(ItemError(shown, INVALID_ID, "not a UUID (expected 8-4-4-4-12 hex digits)"))
+            key = raw if isinstance(raw, str) else repr(raw)
+            if key not in seen_bad:
+                seen_bad.add(key)
+                errors.append(ItemError(echo_id(raw), INVALID_ID, INVALID_DETAIL))
         elif vid not in seen:
             seen.add(vid)
             ids.append(vid)

@@ -6,12 +6,17 @@ answer never reveals that a video exists for someone else.
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Engine, func, select
 
 from videolib.db.models import Video
-from videolib.operation import NOT_FOUND, ItemError
+from videolib.ids import RequestError
+from videolib.operation import INVALID_DETAIL, INVALID_ID, NOT_FOUND, ItemError, echo_id
+from videolib.storage import ObjectStore
 
 # Stay well under every driver's bound-parameter limit.
 IN_CHUNK = 500
@@ -73,3 +78,33 @@ def count_creator_videos(engine: Engine, creator_id: str, *, statuses: Sequence[
         query = query.where(Video.status.in_(list(statuses)))
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
+
+
+# Malformed ids never travel as flow-run parameters (a list of long junk would pass
+# Prefect's 512 KiB limit while the valid ids fit): a front door that checks the ids
+# before launch stores their echoes here and passes the key; the run reports them as
+# invalid_id items like any other.
+INVALID_IDS_PREFIX = "requests"
+_INVALID_IDS_KEY = re.compile(r"^requests/(?P<creator>[^/]+)/invalid-ids-[0-9a-f]{32}\.json$")
+
+
+def stage_invalid_ids(store: ObjectStore, creator_id: str, echoes: Sequence[str]) -> str:
+    """Store the echoes of a request's malformed ids; returns the key a run takes."""
+    key = f"{INVALID_IDS_PREFIX}/{creator_id}/invalid-ids-{uuid.uuid4().hex}.json"
+    document = {"creator_id": creator_id, "invalid_ids": [echo_id(e) for e in echoes]}
+    store.put(key, json.dumps(document, ensure_ascii=False).encode("utf-8"))
+    return key
+
+
+def read_invalid_ids(store: ObjectStore, creator_id: str, key: str) -> list[ItemError]:
+    """The ``invalid_id`` items a front door set aside for this creator's run."""
+    match = _INVALID_IDS_KEY.match(key) if isinstance(key, str) else None
+    if match is None or match.group("creator") != creator_id:
+        raise RequestError("bad_selection", f"`invalid_ids_key` must name this creator's set-aside ids "
+                                            f"(requests/{creator_id}/invalid-ids-<hex>.json); got {echo_id(key)!r}")
+    try:
+        document = json.loads(store.get(key))
+    except FileNotFoundError:
+        raise RequestError("bad_selection", f"the malformed ids set aside at {key} are gone; "
+                                            "send the request again") from None
+    return [ItemError(echo_id(e), INVALID_ID, INVALID_DETAIL) for e in document.get("invalid_ids", [])]

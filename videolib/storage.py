@@ -45,6 +45,15 @@ class UnsafeKeyError(ValueError):
     """A storage key that could name something outside the store's root (or is malformed)."""
 
 
+class StorageUnavailable(RuntimeError):
+    """The configured storage cannot be used at all: ``url`` and what is wrong with it."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"storage {url!r} cannot be used: {reason}")
+        self.url = url
+        self.reason = reason
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` unchanged if it is a safe relative key; raise UnsafeKeyError if not.
 
@@ -90,6 +99,22 @@ def _validate_prefix(prefix: str) -> str:
     if isinstance(prefix, str) and prefix.endswith("/"):
         prefix = prefix[:-1]
     return validate_key(prefix)
+
+
+# Suffix of a local object being written (see ObjectStore.staging_key).
+STAGING_SUFFIX = ".partial"
+
+
+def _mtime(info: dict) -> float:
+    """Epoch seconds of an fsspec or S3 listing entry's modification time (0.0 if none)."""
+    value = info.get("LastModified", info.get("mtime", info.get("created")))
+    if value is None:
+        return 0.0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _unique(keys: Iterable[str]) -> list[str]:
@@ -167,10 +192,51 @@ class ObjectStore:
         else:
             path = url[len("file://") :] if url.startswith("file://") else url
             path = os.path.abspath(os.path.expanduser(path))
-            os.makedirs(path, exist_ok=True)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:  # under a regular file, under /proc, read-only, no permission
+                raise StorageUnavailable(url, f"cannot create the directory {path!r}: {_why(exc)}") from exc
             store = cls(fsspec.filesystem("file"), path)
         store.url = url
         return store
+
+    def check(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the store can be written and listed now.
+
+        Local: a probe object is written and removed at the root. S3: one listing of at
+        most one key under the prefix (the bucket must exist and answer).
+        """
+        if self._local:
+            probe = os.path.join(self.root, f".bulkops-probe-{os.getpid()}-{threading.get_ident()}")
+            try:
+                if not os.path.isdir(self.root):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+                with open(probe, "wb") as fh:
+                    fh.write(b"ok")
+                os.unlink(probe)
+            except OSError as exc:
+                raise StorageUnavailable(self.url, f"cannot write under {self.root!r}: {_why(exc)}") from exc
+            return
+        if self.is_s3:
+            try:
+                self._run(self._s3_probe)
+            except StorageUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever the client raised is the reason
+                raise StorageUnavailable(self.url, f"{type(exc).__name__}: {exc}") from exc
+            return
+        try:
+            self.fs.ls(self.root)
+        except Exception as exc:  # noqa: BLE001
+            raise StorageUnavailable(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    async def _s3_probe(self) -> None:
+        try:
+            await self.fs._call_s3("list_objects_v2", Bucket=self._bucket, Prefix=self._key_prefix, MaxKeys=1)
+        except FileNotFoundError as exc:  # s3fs's translation of NoSuchBucket
+            raise StorageUnavailable(self.url, f"the bucket {self._bucket!r} does not exist") from exc
+        except PermissionError as exc:
+            raise StorageUnavailable(self.url, f"access to the bucket {self._bucket!r} was denied: {exc}") from exc
 
     @classmethod
     def from_settings(cls, settings: Any = None) -> ObjectStore:
@@ -391,13 +457,16 @@ class ObjectStore:
         return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     async def _s3_head(self, key: str) -> int | None:
+        out = await self._s3_head_object(key)
+        return None if out is None else int(out["ContentLength"])
+
+    async def _s3_head_object(self, key: str) -> dict | None:
         # head_object directly: s3fs's info()/exists() fall back to a listing when the
         # HEAD misses (to find "directories") and answer from its listing cache.
         try:
-            out = await self.fs._call_s3("head_object", Bucket=self._bucket, Key=self._s3_key(key))
+            return await self.fs._call_s3("head_object", Bucket=self._bucket, Key=self._s3_key(key))
         except FileNotFoundError:
             return None
-        return int(out["ContentLength"])
 
     def sizes(self, keys: Iterable[str], *, max_in_flight: int = 32) -> dict[str, int | None]:
         """Sizes of several objects (None for missing ones); on S3 concurrent HEADs."""
@@ -434,6 +503,11 @@ class ObjectStore:
 
         Walks the tree: for tests and small prefixes, never for a whole library.
         """
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> dict[str, float]:
+        """``{key: last modified (epoch seconds)}`` for the keys at or under ``prefix``
+        (as :meth:`list_keys`: for small prefixes)."""
         prefix = _validate_prefix(prefix)
         if self._local:
             return self._local_list(prefix)
@@ -442,19 +516,19 @@ class ObjectStore:
         base = f"{self.root}/{prefix}" if prefix else self.root
         self.fs.invalidate_cache(base)
         strip = len(self.root) + 1
-        found = [
-            path[strip:]
+        found = {
+            path[strip:]: _mtime(info)
             for path, info in self.fs.find(base, withdirs=False, detail=True).items()
             if info.get("type") == "file" and path.startswith(self.root + "/")
-        ]
-        return sorted(k for k in found if not prefix or k == prefix or k.startswith(prefix + "/"))
+        }
+        return {k: t for k, t in found.items() if not prefix or k == prefix or k.startswith(prefix + "/")}
 
-    async def _s3_list(self, prefix: str) -> list[str]:
+    async def _s3_list(self, prefix: str) -> dict[str, float]:
         # ListObjectsV2 directly: s3fs's find() answers an emptied prefix with the
         # "directory" itself, because SeaweedFS keeps empty directories after deletes.
         s3_prefix = self._s3_key(prefix) + "/" if prefix else self._key_prefix
         strip = len(self._key_prefix)
-        keys: list[str] = []
+        keys: dict[str, float] = {}
         token: str | None = None
         while True:
             kwargs = {"ContinuationToken": token} if token else {}
@@ -462,24 +536,69 @@ class ObjectStore:
                 "list_objects_v2", Bucket=self._bucket, Prefix=s3_prefix, **kwargs
             )
             # Keys ending in "/" are directory placeholders, not objects.
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []) if not item["Key"].endswith("/"))
+            keys.update((item["Key"][strip:], _mtime(item)) for item in page.get("Contents", [])
+                        if not item["Key"].endswith("/"))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
-        if prefix and await self._s3_head(prefix) is not None:
-            keys.append(prefix)
-        return sorted(keys)
+        if prefix:
+            head = await self._s3_head_object(prefix)
+            if head is not None:
+                keys[prefix] = _mtime(head)
+        return keys
 
-    def _local_list(self, prefix: str) -> list[str]:
+    def _local_list(self, prefix: str) -> dict[str, float]:
         base = self._local_path(prefix) if prefix else self.root
         if os.path.isfile(base):
-            return [prefix]
-        keys: list[str] = []
+            return {prefix: os.stat(base).st_mtime}
+        keys: dict[str, float] = {}
         for dirpath, _dirs, files in os.walk(base):
             rel = os.path.relpath(dirpath, self.root)
             for name in files:
-                keys.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
-        return sorted(keys)
+                try:
+                    mtime = os.stat(os.path.join(dirpath, name)).st_mtime
+                except FileNotFoundError:  # removed while we walked
+                    continue
+                keys[name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")] = mtime
+        return keys
+
+    # ------------------------------------------------------------------ whole objects
+
+    def staging_key(self, key: str) -> str:
+        """Where to write an object that must appear under ``key`` only when complete
+        (:meth:`publish` moves it there). On S3 that is ``key`` itself: an upload becomes
+        visible only when it completes. Locally a hidden name beside it, renamed into
+        place: a reader (or a crash) never sees half a file under the final name."""
+        validate_key(key)
+        if self.is_s3:
+            return key
+        parent, _, name = key.rpartition("/")
+        return f"{parent}/.{name}{STAGING_SUFFIX}" if parent else f".{name}{STAGING_SUFFIX}"
+
+    def publish(self, staging: str, key: str) -> None:
+        """Move a finished object from its :meth:`staging_key` to ``key`` (atomic locally)."""
+        if staging == key:
+            return
+        if self._local:
+            os.replace(self._local_path(staging), self._local_path(key))
+        else:
+            self.fs.mv(self.path(staging), self.path(key))
+
+    def abandon(self, raw: IO[bytes], staging: str) -> None:
+        """Drop an unfinished object written through ``raw`` at ``staging``: nothing
+        appears under its final name (S3: the multipart upload is aborted)."""
+        try:
+            if self.is_s3 and hasattr(raw, "discard"):
+                raw.discard()
+                raw.closed = True  # or its close() (at garbage collection) would flush the discarded buffer
+            else:
+                raw.close()
+        except Exception:  # noqa: BLE001 - the stream may be broken already
+            log.debug("closing an abandoned object failed", exc_info=True)
+        try:
+            self.delete(staging)
+        except OSError:
+            log.warning("could not remove the unfinished object %s", staging)
 
     # ------------------------------------------------------------------ deletes
 

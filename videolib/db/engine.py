@@ -46,17 +46,28 @@ class DatabaseUnavailable(RuntimeError):
     """The configured database cannot be used at all (its directory cannot be made)."""
 
 
-def create_db_engine(url: str) -> Engine:
-    """A new engine for ``url``; SQLite files get their directory created."""
+def create_db_engine(url: str, *, data_dir: str | None = None) -> Engine:
+    """A new engine for ``url``.
+
+    A SQLite file's directory is created only when it is ``data_dir`` (the embedded
+    default's ``.data/``) or lies inside it; any other directory must exist: a typo in
+    the URL must not create folders at the filesystem's root and answer "no videos".
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            folder = Path(database).expanduser().parent
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseUnavailable(f"cannot create the directory {str(folder)!r}: {exc.strerror}") from exc
+            folder = Path(database).expanduser().absolute().parent
+            if not folder.is_dir():
+                home = Path(data_dir).expanduser().absolute() if data_dir else None
+                if home is None or not (folder == home or home in folder.parents):
+                    what = "is not a directory" if folder.exists() else "does not exist"
+                    raise DatabaseUnavailable(f"the directory {str(folder)!r} of the SQLite file {what}; "
+                                              "create it first, or fix the URL")
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DatabaseUnavailable(f"cannot create the directory {str(folder)!r}: {exc.strerror}") from exc
         engine = create_engine(url, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
@@ -65,14 +76,15 @@ def create_db_engine(url: str) -> Engine:
 
 def get_engine(url: str | None = None) -> Engine:
     """The process-wide engine for ``url`` (default: the configured database)."""
-    if url is None:
-        from config import get_settings
+    from config import get_settings
 
-        url = get_settings().database_url
+    settings = get_settings()
+    if url is None:
+        url = settings.database_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = _engines[url] = create_db_engine(url)
+            engine = _engines[url] = create_db_engine(url, data_dir=settings.data_dir)
         return engine
 
 
