@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test install dev bench clean
+.PHONY: demo test test-fast install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick loop: SQLite, local files and Prefect's test harness; no PostgreSQL, S3 or
+# CLI processes against a `prefect server` (those run in `make test`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not postgres and not s3 and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/delete.py

@@ -595,6 +595,7 @@ def warm_up_flow(work: Path) -> None:
 
     base = work / "warmup"
     db = base / "warmup.db"
+    base.mkdir(parents=True, exist_ok=True)  # only the data directory is made on demand
     engine = create_db_engine(sqlite_url(db))
     upgrade(engine)
     seed_library(engine, ObjectStore.from_url(str(base / "storage")), None, videos=20, creators=1, seed=1,

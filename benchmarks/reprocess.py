@@ -364,6 +364,7 @@ def warm_up_flow(work: Path) -> None:
 
     base = work / "warmup"
     db = base / "warmup.db"
+    base.mkdir(parents=True, exist_ok=True)  # only the data directory is made on demand
     engine = create_db_engine(common.sqlite_url(db))
     upgrade(engine)
     seed_library(engine, None, None, videos=20, creators=1, seed=1, chunks_per_video=2, transcript_ratio=1.0,

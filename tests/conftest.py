@@ -77,6 +77,21 @@ def pg_url(pg_server: PgServer):
 # ============================ end of real servers ============================
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Markers from what a test uses, so that `make test-fast` can leave out the tests
+    that need a server of their own: ``postgres``, ``s3``, and ``slow`` for CLI processes
+    against a real `prefect server` (`-m "not postgres and not s3 and not slow"`)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if names & {"pg_server", "pg_url", "pg_library"} or params.get("library") == "postgres":
+            item.add_marker(pytest.mark.postgres)
+        if names & {"s3_server", "s3_prefix", "s3_library"} or params.get("where") == "s3_library":
+            item.add_marker(pytest.mark.s3)
+        if "prefect_server" in names:
+            item.add_marker(pytest.mark.slow)
+
+
 # =============================================================================
 # bulkops: a library (database + storage) per test, and Prefect's test harness.
 # =============================================================================

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each starts its own Prefect server and libraries
+
 REPO = Path(__file__).resolve().parent.parent
 
 
