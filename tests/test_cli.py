@@ -557,3 +557,30 @@ def test_a_killed_export_shows_no_file_and_the_next_export_clears_what_it_left(s
     proc, doc = run_cli(lib, "export", "--creator", "creator-001", "--format", "csv", "--json", prefect=prefect_server)
     assert proc.returncode == 0 and doc["succeeded"] == 20_000, proc.stderr[-2000:]
     assert lib.store.list_keys("exports/creator-001") == [doc["output"]["path"]]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_reprocess_then_export_from_the_cli(request, prefect_server, database):
+    """The user's second command: an export right after a reprocess (it ended `failed`,
+    every row a batch_error, when reprocess wrote timestamps with an offset on SQLite)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    lib = request.getfixturevalue("sqlite_library" if database == "sqlite" else "pg_library")
+    lib.seed(60, creators=2)
+    proc, doc = run_cli(lib, "reprocess", "--creator", "creator-001", "--all", "--json", prefect=prefect_server)
+    assert proc.returncode == 0 and doc["status"] == "completed" and doc["succeeded"] > 0, proc.stderr[-2000:]
+    assert doc["not_selected"]["no_transcript"] + doc["not_selected"]["busy"] + doc["requested"] == len(
+        lib.ids("creator-001"))
+    outputs = {}
+    for fmt in ("parquet", "csv"):
+        proc, exported = run_cli(lib, "export", "--creator", "creator-001", "--format", fmt, "--json",
+                                 prefect=prefect_server)
+        assert proc.returncode == 0 and exported["status"] == "completed", exported["errors"][:3]
+        assert exported["succeeded"] == len(lib.ids("creator-001"))
+        outputs[fmt] = exported["output"]["path"]
+    table = pq.read_table(io.BytesIO(lib.store.get(outputs["parquet"])))
+    with lib.engine.connect() as conn:
+        embedded = dict(conn.execute(select(Video.id, Video.embedded_at).where(Video.creator_id == "creator-001")).all())
+    assert dict(zip(table.column("id").to_pylist(), table.column("embedded_at").to_pylist())) == embedded

@@ -128,10 +128,10 @@ def test_bad_request_fails_at_once_touching_nothing(sqlite_library, params, code
     assert lib.store.list_keys("reports") == []
 
 
-def test_malformed_ids_set_aside_by_a_front_door_are_reported(sqlite_library):
+def test_malformed_ids_set_aside_by_a_front_door_are_reported(library):
     from videolib.selection import stage_invalid_ids
 
-    lib = sqlite_library
+    lib = library
     lib.seed(6, creators=1)
     ids = lib.ids("creator-001")
     key = stage_invalid_ids(lib.store, "creator-001", ["nope", "x" * 100])
@@ -187,11 +187,11 @@ def test_dry_run_reports_plan_and_changes_nothing(sqlite_library):
     assert lib.store.list_keys("reports") == [] and lib.store.list_keys("audit") == []
 
 
-def test_dry_runs_say_so_in_their_name_and_tags(sqlite_library):
+def test_dry_runs_say_so_in_their_name_and_tags(library):
     """The Prefect UI's run list must not mix dry runs with real deletes."""
     from prefect.client.orchestration import get_client
 
-    lib = sqlite_library
+    lib = library
     lib.seed(6, creators=1)
     ids = lib.ids("creator-001")
     dry = _run(creator_id="creator-001", video_ids=ids[:2], dry_run=True)

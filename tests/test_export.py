@@ -523,7 +523,7 @@ def test_an_export_file_appears_under_its_name_only_complete(request, where):
         assert store.list_keys("exports") == []
 
 
-def test_an_export_clears_what_killed_exports_left_and_nothing_live(sqlite_library):
+def test_an_export_clears_what_killed_exports_left_and_nothing_live(library):
     """Part files and unfinished files of runs that are over (their run final, or nothing of
     them changed for LEFTOVER_IDLE_S) are removed by the next export of the creator; a run
     still writing is left alone, and none of it counts against the quota."""
@@ -531,7 +531,7 @@ def test_an_export_clears_what_killed_exports_left_and_nothing_live(sqlite_libra
 
     from flows.bulk_export import LEFTOVER_IDLE_S
 
-    lib = sqlite_library
+    lib = library
     lib.seed(20, creators=1)
     store = lib.store
     _, first = _export(creator_id="creator-001", format="csv")  # a finished run: its id is final in Prefect
