@@ -218,13 +218,9 @@ def _check_storage():
         store = ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
         store.check()
     except StorageUnavailable as exc:
-        raise Refused("storage_unavailable", f"{exc} (check BULKOPS_STORAGE_URL"
-                      f"{' and BULKOPS_S3_ENDPOINT_URL' if store_is_s3(settings) else ''})") from exc
+        names = "BULKOPS_STORAGE_URL" + (" and BULKOPS_S3_ENDPOINT_URL" if settings.s3_endpoint_url else "")
+        raise Refused("storage_unavailable", f"{exc} (check {names})") from exc
     return store
-
-
-def store_is_s3(settings) -> bool:
-    return settings.storage_url.startswith(("s3://", "s3a://"))
 
 
 def _launch_ids(creator: str, items: list[str] | None, store) -> tuple[list[str] | None, str | None]:
@@ -579,8 +575,8 @@ def reprocess(
         _check_reprocessable(creator)
     video_ids, invalid_key = _launch_ids(creator, selection, store)
     parameters = {"creator_id": creator, "video_ids": video_ids, "all_videos": selection is None,
-                  "invalid_ids_key": invalid_key, "embedder": name, "batch_size": batch_size, "chunk_target": chunk_target,
-                  "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
+                  "invalid_ids_key": invalid_key, "embedder": name, "batch_size": batch_size,
+                  "chunk_target": chunk_target, "chunk_overlap": chunk_overlap, "chunk_unit": chunk_unit}
     document = run_flow("bulk-reprocess", parameters, json_out=json_out, label="reprocess")
     finish_operation(document, json_out=json_out)
 

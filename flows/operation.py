@@ -140,17 +140,17 @@ def select_videos(
     from tasks.common import engine
     from videolib.selection import iter_creator_video_ids, resolve_owned
 
-    parsed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+    listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                         invalid_ids_key=invalid_ids_key)
     if all_videos:
         ids = list(iter_creator_video_ids(engine(), creator_id))
         result.requested = len(ids)
         return ids
-    if parsed is None:
+    if listed is None:
         raise RequestError(
             "empty_selection", f"no videos selected: give `video_ids`, or set `all_videos` to {verb} everything"
         )
-    owned, missing = resolve_owned(engine(), creator_id, parsed, exclude_statuses=exclude_statuses)
+    owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=exclude_statuses)
     result.add_errors(missing)
     return owned
 

@@ -148,6 +148,7 @@ def test_raw_statements_bind_the_same_form(library):
     stamp = datetime(2026, 3, 4, 7, 6, 7, 1, tzinfo=timezone(timedelta(hours=2)))
     if dialect.name == "sqlite":
         assert bind_timestamp(dialect, stamp) == "2026-03-04 05:06:07.000001" == sqlite_text(stamp)
+        assert sqlite_text(datetime(33, 1, 2, 3, 4, 5)) == "0033-01-02 03:04:05.000000"
     else:
         assert bind_timestamp(dialect, stamp) == stamp and bind_timestamp(dialect, stamp).tzinfo == UTC
     assert UTCDateTime().dialect_impl(dialect).bind_processor(dialect) is not None

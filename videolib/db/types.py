@@ -30,7 +30,6 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # The canonical SQLite text as a GLOB pattern (migration 0004 looks for anything else).
 SQLITE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]"
 
@@ -78,8 +77,11 @@ def to_utc(value: datetime) -> datetime:
 
 
 def sqlite_text(value: datetime) -> str:
-    """The canonical SQLite text of ``value``: naive UTC, six fractional digits."""
-    return to_utc(value).strftime(SQLITE_FORMAT)
+    """The canonical SQLite text of ``value``: naive UTC, six fractional digits (years
+    below 1000 zero-padded too, which the C library's ``%Y`` does not do)."""
+    v = to_utc(value)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}")
 
 
 class _SqliteUTCText(sqlite.DATETIME):
