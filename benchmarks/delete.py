@@ -138,7 +138,7 @@ def load_servers_module():
 def reset_caches() -> None:
     """Settings, cached stores and engines are read again from the environment."""
     from config import get_settings
-    from tasks.common import _store
+    from tasks.resources import _store
     from videolib.db.engine import dispose_engines
 
     get_settings.cache_clear()
@@ -406,7 +406,7 @@ def verify(instance: Instance, keys: list[str], *, rows_deleted: bool) -> tuple[
 def run_flow(instance: Instance, *, videos: int, objects: int, batch_size: int) -> Measurement:
     """(a) the bulk-delete flow under Prefect."""
     from flows.bulk_delete import bulk_delete
-    from flows.operation import add_progress_listener, remove_progress_listener
+    from flows.progress import add_progress_listener, remove_progress_listener
 
     point_settings_at(instance.database_url, instance.storage_url, instance.endpoint, instance.data_dir)
     events: list[tuple[float, Any]] = []
@@ -727,7 +727,7 @@ def import_library() -> None:
     same code even if the sources change on disk while the benchmark runs."""
     import flows.bulk_delete  # noqa: F401
     import flows.operation  # noqa: F401
-    import tasks.common  # noqa: F401
+    import tasks.resources  # noqa: F401
     import videolib.db.engine  # noqa: F401
     import videolib.db.migrate  # noqa: F401
     import videolib.delete  # noqa: F401

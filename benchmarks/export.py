@@ -201,7 +201,7 @@ def export_sql(dialect: str) -> str:
 
 def reset_caches() -> None:
     from config import get_settings
-    from tasks.common import _store
+    from tasks.resources import _store
     from videolib.db.engine import dispose_engines
 
     get_settings.cache_clear()
@@ -243,7 +243,7 @@ def import_everything() -> None:
 def child_flow(spec: dict, fmt: str) -> dict:
     """(a): the bulk-export flow, all of the creator's videos."""
     from flows.bulk_export import bulk_export
-    from flows.operation import add_progress_listener, remove_progress_listener
+    from flows.progress import add_progress_listener, remove_progress_listener
     from videolib.export import ExportWriter
 
     point_settings_at(spec["database_url"], spec["storage"], spec["data_dir"])
@@ -356,7 +356,7 @@ def child_raw(spec: dict) -> dict:
         import adbc_driver_sqlite.dbapi as adbc_sqlite
 
         from videolib.export import conform
-        from videolib.sqlite_arrow import BATCH_ROWS, restore_nulls
+        from videolib.export.sqlite_arrow import BATCH_ROWS, restore_nulls
 
         conn = adbc_sqlite.connect("file:" + quote(spec["db_path"]) + "?mode=ro")
         try:
@@ -448,7 +448,7 @@ def child_main(spec_path: Path) -> int:
     if variant in FLOW_VARIANTS and spec["warm_up"]:
         warm_up(spec, FORMATS[variant])
     gc.collect()
-    from videolib.sqlite_arrow import HELPER_RSS_KB
+    from videolib.export.sqlite_arrow import HELPER_RSS_KB
 
     HELPER_RSS_KB.clear()  # the warm-up's helpers
     rss_before = rss_kb()

@@ -201,7 +201,7 @@ def verify(db: Path, template: Template, model: str) -> tuple[bool, str]:
 
 def run_flow(db: Path, template: Template, work: Path, batch_size: int) -> Measurement:
     from flows.bulk_reprocess import bulk_reprocess
-    from flows.operation import add_progress_listener, remove_progress_listener
+    from flows.progress import add_progress_listener, remove_progress_listener
 
     common.point_settings_at(common.sqlite_url(db), str(work / "storage"), None, work / "data")
     events: list[tuple[float, Any]] = []

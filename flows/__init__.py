@@ -1,1 +1,24 @@
-"""Prefect flows, one per file; the shared operation scaffold is ``flows/operation.py``."""
+"""Prefect flows, one per file; the operation object they all run on is ``flows/operation.py``.
+
+``FLOWS`` finds a flow by its Prefect name without importing the others (each import
+costs the flow's dependencies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+
+def _loader(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(import_module(module), name)
+
+
+FLOWS: dict[str, Callable[[], Any]] = {
+    "bulk-delete": _loader("flows.bulk_delete", "bulk_delete"),
+    "bulk-export": _loader("flows.bulk_export", "bulk_export"),
+    "bulk-reprocess": _loader("flows.bulk_reprocess", "bulk_reprocess"),
+}
+# Which operation each flow runs (its result document's `operation`).
+FLOW_OPERATIONS = {"bulk-delete": "delete", "bulk-export": "export", "bulk-reprocess": "reprocess"}

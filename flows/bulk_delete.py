@@ -18,8 +18,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import DRY_RUN_TAG, run_operation, select_videos
-from tasks.common import store
+from flows.operation import DRY_RUN_TAG, Operation, select_videos
+from tasks.resources import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
 from videolib.ids import check_creator_id
@@ -78,13 +78,10 @@ def bulk_delete(
             batches=result.batches,
         )
 
-    return run_operation(
-        operation="delete",
-        creator_id=creator_id,
-        dry_run=dry_run,
-        batch_size=batch_size or get_settings().batch_size,
+    return Operation("delete", creator_id, dry_run=dry_run).run(
         prepare=prepare,
         batch_task=delete_video_batch,
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run},
+        batch_size=batch_size or get_settings().batch_size,
         finish=finish,
     )

@@ -1,7 +1,7 @@
 """bulk-export: a creator's video metadata to one Parquet or CSV file, with an expiring link.
 
 Mapped tasks read id ranges from the database as Arrow batches into part files;
-the flow streams the parts, in order, into one writer (see ``videolib/export.py``).
+the flow streams the parts, in order, into one writer (see ``videolib/export/``).
 By hand:
 
     bulkops export --creator creator-001 --format parquet
@@ -23,8 +23,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Plan, listed_ids, run_operation
-from tasks.common import engine, store
+from flows.operation import Operation, Plan, listed_ids
+from tasks.resources import engine, store
 from tasks.export import read_export_batch
 from videolib.export import (
     DEFAULT_COLUMNS,
@@ -110,10 +110,9 @@ def bulk_export(
         state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
         # No ids (None, or a UI's empty list field []): all of the creator's videos.
         listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                            invalid_ids_key=invalid_ids_key)
+                            invalid_ids_key=invalid_ids_key, filtered=flt != ExportFilter(),
+                            everything_by_default=True, verb="export")
         if listed is not None:
-            if status or created_after or created_before:
-                raise RequestError("bad_selection", "give either `video_ids` or a filter (status, created_after/before)")
             owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=("deleting",))
             result.add_errors(missing)
             batches = plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
@@ -179,14 +178,11 @@ def bulk_export(
 
     resources = ExitStack()  # what the run holds until cleanup (SQLite reader processes)
     task_kwargs = {"creator_id": creator_id}  # columns and filter join it once validated
-    return run_operation(
-        operation="export",
-        creator_id=creator_id,
-        dry_run=False,
-        batch_size=batch_size,
+    return Operation("export", creator_id).run(
         prepare=prepare,
         batch_task=read_export_batch,
         task_kwargs=task_kwargs,
+        batch_size=batch_size,
         on_outcome=on_outcome,
         finish=finish,
         cleanup=cleanup,

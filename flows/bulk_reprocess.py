@@ -18,12 +18,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import run_operation, select_videos
-from tasks.common import engine
-from tasks.reprocess import embedder_for, reprocess_video_batch
+from flows.operation import Operation, select_videos
+from tasks.reprocess import reprocess_video_batch
+from tasks.resources import embedder_for, engine
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
-from videolib.embedders import default_batch_size
+from videolib.embedders import check_embedder, default_batch_size
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult, describe_not_selected
 from videolib.reprocess import select_reprocessable
@@ -66,12 +66,9 @@ def bulk_reprocess(
     def prepare(result: OperationResult) -> list[str]:
         check_creator_id(creator_id)
         chunking = chunking_config(chunk_target, chunk_overlap, chunk_unit)
-        try:
-            # Load it now (a model loads once per process): a missing extra or a model
-            # that cannot load is refused before any video is claimed.
-            embedder_for(embedder_name).embed(["bulkops"])
-        except (ImportError, ValueError, RuntimeError, OSError) as exc:
-            raise RequestError("embedder_unavailable", f"embedder {embedder_name!r} cannot run: {exc}") from None
+        # Load it now (a model loads once per process): a missing extra or a model that
+        # cannot load is refused before any video is claimed.
+        check_embedder(embedder_name, make=embedder_for, load=True)
         task_kwargs["chunking"] = chunking.model_dump()
         if all_videos and not video_ids and not invalid_ids_key:
             # Only what a reprocess can act on; the rest is counted, not failed.
@@ -104,14 +101,11 @@ def bulk_reprocess(
 
     # `prepare` fills in the validated chunking; the batches are mapped after it runs.
     task_kwargs: dict = {"creator_id": creator_id, "embedder": embedder_name, "chunking": {}}
-    return run_operation(
-        operation="reprocess",
-        creator_id=creator_id,
-        dry_run=False,
-        batch_size=batch_size or default_batch_size(embedder_name),
+    return Operation("reprocess", creator_id).run(
         prepare=prepare,
         batch_task=reprocess_video_batch,
         task_kwargs=task_kwargs,
+        batch_size=batch_size or default_batch_size(embedder_name),
         on_outcome=on_outcome,
         finish=finish,
         cleanup=resources.close,

@@ -8,7 +8,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from config import get_settings
-from tasks.common import engine, stop_requested, store
+from tasks.resources import engine, store
+from tasks.stop import VARIABLES, StopFlag
 from videolib.delete import delete_batch, plan_delete_batch
 from videolib.operation import BatchOutcome
 
@@ -28,9 +29,10 @@ def delete_video_batch(
     creator_id: str,
     operation_id: str,
     dry_run: bool = False,
+    stop: StopFlag = VARIABLES,
 ) -> dict[str, Any]:
     """Delete (or, on a dry run, plan) one batch; returns the batch's outcome as a dict."""
-    if stop_requested(operation_id):
+    if stop.requested(operation_id):
         return BatchOutcome(skipped=len(video_ids)).to_dict()
     if dry_run:
         outcome = plan_delete_batch(engine(), store(), creator_id=creator_id, video_ids=video_ids)

@@ -8,7 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.common import engine, stop_requested, store
+from tasks.resources import engine, store
+from tasks.stop import VARIABLES, StopFlag
 from videolib.export import (
     ExportBatch,
     ExportFilter,
@@ -40,11 +41,12 @@ def read_export_batch(
     export_filter: ExportFilter,
     format: str = "parquet",
     formula_guard: bool = True,
+    stop: StopFlag = VARIABLES,
 ) -> dict[str, Any]:
     """Read one batch of rows (Arrow, straight from the database) into a part file:
     Arrow IPC for a Parquet export, CSV rows (guarded unless ``formula_guard`` is off)
     for a CSV export."""
-    if stop_requested(operation_id):
+    if stop.requested(operation_id):
         return BatchOutcome(skipped=batch.rows).to_dict()
     errors: list[ItemError] = []
     if batch.ids is not None:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from config import get_settings
-from tasks.common import engine, stop_requested
+from tasks.resources import embedder_for, engine
+from tasks.stop import VARIABLES, StopFlag
 from videolib.chunking import ChunkingConfig
-from videolib.embedders import Embedder, get_embedder
 from videolib.operation import NO_TRANSCRIPT, BatchOutcome
 from videolib.reprocess import BUSY, reprocess_batch
-
-
-@lru_cache(maxsize=4)
-def embedder_for(name: str) -> Embedder:
-    """One embedder per name and process (a model loads once, whatever the batches)."""
-    return get_embedder(name)
 
 
 @task(
@@ -39,12 +32,13 @@ def reprocess_video_batch(
     embedder: str,
     chunking: dict[str, Any],
     whole_library: bool = False,
+    stop: StopFlag = VARIABLES,
 ) -> dict[str, Any]:
     """Re-chunk and re-embed one batch; returns the batch's outcome as a dict.
 
     In a whole-library run (``all_videos``) a video found without a transcript or held
     by someone else when its batch comes is left out (``not_selected``), not failed."""
-    if stop_requested(operation_id):
+    if stop.requested(operation_id):
         return BatchOutcome(skipped=len(video_ids)).to_dict()
     settings = get_settings()
     outcome = reprocess_batch(

@@ -162,7 +162,7 @@ def reset_bulkops_caches() -> None:
     get_settings.cache_clear()
     dispose_engines()
     try:
-        from tasks.common import _store
+        from tasks.resources import _store
 
         _store.cache_clear()
     except ImportError:

@@ -31,7 +31,7 @@ def _artifacts(run_id: str):
 
 
 def _status(run_id: str):
-    from flows.status import read_status
+    from service.status import read_status
 
     return read_status(run_id)
 
@@ -244,7 +244,7 @@ def test_stop_flag_cancels_after_batches_in_flight(sqlite_library, monkeypatch):
 
     import tasks.delete
     from config import get_settings
-    from tasks.common import request_stop
+    from tasks.stop import request_stop
 
     lib = sqlite_library
     lib.seed(40, creators=1)
@@ -273,9 +273,46 @@ def test_stop_flag_cancels_after_batches_in_flight(sqlite_library, monkeypatch):
     assert "stopped on request" in doc["message"]
 
 
+def test_a_flow_stops_by_the_flag_it_is_given_without_prefect_variables(sqlite_library, monkeypatch):
+    """The operation's stop flag is passed to it: a test (or any caller) can drive a run
+    with a flag of its own, and Prefect's Variables are never read or written."""
+    import threading
+
+    import tasks.delete
+    import tasks.stop
+    from flows.operation import stop_flag
+    from tasks.stop import MemoryStop
+
+    def no_server(*_args, **_kwargs):
+        raise AssertionError("a Prefect Variable was used")
+
+    for name in ("get", "set", "unset"):
+        monkeypatch.setattr(tasks.stop.Variable, name, no_server)
+    lib = sqlite_library
+    lib.seed(20, creators=1)
+    ids = lib.ids("creator-001")
+    flag = MemoryStop()
+    real_delete = tasks.delete.delete_batch
+    first = threading.Lock()
+
+    def delete_and_stop(*args, **kwargs):
+        if first.acquire(blocking=False):
+            flag.request(kwargs["operation_id"])
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.delete, "delete_batch", delete_and_stop)
+    with stop_flag(flag):
+        state = _run(creator_id="creator-001", video_ids=ids, batch_size=1)
+    assert state.is_cancelled()
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert doc["status"] == "cancelled" and doc["requested"] == doc["succeeded"] + doc["skipped"] == 20
+    assert len(lib.ids("creator-001")) == doc["skipped"] > 0
+    assert flag.stopped == set(), "the run clears its flag when it ends"
+
+
 def test_stop_before_any_batch_skips_everything(sqlite_library):
-    from flows.operation import add_progress_listener, remove_progress_listener
-    from tasks.common import request_stop
+    from flows.progress import add_progress_listener, remove_progress_listener
+    from tasks.stop import request_stop
 
     lib = sqlite_library
     lib.seed(10, creators=1)
@@ -301,14 +338,14 @@ def test_a_terminated_run_leaves_its_progress_where_it_got_to(sqlite_library, mo
     (Prefect's TerminationSignal) between two progress posts: the artifact must still
     show the batches that finished. Raised here as a BaseException of our own: a real TerminationSignal makes
     Prefect re-send SIGTERM to the process, the test runner."""
-    import flows.operation
-    from flows.operation import add_progress_listener, remove_progress_listener
+    import flows.progress
+    from flows.progress import add_progress_listener, remove_progress_listener
 
     lib = sqlite_library
     lib.seed(200, creators=1, files=False)
     ids = lib.ids("creator-001")
     # No post between the first (0 %) and the last batch: only the flush can move it.
-    monkeypatch.setattr(flows.operation, "PROGRESS_MIN_INTERVAL_S", float("inf"))
+    monkeypatch.setattr(flows.progress, "PROGRESS_MIN_INTERVAL_S", float("inf"))
     seen = []
 
     def terminate_after_three(event):
@@ -331,23 +368,23 @@ def test_a_terminated_run_leaves_its_progress_where_it_got_to(sqlite_library, mo
     assert status["progress"]["percent"] == 1.5
     assert len(ids) - len(lib.ids("creator-001")) >= current, "what the progress counts was really deleted"
     # And the batches that had not started were told not to (in this process only).
-    import tasks.common
+    import tasks.stop
 
-    monkeypatch.setattr(tasks.common.Variable, "get", lambda *a, **k: pytest.fail("asked the server"))
-    assert tasks.common.stop_requested(operation_id) is True
+    monkeypatch.setattr(tasks.stop.Variable, "get", lambda *a, **k: pytest.fail("asked the server"))
+    assert tasks.stop.stop_requested(operation_id) is True
 
 
 def test_a_stop_here_is_seen_at_once_and_asks_no_server(monkeypatch):
     """What a terminated flow sets so that its batches not yet started return unstarted:
     no Variable is read or written for it (the run is ending; nobody would clear it)."""
-    import tasks.common
-    from tasks.common import stop_here, stop_requested
+    import tasks.stop
+    from tasks.stop import stop_here, stop_requested
 
     def no_server(*_args, **_kwargs):
         raise AssertionError("the Prefect server was asked")
 
-    monkeypatch.setattr(tasks.common.Variable, "get", no_server)
-    monkeypatch.setattr(tasks.common.Variable, "set", no_server)
+    monkeypatch.setattr(tasks.stop.Variable, "get", no_server)
+    monkeypatch.setattr(tasks.stop.Variable, "set", no_server)
     operation_id = str(uuid.uuid4())
     stop_here(operation_id)
     assert stop_requested(operation_id) is True

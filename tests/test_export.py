@@ -31,7 +31,7 @@ def _export(**params):
     from flows.bulk_export import bulk_export
 
     state = bulk_export(**params, return_state=True)
-    from flows.status import read_status
+    from service.status import read_status
 
     return state, read_status(str(state.state_details.flow_run_id))["result"]
 
@@ -99,7 +99,7 @@ def test_parquet_round_trip_matches_the_database(library):
 @pytest.mark.parametrize("encode_rows", [None, 7], ids=["default-slices", "7-row-slices"])
 def test_csv_round_trip_without_guard(sqlite_library, monkeypatch, encode_rows):
     if encode_rows:  # every record batch encoded in several pieces: rows are neither lost nor doubled
-        monkeypatch.setattr("videolib.export.CSV_ENCODE_ROWS", encode_rows)
+        monkeypatch.setattr("videolib.export.writers.CSV_ENCODE_ROWS", encode_rows)
     lib = sqlite_library
     lib.seed(60, creators=1)
     awkward = _awkward(lib, "creator-001")
@@ -162,7 +162,8 @@ def test_column_subset_and_order(sqlite_library):
 
 
 def test_sqlite_id_walk_plans_the_same_ranges_as_the_window_query(sqlite_library):
-    from videolib.export import ExportFilter, _sqlite_ranges, _window_ranges
+    from videolib.export import ExportFilter
+    from videolib.export.plan import _sqlite_ranges, _window_ranges
 
     lib = sqlite_library
     lib.seed(57, creators=2)
@@ -281,7 +282,7 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 from flows.bulk_export import bulk_export
 import pyarrow, polars, pyarrow.parquet  # noqa: F401  (imports before the baseline)
 from prefect.testing.utilities import prefect_test_harness
-from videolib.sqlite_arrow import HELPER_RSS_KB
+from videolib.export.sqlite_arrow import HELPER_RSS_KB
 with prefect_test_harness(server_startup_timeout=120):
     bulk_export(creator_id="creator-001", format=sys.argv[1], columns=["id"], batch_size=1000)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -432,7 +433,8 @@ def test_chunk_counts_of_dense_and_sparse_ranges_are_the_creators(library):
 def test_sqlite_chunk_counts_of_a_range_read_only_the_creators_videos(sqlite_library):
     """A range of one creator's ids spans other creators' videos: the counts start from
     the creator's own videos (its index), never from a walk over every chunk in the range."""
-    from videolib.export import ExportBatch, _chunk_count_sql
+    from videolib.export import ExportBatch
+    from videolib.export.readers import _chunk_count_sql
 
     lib = sqlite_library
     lib.seed(60, creators=3, chunks_per_video=3, transcript_ratio=1.0)
@@ -452,7 +454,7 @@ def test_postgres_reads_reuse_idle_connections_and_replace_dropped_ones(pg_libra
     """ADBC connections to PostgreSQL are kept idle for the next read (a new one loads the
     server's type catalog), never idle inside a transaction; one the server dropped is
     replaced, not used; disposing of the engine closes them."""
-    import videolib.export as export
+    import videolib.export.readers as export
     from videolib.export import ExportBatch, ExportFilter, read_batch
 
     lib = pg_library

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 
 import pytest
@@ -167,19 +168,31 @@ def test_error_report_is_rfc4180_and_guarded():
 
 
 @pytest.mark.parametrize("n", [3, 1500, 10_005])
-def test_the_stored_result_round_trips_and_says_when_it_is_cut(n):
-    from flows.operation import (
-        RESULT_ERROR_ROWS,
-        parse_result_markdown,
-        result_markdown,
-    )
+def test_the_stored_result_keeps_the_document_and_says_when_it_is_cut(n):
+    from flows.result import RESULT_ERROR_ROWS, stored_document
 
     result = OperationResult(operation_id="op", operation="delete", creator_id="c", requested=n)
     result.add_errors([ItemError(f'id-{i}"', "not_found", "=x, \n y") for i in range(n)])
     document = result.to_dict()
-    stored = parse_result_markdown(result_markdown(document))
+    stored = json.loads(json.dumps(stored_document(document)))  # as the artifact's JSON holds it
     if n <= RESULT_ERROR_ROWS:
         assert stored == document
     else:
         assert stored["errors"] == document["errors"][:RESULT_ERROR_ROWS] and stored["errors_truncated"] is True
         assert stored["failed"] == n
+
+
+def test_runs_recorded_in_the_old_form_still_read_back():
+    """Before the result and the counts were stored as JSON, a run kept its document in
+    a fenced block of its markdown summary and its counts in the progress text; a
+    recorded pair of such artifacts (tests/data/old_form_artifacts.json) still reads."""
+    from pathlib import Path
+
+    from prefect.client.schemas.objects import Artifact
+
+    from service.status import _progress, _result
+
+    recorded = json.loads((Path(__file__).parent / "data" / "old_form_artifacts.json").read_text())
+    artifacts = Artifact.model_validate_list([recorded["progress_artifact"], recorded["result_artifact"]])
+    assert _result(artifacts) == recorded["document"]
+    assert _progress(artifacts) == {"current": 3, "total": 4, "eta_seconds": 7.0}

@@ -55,7 +55,7 @@ def test_completed_reprocess(library):
             expected += len(contents)
     assert doc["message"] == f"{expected} chunks written with embedder hashing"
 
-    from flows.status import read_status
+    from service.status import read_status
 
     status = read_status(doc["operation_id"])
     assert status["operation"] == "reprocess" and status["status"] == "completed"
@@ -109,7 +109,7 @@ def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library):
         assert conn.execute(select(Video.status, Video.processing_by).where(Video.id == cueless)).one() == (
             "ready", None)
 
-    from flows.status import read_status
+    from service.status import read_status
 
     status = read_status(doc["operation_id"])
     assert status["status"] == "completed" and status["result"]["not_selected"] == doc["not_selected"]
@@ -174,7 +174,7 @@ def test_refused_requests_change_nothing(sqlite_library, params, error_text):
     before = _snapshot(lib)
     state = _run(**{"creator_id": "creator-001", **params})
     assert state.is_failed()
-    from flows.status import read_status
+    from service.status import read_status
 
     status = read_status(str(state.state_details.flow_run_id))
     assert status["status"] == "failed" and error_text in status["result"]["message"]
@@ -200,7 +200,7 @@ def test_a_batch_that_fails_after_its_retries_is_reported_and_released(sqlite_li
     state = _run(creator_id="creator-001", video_ids=ids, batch_size=10)
     doc = state.result() if not state.is_failed() else None
     assert state.is_failed()
-    from flows.status import read_status
+    from service.status import read_status
 
     result = read_status(str(state.state_details.flow_run_id))["result"]
     assert result["failed"] == len(ids) and {e["error"] for e in result["errors"]} == {"batch_error"}

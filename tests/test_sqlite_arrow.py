@@ -1,4 +1,4 @@
-"""The ADBC SQLite reader processes (videolib/sqlite_arrow.py) on real SQLite files."""
+"""The ADBC SQLite reader processes (videolib/export/sqlite_arrow.py) on real SQLite files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import pyarrow as pa
 import pytest
 
-from videolib.sqlite_arrow import (
+from videolib.export.sqlite_arrow import (
     HELPER_RSS_KB,
     SqliteArrowReader,
     SqliteReaderError,

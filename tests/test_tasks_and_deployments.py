@@ -175,7 +175,7 @@ def test_stop_flag_is_read_once_by_batches_starting_together(prefect_harness, mo
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks import common
+    from tasks import stop as common
 
     counting = _CountingVariable(delay_s=0.3)
     monkeypatch.setattr(common, "Variable", counting)
@@ -202,7 +202,7 @@ def test_stop_flag_is_read_once_by_batches_starting_together(prefect_harness, mo
 def test_a_failed_stop_read_lets_the_next_caller_read_again(prefect_harness, monkeypatch):
     import uuid
 
-    from tasks import common
+    from tasks import stop as common
 
     counting = _CountingVariable(fail_first=1)
     monkeypatch.setattr(common, "Variable", counting)
@@ -222,7 +222,7 @@ def test_stop_prefetch_reads_in_the_callers_context(monkeypatch):
     the API URL among them, in context variables)."""
     import contextvars
 
-    from tasks import common
+    from tasks import stop as common
 
     marker = contextvars.ContextVar("marker", default="unset")
     seen: list[str] = []

@@ -32,7 +32,7 @@ def _export(creator_id: str, fmt: str, **params) -> dict:
     from flows.bulk_export import bulk_export
 
     state = bulk_export(creator_id=creator_id, format=fmt, return_state=True, **params)
-    from flows.status import read_status
+    from service.status import read_status
 
     return read_status(str(state.state_details.flow_run_id))["result"]
 

@@ -27,6 +27,21 @@ def chunked(items: Sequence[str], size: int = IN_CHUNK) -> Iterator[Sequence[str
         yield items[start : start + size]
 
 
+def check_selection(*, listed: bool, all_videos: bool, filtered: bool = False,
+                    everything_by_default: bool = False, verb: str = "select") -> None:
+    """Refuse a selection that is contradictory (``bad_selection``) or missing
+    (``empty_selection``): ids and ``all_videos`` together, or ids and a filter; neither
+    ids nor ``all_videos`` unless no selection means everything (an export)."""
+    if all_videos and listed:
+        raise RequestError("bad_selection", "give either `video_ids` or `all_videos`, not both")
+    if filtered and listed:
+        raise RequestError("bad_selection", "give either `video_ids` or a filter (status, created_after/before)")
+    if not listed and not all_videos and not everything_by_default:
+        raise RequestError(
+            "empty_selection", f"no videos selected: give `video_ids`, or set `all_videos` to {verb} everything"
+        )
+
+
 def owned_statuses(engine: Engine, creator_id: str, ids: Sequence[str]) -> dict[str, str]:
     """``{id: status}`` for the ids in ``ids`` that belong to ``creator_id``."""
     found: dict[str, str] = {}

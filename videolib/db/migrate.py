@@ -11,10 +11,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 
-def _config() -> Config:
-    import migrations
+# The Alembic scripts live beside this module (videolib/db/migrations/), so no import
+# points up the house.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-    folder = Path(migrations.__file__).parent
+
+def _config() -> Config:
+    folder = MIGRATIONS
     cfg = Config(str(folder / "alembic.ini"))
     cfg.set_main_option("script_location", str(folder))
     return cfg

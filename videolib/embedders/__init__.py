@@ -38,6 +38,27 @@ def get_embedder(name: str = "hashing") -> Embedder:
     raise ValueError(f"`embedder` must be 'hashing' or 'minilm', got {name!r}")
 
 
+EMBEDDERS = ("hashing", "minilm")
+
+
+def check_embedder(name: object, *, make=None, load: bool = False) -> str:
+    """``name`` if that embedder can run here: ``unknown_embedder`` for a name that is none
+    of ``EMBEDDERS``, ``embedder_unavailable`` when its extra is missing or (``load``) its
+    model does not load. ``make`` builds it (default ``get_embedder``; a caller that keeps
+    one per process passes its own, so the model loads once)."""
+    from videolib.ids import RequestError
+
+    if name not in EMBEDDERS:
+        raise RequestError("unknown_embedder", f"`embedder` must be 'hashing' or 'minilm', got {str(name)[:40]!r}")
+    try:
+        embedder = (make or get_embedder)(name)
+        if load:
+            embedder.embed(["bulkops"])
+    except (ImportError, RuntimeError, ValueError, OSError) as exc:
+        raise RequestError("embedder_unavailable", f"embedder {name!r} cannot run: {exc}") from None
+    return name  # type: ignore[return-value]
+
+
 # Videos per reprocess batch when the caller does not say: a batch is one transaction
 # and one progress step. The hashing embedder does 1000 videos (~10k chunks) in about
 # half a second, and bigger batches cost Prefect fewer task runs (20k videos on 2

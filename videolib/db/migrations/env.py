@@ -1,5 +1,5 @@
 """Alembic environment: runs on the connection ``videolib.db.migrate`` hands over,
-or on ``BULKOPS_DATABASE_URL`` when run as ``alembic -c migrations/alembic.ini``."""
+or on ``BULKOPS_DATABASE_URL`` when run as ``alembic -c videolib/db/migrations/alembic.ini``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""What every batch task shares: resources from settings, and the stop check."""
+"""Stopping an operation: a flag its batches check as they start, and that its flow is
+given, so that a test can drive a flow without Prefect's variables (``MemoryStop``).
+
+``VariableStop`` (the one every run uses) keeps the flag in a Prefect Variable keyed by
+the run id: any process can set it, and the run ends ``Cancelled`` after the batches in
+flight, with its progress and result kept (Prefect's own cancel kills the process).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,26 @@ import contextvars
 import logging
 import threading
 import time
-from functools import lru_cache
+from typing import Protocol
 
 from prefect.variables import Variable
 
-from config import get_settings
-from videolib.db.engine import get_engine
-from videolib.storage import ObjectStore
-
 log = logging.getLogger(__name__)
+
+
+class StopFlag(Protocol):
+    """What a flow and its batches need to know about stopping: read, set, and forget."""
+
+    def requested(self, operation_id: str) -> bool: ...
+
+    def prefetch(self, operation_id: str) -> object: ...
+
+    def here(self, operation_id: str) -> None: ...
+
+    def request(self, operation_id: str) -> None: ...
+
+    def clear(self, operation_id: str) -> None: ...
+
 
 STOP_PREFIX = "bulkops-stop-"
 _STOP_TTL_S = 1.0
@@ -104,15 +121,45 @@ def clear_stop(operation_id: str) -> None:
             _stop_readers.pop(operation_id, None)
 
 
-def engine():
-    return get_engine(get_settings().database_url)
+class VariableStop:
+    """The stop flag in a Prefect Variable (``bulkops-stop-{operation_id}``), read at most
+    once a second per process (see :func:`stop_requested`). Stateless: it pickles."""
+
+    def requested(self, operation_id: str) -> bool:
+        return stop_requested(operation_id)
+
+    def prefetch(self, operation_id: str) -> threading.Thread:
+        return prefetch_stop(operation_id)
+
+    def here(self, operation_id: str) -> None:
+        stop_here(operation_id)
+
+    def request(self, operation_id: str) -> None:
+        request_stop(operation_id)
+
+    def clear(self, operation_id: str) -> None:
+        clear_stop(operation_id)
 
 
-@lru_cache(maxsize=8)
-def _store(url: str, endpoint: str | None) -> ObjectStore:
-    return ObjectStore.from_url(url, endpoint_url=endpoint)
+class MemoryStop:
+    """A stop flag in this process's memory (tests, and runs that nobody stops from outside)."""
+
+    def __init__(self) -> None:
+        self.stopped: set[str] = set()
+
+    def requested(self, operation_id: str) -> bool:
+        return operation_id in self.stopped
+
+    def prefetch(self, operation_id: str) -> None:
+        return None
+
+    def here(self, operation_id: str) -> None:
+        self.stopped.add(operation_id)
+
+    request = here
+
+    def clear(self, operation_id: str) -> None:
+        self.stopped.discard(operation_id)
 
 
-def store() -> ObjectStore:
-    settings = get_settings()
-    return _store(settings.storage_url, settings.s3_endpoint_url)
+VARIABLES = VariableStop()

@@ -1,0 +1,118 @@
+"""``bulkops delete``, ``export`` and ``reprocess``: each parses its flags into one typed
+request (``service.requests``), runs it (``service.launch``) with a progress bar on
+stderr, and prints the result document (``--json``) or a summary.
+
+Exit status: 0 completed (or a dry run finished), 1 partial, failed or cancelled; a
+refusal before any run is exit 2 (``cli.main``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from cli.app import EmbedderOpt, IdsFileOpt, IdsOpt, JsonOpt, emit, err
+from cli.render import OperationBar, print_result
+
+_announced = False
+
+
+def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a checked request in this process, with a live progress bar on stderr; its
+    result document."""
+    from service.launch import run
+
+    global _announced
+    if not json_out and not _announced:
+        _announced = True
+        where = os.environ.get("PREFECT_API_URL") or "a temporary local Prefect server (set PREFECT_API_URL to reuse one)"
+        err.print(f"[dim]Running on {where}…[/dim]")
+    with OperationBar(enabled=not json_out, label=request.label) as bar:
+        return run(request, listener=bar.update, parameters=parameters)
+
+
+def finish(document: dict[str, Any], *, json_out: bool) -> None:
+    """Print the document (or its summary) and leave with the operation's exit status."""
+    if json_out:
+        emit(document)
+    else:
+        print_result(document)
+    status = document.get("status")
+    # A refused or broken run is "failed" with a message; a dry run that finished exits 0
+    # whatever its per-item findings (CONTRACT.md).
+    aborted = status == "failed" and bool(document.get("message"))
+    ok = status == "completed" or (bool(document.get("dry_run")) and status in {"partial", "failed"} and not aborted)
+    raise typer.Exit(0 if ok else 1)
+
+
+def delete(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are deleted.")],
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
+    all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")] = False,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, max=100_000, help="Videos per batch [default: BULKOPS_BATCH_SIZE, 1000]."
+    )] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete videos: rows, files, thumbnails and transcript chunks (tombstone first)."""
+    from service.requests import CommandLineIds, DeleteRequest
+
+    request = DeleteRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos),
+                                  dry_run=dry_run, batch_size=batch_size)
+    finish(run_operation(request, json_out=json_out), json_out=json_out)
+
+
+def export(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are exported.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")],
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
+    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated subset of columns.")] = None,
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only videos with this status.")] = None,
+    created_after: Annotated[str | None, typer.Option("--created-after", help="ISO 8601 time (inclusive).")] = None,
+    created_before: Annotated[str | None, typer.Option("--created-before", help="ISO 8601 time (exclusive).")] = None,
+    no_formula_guard: Annotated[
+        bool, typer.Option("--no-formula-guard", help="CSV: keep cells starting with = + - @ as they are.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=100, max=1_000_000, help="Rows per task.")] = 20_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export video metadata to one Parquet or CSV file in storage, with an expiring download link."""
+    from service.requests import CommandLineIds, ExportRequest
+
+    request = ExportRequest.build(
+        creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), allow_all=False), format=fmt,
+        columns=columns, status=status_filter, created_after=created_after, created_before=created_before,
+        formula_guard=not no_formula_guard, batch_size=batch_size,
+    )
+    finish(run_operation(request, json_out=json_out), json_out=json_out)
+
+
+def reprocess(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose videos are reprocessed.")],
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
+    all_videos: Annotated[bool, typer.Option("--all", help=(
+        "Every video of the creator that has a transcript and that nobody else is processing; "
+        "the others are counted as not selected, not as failures."))] = False,
+    embedder: EmbedderOpt = None,
+    chunk_target: Annotated[int, typer.Option("--chunk-target", help="Most words (or tokens) per chunk.")] = 80,
+    chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Words (or tokens) of overlap.")] = 16,
+    chunk_unit: Annotated[str, typer.Option("--chunk-unit", help="words or tokens.")] = "words",
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, max=100_000, help="Videos per batch [default: 1000 with hashing, 100 with minilm]."
+    )] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-chunk transcripts and recompute embeddings (a video gets all new chunks or keeps its old ones)."""
+    from service.requests import CommandLineIds, ReprocessRequest
+
+    request = ReprocessRequest.build(
+        creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos), embedder=embedder,
+        batch_size=batch_size, chunk_target=chunk_target, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
+    )
+    finish(run_operation(request, json_out=json_out), json_out=json_out)

@@ -1,0 +1,163 @@
+"""What a person sees: progress bars on stderr, result summaries and tables on stdout."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Any
+
+from cli.app import err, out
+
+
+class OperationBar:
+    """A Rich progress bar driven by an operation's progress events (stderr); plain lines
+    every few seconds when stderr is not a terminal (a log file, CI)."""
+
+    def __init__(self, *, enabled: bool, label: str) -> None:
+        self.enabled = enabled and err.is_terminal or (enabled and os.environ.get("BULKOPS_PROGRESS") == "1")
+        self.plain = enabled and not self.enabled
+        self.label = label
+        self._last_plain = 0.0
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> OperationBar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[batches]}"), TimeRemainingColumn(), console=err, transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.label, total=None, batches="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, event) -> None:
+        if event.result is not None:
+            return
+        if self._progress is not None:
+            self._progress.update(
+                self._task, total=event.total, completed=event.current,
+                batches=f"{event.batches_done}/{event.batches} batches",
+            )
+        elif self.plain:
+            now = time.monotonic()
+            if event.batches_done in (0, 1, event.batches) or now - self._last_plain >= 5.0:
+                self._last_plain = now
+                eta = "" if event.eta_seconds is None else f", ETA {event.eta_seconds:.0f}s"
+                err.print(
+                    f"{self.label}: {event.current}/{event.total} videos, "
+                    f"{event.batches_done}/{event.batches} batches{eta}"
+                )
+
+
+@contextmanager
+def counting_bar(enabled: bool, label: str, total: int):
+    """A transient bar for plain counting work (seeding); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def print_result(document: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from service.status import describe_not_selected
+
+    status = document.get("status", "failed")
+    colour = {"completed": "green", "partial": "yellow", "cancelled": "yellow"}.get(status, "red")
+    title = f"{document.get('operation', 'operation')} {'(dry run) ' if document.get('dry_run') else ''}"
+    out.print(f"[bold]{title}[/bold][{colour}]{status}[/{colour}]  operation {document.get('operation_id', '-')}")
+    table = Table(show_header=True, header_style="bold")
+    for column in ("requested", "succeeded", "failed", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(document.get(c, 0)) for c in ("requested", "succeeded", "failed", "skipped")))
+    out.print(table)
+    if document.get("not_selected") and any(document["not_selected"].values()):
+        out.print(f"Not selected (left out on purpose, not failures): {describe_not_selected(document['not_selected'])}",
+                  markup=False)
+    if document.get("plan"):
+        plan = document["plan"]
+        out.print(
+            f"Would delete {plan.get('videos', 0)} videos: {plan.get('objects', 0)} objects, "
+            f"{human_bytes(plan.get('bytes', 0))}. Nothing was changed."
+        )
+    _print_errors(document.get("errors") or [])
+    output = document.get("output")
+    if output:
+        out.print(
+            f"Exported {output['rows']} rows to {output['path']} ({human_bytes(output['bytes'])}, {output['format']})"
+        )
+        out.print(f"Download (until {output['expires_at']}): {output['url']}", markup=False, soft_wrap=True)
+    if document.get("report_path"):
+        out.print(f"Per-item report: {document['report_path']} (in storage)")
+    if document.get("manifest_path"):
+        out.print(f"Audit manifest: {document['manifest_path']} (in storage)")
+    if document.get("message"):
+        out.print(document["message"], markup=False)
+    if "duration_s" in document:
+        out.print(f"Took {document['duration_s']:.1f}s")
+
+
+def _print_errors(errors: list[dict[str, Any]]) -> None:
+    if not errors:
+        return
+    counts: dict[str, int] = {}
+    for item in errors:
+        counts[item["error"]] = counts.get(item["error"], 0) + 1
+    out.print("Failed items: " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
+    for item in errors[:10]:
+        detail = item["detail"] if len(item["detail"]) <= 160 else item["detail"][:157] + "..."
+        out.print(f"  {item['video_id']!r}: {item['error']} — {detail}", markup=False)
+    if len(errors) > 10:
+        out.print(f"  … and {len(errors) - 10} more")
+
+
+def print_status(document: dict[str, Any]) -> None:
+    p = document["progress"]
+    out.print(
+        f"{document['operation']} {document['operation_id']} for {document['creator_id']}: "
+        f"[bold]{document['status']}[/bold] — {p['current']}/{p['total']} ({p['percent']:.0f}%)"
+    )
+    if document["result"]:
+        print_result(document["result"])
+
+
+def print_search(document: dict[str, Any], query: str) -> None:
+    results = document["results"]
+    out.print(f"[bold]{len(results)} best of {document['searched_chunks']} chunks[/bold] "
+              f"({document['model']}) for {query!r}", markup=True)
+    for rank, hit in enumerate(results, 1):
+        when = "" if hit["start_s"] is None else f" @ {clock(hit['start_s'])}–{clock(hit['end_s'] or hit['start_s'])}"
+        out.print(f"{rank:>2}. {hit['score']:.3f}  {hit['title']!r} (video {hit['video_id']}, "
+                  f"chunk {hit['chunk_index']}{when})", markup=False)
+        text = hit["content"] if len(hit["content"]) <= 200 else hit["content"][:197] + "..."
+        out.print(f"    {text}", markup=False)
+    if document.get("message"):
+        out.print(document["message"], markup=False)
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

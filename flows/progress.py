@@ -1,0 +1,155 @@
+"""An operation's progress, kept as structure and rendered as text.
+
+The flow counts items as its batches finish (concurrent updates of one artifact from
+tasks would overwrite each other), and keeps the counts as JSON in the metadata of the
+run's progress artifact (``PROGRESS_KEY``), which ``service/status`` reads back; the
+bar and the text the Prefect UI shows are drawn from the same counts. The artifact is
+updated at most once a second (and always at the end): each update is an HTTP call to
+the Prefect server. In-process listeners (the CLI's bar) see every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_client
+from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+PROGRESS_KEY = "bulkops_progress"  # the progress artifact's metadata key holding the JSON
+PROGRESS_UNIT = "videos"
+PROGRESS_MIN_INTERVAL_S = 1.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProgressEvent:
+    operation_id: str
+    operation: str
+    current: int
+    total: int
+    batches_done: int
+    batches: int
+    eta_seconds: float | None
+    result: dict[str, Any] | None = None  # set on the last event
+
+
+_listeners: list[Callable[[ProgressEvent], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_progress_listener(listener: Callable[[ProgressEvent], None]) -> None:
+    """Call ``listener`` in this process as batches finish (the CLI's progress bar)."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+
+def remove_progress_listener(listener: Callable[[ProgressEvent], None]) -> None:
+    with _listeners_lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+@contextmanager
+def listening(listener: Callable[[ProgressEvent], None]) -> Iterator[None]:
+    """``listener`` hears this process's operations while the block runs."""
+    add_progress_listener(listener)
+    try:
+        yield
+    finally:
+        remove_progress_listener(listener)
+
+
+def notify(event: ProgressEvent) -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:  # a broken display must not break the operation
+            log.exception("progress listener failed")
+
+
+def progress_description(current: int, total: int, batches_done: int, batches: int, eta: float | None) -> str:
+    eta_text = "done" if current >= total else ("ETA --" if eta is None else f"ETA {eta:.0f}s")
+    return f"{current}/{total} {PROGRESS_UNIT} · {batches_done}/{batches} batches · {eta_text}"
+
+
+def percent(current: int, total: int) -> float:
+    return 100.0 if total == 0 else round(100.0 * current / total, 2)
+
+
+@dataclass
+class Progress:
+    """Counts of one operation: ``current`` items done of ``total``, batches done of
+    ``batches``. Items counted before any batch (ids refused per item up front) are in
+    ``current`` from the start and left out of the rate behind the ETA."""
+
+    operation_id: str
+    operation: str
+    total: int
+    batches: int
+    current: int = 0
+    started: float = field(default_factory=time.monotonic)
+    batches_done: int = 0
+    eta_seconds: float | None = None
+    _artifact_id: uuid.UUID | None = None
+    _posted_at: float = 0.0
+    _posted: tuple[int, int] | None = None
+    _planned: int = 0
+
+    def start(self, planned_items: int) -> None:
+        """Create the run's progress artifact with the counts before any batch."""
+        self._planned = planned_items
+        with get_client(sync_client=True) as client:
+            artifact = client.create_artifact(ArtifactCreate(
+                type="progress", data=percent(self.current, self.total), description=self.description(),
+                metadata_=self._metadata(), flow_run_id=uuid.UUID(self.operation_id)))
+        self._artifact_id = artifact.id
+        self._posted = (self.current, 0)
+        notify(self.event())
+
+    def advance(self, processed: int, *, left_out: int = 0) -> None:
+        """One batch finished: ``processed`` items done, ``left_out`` no longer requested."""
+        self.total -= left_out
+        self._planned -= left_out
+        self.batches_done += 1
+        self.current += processed
+        elapsed = time.monotonic() - self.started
+        counted = max(self.current - (self.total - self._planned), 0)  # done by batches, not up front
+        self.eta_seconds = elapsed / counted * (self.total - self.current) if counted else None
+        if self.batches_done == self.batches or time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S:
+            self.post()
+        notify(self.event())
+
+    def post(self) -> None:
+        """Send the counts to the run's progress artifact (one HTTP call) if they changed."""
+        if self._artifact_id is None or self._posted == (self.current, self.batches_done):
+            return
+        self._posted_at = time.monotonic()
+        self._posted = (self.current, self.batches_done)
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self._artifact_id, ArtifactUpdate(
+                data=percent(self.current, self.total), description=self.description(), metadata_=self._metadata()))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"current": self.current, "total": self.total, "batches_done": self.batches_done,
+                "batches": self.batches, "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1)}
+
+    def description(self) -> str:
+        return progress_description(self.current, self.total, self.batches_done, self.batches, self.eta_seconds)
+
+    def event(self, result: dict[str, Any] | None = None) -> ProgressEvent:
+        return ProgressEvent(self.operation_id, self.operation, self.current, self.total, self.batches_done,
+                             self.batches, self.eta_seconds, result=result)
+
+    def _metadata(self) -> dict[str, str]:
+        return {PROGRESS_KEY: json.dumps(self.snapshot())}

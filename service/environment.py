@@ -1,0 +1,101 @@
+"""The set-up every front door needs before an operation: a storage that answers, a
+database at the newest schema, Prefect's settings for a process that runs flows; and one
+translation of a broken set-up (settings that do not validate, a database or storage
+that cannot be used, a Prefect server out of reach) into a refusal with its contract
+code (``bad_settings``, ``bad_database_url``, ``database_unavailable``,
+``storage_unavailable``, ``prefect_unreachable``).
+
+Nothing here imports prefect: ``bulkops --help``, ``init`` and ``seed`` stay quick.
+"""
+
+from __future__ import annotations
+
+import os
+
+from config import get_settings
+from videolib.ids import RequestError
+
+
+def ready_store():
+    """The configured store, once it has answered a probe (``storage_unavailable`` if not)."""
+    from videolib.storage import ObjectStore, StorageUnavailable
+
+    settings = get_settings()
+    try:
+        store = ObjectStore.from_url(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+        store.check()
+    except StorageUnavailable as exc:
+        raise as_refusal(exc) from exc
+    return store
+
+
+def database():
+    """The process's engine for the configured database."""
+    from videolib.db.engine import get_engine
+
+    return get_engine(get_settings().database_url)
+
+
+def ready_database():
+    """The engine, with the schema created or upgraded when it is not at the newest revision."""
+    from videolib.db.migrate import ensure_schema
+
+    engine = database()
+    ensure_schema(engine)
+    return engine
+
+
+def prefect_defaults() -> None:
+    """Prefect's settings for a process that runs flows, unless the user set them.
+
+    No internet here: Prefect's telemetry attempt makes the ephemeral server's start fail
+    with "database is locked". Per-task INFO lines would drown the progress bar.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def redact(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all: nothing to hide in it
+        return url
+
+
+def as_refusal(exc: BaseException) -> RequestError | None:
+    """The refusal for an error in the set-up rather than the request, or None (a bug).
+    Recognised by class name, without importing pydantic, SQLAlchemy or httpx for it."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    if "pydantic_core._pydantic_core.ValidationError" in names and getattr(exc, "title", "") == "Settings":
+        problems = "; ".join(
+            f"BULKOPS_{'_'.join(str(part) for part in e['loc']).upper()}={e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()  # type: ignore[attr-defined]
+        )
+        return RequestError("bad_settings", f"invalid setting: {problems} (fix or unset the variable)")
+    url = os.environ.get("BULKOPS_DATABASE_URL", "")
+    if names & {"sqlalchemy.exc.ArgumentError", "sqlalchemy.exc.NoSuchModuleError"}:
+        return RequestError("bad_database_url", (
+            f"BULKOPS_DATABASE_URL={redact(url)!r} is not a usable SQLAlchemy URL ({exc}); "
+            "e.g. sqlite:///.data/bulkops.db or postgresql+psycopg://user:pass@host/db"
+        ))
+    if names & {"sqlalchemy.exc.OperationalError", "sqlalchemy.exc.InterfaceError",
+                "videolib.db.engine.DatabaseUnavailable"}:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = redact(url) if url else "the default database"
+        return RequestError("database_unavailable",
+                            f"cannot open {where}: {reason} (check BULKOPS_DATABASE_URL and the server)")
+    if "videolib.storage.base.StorageUnavailable" in names:
+        return exc.refusal()  # type: ignore[attr-defined]
+    api = os.environ.get("PREFECT_API_URL", "")
+    if "httpx.TransportError" in names or (isinstance(exc, RuntimeError) and "Failed to reach API" in str(exc)):
+        return RequestError("prefect_unreachable", (
+            f"cannot reach the Prefect server at {api or 'its configured address'}: {exc}; start it "
+            "(prefect server start) or unset PREFECT_API_URL to run on a temporary local one"
+        ))
+    return None

@@ -1,0 +1,266 @@
+"""Typed requests: one per operation, built from CLI flags, an API body or a deployment
+form alike, and every rule a request must pass before anything runs.
+
+A rule is a function of the domain (``videolib``) that raises :class:`RequestError`
+with its contract code (``../shared/CONTRACT.md``); the requests here apply them in one
+order (creator, options, selection, embedder), so every front door refuses the same
+things with the same codes, and a flow run from a deployment form applies the same
+functions to its parameters. What only a command line has (``--ids``/``--ids-file``/
+``--all`` flags and files of ids) is read here too (:class:`CommandLineIds`).
+
+``DeleteRequest.build(...)`` gives a checked request; ``flow_parameters()`` is what its
+flow run takes. The checks that need the database or the storage run when the request
+is launched (``service.launch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from config import get_settings
+from videolib.chunking import chunking_config
+from videolib.embedders import check_embedder
+from videolib.export import ExportFilter, check_format, count_selected, parse_timestamp, resolve_columns
+from videolib.ids import RequestError, check_creator_id
+from videolib.operation import describe_not_selected, parse_video_ids
+from videolib.reprocess import any_reprocessable, select_reprocessable
+from videolib.search import check_query
+from videolib.selection import check_selection, count_creator_videos
+
+__all__ = ["CommandLineIds", "DeleteRequest", "ExportRequest", "OperationRequest", "ReprocessRequest",
+           "RequestError", "SearchRequest"]
+
+
+@dataclass(frozen=True)
+class CommandLineIds:
+    """A command line's selection as typed: ``--ids`` values (comma-separated,
+    repeatable), ``--ids-file`` files (one id per line, blank lines ignored) and ``--all``;
+    exactly one of them (``--all`` where offered), else ``bad_selection``."""
+
+    ids: Sequence[str] = ()
+    ids_files: Sequence[Path] = ()
+    all_videos: bool = False
+    allow_all: bool = True
+
+    def given(self) -> bool:
+        return bool(self.ids or self.ids_files or self.all_videos)
+
+    def read(self) -> list[str] | None:
+        """The listed ids as given (None for ``--all``)."""
+        given = [name for name, value in (("--ids", bool(self.ids)), ("--ids-file", bool(self.ids_files)),
+                                          ("--all", self.all_videos)) if value]
+        options = "--ids, --ids-file or --all" if self.allow_all else "--ids or --ids-file"
+        if len(given) != 1:
+            if not given:
+                raise RequestError("bad_selection", f"select videos with exactly one of {options}")
+            raise RequestError("bad_selection", f"{' and '.join(given)} given: use exactly one of {options}")
+        if self.all_videos:
+            return None
+        items: list[str] = []
+        for value in self.ids:
+            items.extend(part.strip() for part in value.split(","))
+        for path in self.ids_files:
+            items.extend(line.strip() for line in _read_ids_file(path).splitlines())
+        return [item for item in items if item]
+
+
+def _read_ids_file(path: Path) -> str:
+    try:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first id.
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError as exc:
+        raise RequestError("ids_file_not_found", f"--ids-file {str(path)!r} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise RequestError("ids_file_unreadable", f"--ids-file {str(path)!r} is a directory") from exc
+    except UnicodeDecodeError as exc:
+        raise RequestError("ids_file_unreadable", f"--ids-file {str(path)!r} is not UTF-8 text") from exc
+    except OSError as exc:
+        raise RequestError("ids_file_unreadable", f"cannot read --ids-file {str(path)!r}: {exc.strerror}") from exc
+
+
+class OperationRequest(BaseModel):
+    """What every bulk operation is asked: whose videos, and which."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    operation: ClassVar[str]
+    flow_name: ClassVar[str]
+
+    creator_id: str
+    # The ids as given (any text: a malformed id is a per-item error, never a refusal);
+    # None with all_videos, or, for an export, to mean all of the creator's videos.
+    video_ids: list[str] | None = None
+    all_videos: bool = False
+
+    @classmethod
+    def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
+        """A checked request: the creator, then the options, then the selection (a command
+        line's, read now; or ``video_ids``/``all_videos`` given in ``options``)."""
+        check_creator_id(creator_id)
+        request = cls(creator_id=creator_id, **options)
+        request.check_options()
+        if selection is not None and (selection.given() or not request.selection_optional):
+            ids = selection.read()
+            request = request.model_copy(update={"video_ids": ids, "all_videos": ids is None})
+        request.check_selection()
+        request.check_resources()
+        return request
+
+    selection_optional: ClassVar[bool] = False  # an export without ids exports everything
+
+    def check_options(self) -> None:
+        """The operation's own options (format, chunking, ...)."""
+
+    def check_selection(self) -> None:
+        check_selection(listed=self.video_ids is not None, all_videos=self.all_videos, filtered=self.filtered,
+                        everything_by_default=self.selection_optional, verb=self.operation)
+        if self.video_ids is not None:
+            parse_video_ids(self.video_ids, max_ids=get_settings().max_ids)  # empty, or too many
+
+    @property
+    def filtered(self) -> bool:
+        return False
+
+    def check_resources(self) -> None:
+        """What the operation needs in this process (an embedder)."""
+
+    def check_library(self, engine: Engine) -> None:
+        """Refuse a whole-library selection that selects nothing (``empty_selection``)."""
+        if self.all_videos and count_creator_videos(engine, self.creator_id) == 0:
+            raise RequestError("empty_selection",
+                               f"creator {self.creator_id!r} has no videos: nothing to select with --all")
+
+    @property
+    def label(self) -> str:
+        return self.operation
+
+    def flow_parameters(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class DeleteRequest(OperationRequest):
+    operation: ClassVar[str] = "delete"
+    flow_name: ClassVar[str] = "bulk-delete"
+
+    dry_run: bool = False
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+
+    @property
+    def label(self) -> str:
+        return "delete (dry run)" if self.dry_run else "delete"
+
+
+class ExportRequest(OperationRequest):
+    operation: ClassVar[str] = "export"
+    flow_name: ClassVar[str] = "bulk-export"
+    selection_optional: ClassVar[bool] = True
+
+    format: str
+    columns: list[str] | None = None
+    status: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    formula_guard: bool = True
+    batch_size: int = Field(20_000, ge=100, le=1_000_000)
+
+    @classmethod
+    def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
+        """Also from a command line's text: ``columns`` comma-separated, times ISO 8601."""
+        check_creator_id(creator_id)
+        check_format(options.get("format"))
+        columns = options.get("columns")
+        if isinstance(columns, str):
+            options["columns"] = [c for c in columns.split(",") if c.strip()] or None
+        for name in ("created_after", "created_before"):
+            if isinstance(options.get(name), str):
+                options[name] = parse_timestamp(options[name], name=name.replace("_", "-"))
+        return super().build(creator_id=creator_id, selection=selection, **options)
+
+    def check_options(self) -> None:
+        check_format(self.format)
+        resolve_columns(self.columns)
+        self.export_filter()
+
+    @property
+    def filtered(self) -> bool:
+        return self.export_filter() != ExportFilter()
+
+    def check_library(self, engine: Engine) -> None:
+        if self.video_ids is None:
+            with engine.connect() as conn:
+                if count_selected(conn, self.creator_id, self.export_filter()) == 0:
+                    raise RequestError("empty_selection",
+                                       f"no videos of creator {self.creator_id!r} match: nothing to export")
+
+    def export_filter(self) -> ExportFilter:
+        return ExportFilter(status=self.status, created_after=self.created_after, created_before=self.created_before)
+
+    def flow_parameters(self) -> dict[str, Any]:
+        flt = self.export_filter()
+        return {**self.model_dump(), "columns": resolve_columns(self.columns), "created_after": flt.created_after,
+                "created_before": flt.created_before}
+
+
+class ReprocessRequest(OperationRequest):
+    operation: ClassVar[str] = "reprocess"
+    flow_name: ClassVar[str] = "bulk-reprocess"
+
+    embedder: str | None = None
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+    chunk_target: int = 80
+    chunk_overlap: int = 16
+    chunk_unit: str = "words"
+
+    def check_options(self) -> None:
+        chunking_config(self.chunk_target, self.chunk_overlap, self.chunk_unit)
+
+    def check_resources(self) -> None:
+        check_embedder(self.embedder_name)
+
+    def check_library(self, engine: Engine) -> None:
+        """``--all`` selects only what a reprocess can act on: refuse when that is nothing."""
+        if not self.all_videos:
+            return
+        lease_s = get_settings().reprocess_lease_s
+        if any_reprocessable(engine, self.creator_id, lease_s=lease_s):
+            return
+        counts = select_reprocessable(engine, self.creator_id, operation_id="", lease_s=lease_s).not_selected
+        left_out = describe_not_selected(counts)
+        if not left_out:
+            raise RequestError("empty_selection",
+                               f"creator {self.creator_id!r} has no videos: nothing to select with --all")
+        raise RequestError("empty_selection", f"creator {self.creator_id!r} has no videos to reprocess: {left_out}")
+
+    @property
+    def embedder_name(self) -> str:
+        return self.embedder or get_settings().embedder
+
+    def flow_parameters(self) -> dict[str, Any]:
+        return {**self.model_dump(), "embedder": self.embedder_name}
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    creator_id: str
+    query: str
+    top: int = 10
+    embedder: str | None = None
+
+    @classmethod
+    def build(cls, **fields: Any) -> SearchRequest:
+        request = cls(**fields)
+        check_creator_id(request.creator_id)
+        check_query(request.query, request.top)
+        check_embedder(request.embedder_name)
+        return request
+
+    @property
+    def embedder_name(self) -> str:
+        return self.embedder or get_settings().embedder

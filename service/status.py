@@ -1,0 +1,165 @@
+"""An operation's status document (CONTRACT.md), read from its Prefect flow run: the
+run's state, the progress artifact's counts and the result artifact's document, all
+stored as JSON by the flow (``flows/progress.py``, ``flows/result.py``). No table of
+our own holds status.
+
+Runs recorded before the counts and the document were stored as JSON kept them only
+in the text of their artifacts: :func:`_old_result` and :func:`_old_progress` read that
+form (and nothing else parses artifact text).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from prefect import get_client
+from prefect.client.schemas.objects import Artifact
+from prefect.exceptions import ObjectNotFound
+
+from flows import FLOW_OPERATIONS
+from flows.progress import PROGRESS_KEY
+from flows.result import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
+from videolib.ids import RequestError
+from videolib.operation import OperationResult, describe_not_selected
+
+__all__ = ["FINAL", "describe_not_selected", "read_status", "state_status", "status_of"]
+
+FINAL = {"completed", "partial", "failed", "cancelled"}
+
+
+def state_status(state_type: str, state_name: str | None) -> str:
+    """The status of a run in a Prefect state; Crashed is ``failed``."""
+    if state_type == "COMPLETED":
+        return "partial" if state_name == "Partial" else "completed"
+    if state_type in {"FAILED", "CRASHED"}:
+        return "failed"
+    if state_type == "CANCELLED":
+        return "cancelled"
+    if state_type in {"RUNNING", "CANCELLING", "PAUSED"}:
+        return "in_progress"
+    return "pending"  # SCHEDULED, PENDING
+
+
+def status_of(operation_id: str) -> dict[str, Any]:
+    """The status document of an operation; ``unknown_operation`` when there is none."""
+    try:
+        uuid.UUID(operation_id)
+    except (ValueError, AttributeError, TypeError):
+        raise RequestError("unknown_operation",
+                           f"{str(operation_id)[:80]!r} is not an operation id (a flow run UUID)") from None
+    document = read_status(operation_id)
+    if document is None:
+        raise RequestError("unknown_operation", f"no bulkops operation with id {operation_id}")
+    return document
+
+
+def read_status(operation_id: str) -> dict[str, Any] | None:
+    """The status document, or None when no bulkops operation has this id."""
+    try:
+        run_id = uuid.UUID(operation_id)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return None
+        operation = FLOW_OPERATIONS.get(client.read_flow(run.flow_id).name)
+        if operation is None:
+            return None
+        # prefect 3.8.8's sync read_artifacts sends None for the filters it was not
+        # given (422) and drops the flow-run filter when given empty ones, so post the
+        # filter ourselves.
+        response = client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": [str(run_id)]}}, "sort": "CREATED_DESC", "limit": 200, "offset": 0})
+        artifacts = Artifact.model_validate_list(response.json())
+    state_type = run.state.type.value if run.state else "PENDING"
+    status = state_status(state_type, run.state.name if run.state else None)
+    result = _result(artifacts)
+    progress = _progress(artifacts)
+    if result is None and progress is None and status in FINAL:
+        # Ended before the operation started (Prefect refused its parameters, or it was
+        # cancelled while scheduled): nothing was selected or touched, and the state's
+        # message is the whole story. A crash after that has a progress artifact and
+        # no result: how far it got is in the progress, not in invented counts.
+        result = _not_started(run, operation, status)
+    current, total = (progress or {}).get("current", 0), (progress or {}).get("total", 0)
+    eta = (progress or {}).get("eta_seconds")
+    if result is not None:
+        # The result is the final word (a Failed state carries no readable result).
+        if status in FINAL:
+            status = result["status"]
+        current = result["succeeded"] + result["failed"] + result["skipped"]
+        total = result["requested"]
+    if status in FINAL:
+        eta = None
+    percent = 100.0 if total == 0 and status in FINAL else (round(100.0 * current / total, 2) if total else 0.0)
+    return {
+        "operation_id": str(run_id),
+        "operation": operation,
+        "creator_id": (run.parameters or {}).get("creator_id"),
+        "status": status,
+        "progress": {"current": current, "total": total, "percent": percent},
+        "eta_seconds": eta,
+        "result": result if status in FINAL else None,
+    }
+
+
+def _result(artifacts: list[Artifact]) -> dict[str, Any] | None:
+    for artifact in artifacts:
+        if artifact.type == RESULT_ARTIFACT_TYPE and isinstance(artifact.data, dict):
+            return artifact.data
+    return _old_result(artifacts)
+
+
+def _progress(artifacts: list[Artifact]) -> dict[str, Any] | None:
+    for artifact in artifacts:  # newest first: the run's only progress artifact
+        if artifact.type == "progress":
+            raw = (artifact.metadata_ or {}).get(PROGRESS_KEY)
+            return json.loads(raw) if raw is not None else _old_progress(artifact)
+    return None
+
+
+def _not_started(run, operation: str, status: str) -> dict[str, Any]:
+    parameters = run.parameters or {}
+    state = run.state
+    message = (state.message if state else None) or (
+        f"the flow run ended {state.name if state else 'without a state'} before the {operation} started"
+    )
+    document = OperationResult(
+        operation_id=str(run.id), operation=operation, creator_id=parameters.get("creator_id"),
+        dry_run=parameters.get("dry_run") is True, message=message,
+    ).to_dict()
+    document["status"] = status
+    return document
+
+
+# ----------------------------------------------------------------------------- runs of the old form
+
+_OLD_PROGRESS = re.compile(r"^(\d+)/(\d+) ")
+_OLD_ETA = re.compile(r"ETA (\d+)s")
+
+
+def _old_result(artifacts: list[Artifact]) -> dict[str, Any] | None:
+    """The document of a run that kept it only inside its markdown summary, as a
+    fenced JSON block (runs before the ``bulkops-result`` artifact)."""
+    for artifact in artifacts:
+        if artifact.description == RESULT_ARTIFACT_DESCRIPTION and isinstance(artifact.data, str):
+            start, end = artifact.data.rfind("```json\n"), artifact.data.rfind("\n```")
+            if 0 <= start < end:
+                return json.loads(artifact.data[start + len("```json\n"):end])
+    return None
+
+
+def _old_progress(artifact: Artifact) -> dict[str, Any] | None:
+    """The counts of a progress artifact that kept them only in its description
+    (``"12/40 videos · 1/4 batches · ETA 3s"``)."""
+    match = _OLD_PROGRESS.match(artifact.description or "")
+    if match is None:
+        return None
+    eta = _OLD_ETA.search(artifact.description or "")
+    return {"current": int(match.group(1)), "total": int(match.group(2)),
+            "eta_seconds": float(eta.group(1)) if eta else None}
