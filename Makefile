@@ -23,10 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The quick loop: SQLite, local files and Prefect's test harness; no PostgreSQL, S3 or
-# CLI processes against a `prefect server` (those run in `make test`).
+# The quick loop: the domain and flow tests on SQLite, local files and Prefect's test
+# harness; no PostgreSQL, S3, CLI processes or `prefect server` (`make test` runs all).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not postgres and not s3 and not slow"
+	$(BIN)/python -m pytest -q tests/domain tests/flows -m "not postgres and not s3 and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/delete.py

@@ -34,39 +34,51 @@ batches are planned to the moment the last batch finishes.
 
 from __future__ import annotations
 
+import _common  # noqa: F401 - first: Prefect's settings before anything imports prefect
+import argparse
+import contextlib
+import inspect
 import os
+import random
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-# Before anything imports prefect.
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from _common import (
+    CREATOR,
+    REPO,
+    SEED,
+    checkpoint_and_close,
+    console,
+    copy_tree,
+    cpu_seconds,
+    failures,
+    human_bytes,
+    load_servers_module,
+    machine_info,
+    machine_line,
+    median_run,
+    note,
+    point_settings_at,
+    prefect_server,
+    ratio_table,
+    ratios,
+    reset_caches,
+    results_table,
+    rounds,
+    settle,
+    sqlite_url,
+    write_json,
+)
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor, as_completed  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-CREATOR = "creator-001"
-SEED = 20261124
 CHUNKS_PER_VIDEO = 10
 MAX_BATCHES = 300  # the flow's default (config: max_batches)
 WORKERS = 8  # the flow's default (config: task_workers)
@@ -78,12 +90,6 @@ TARGETS = {
     "a/d": ("<=", 1.5, "(a) within 1.5x of (d)"),
     "c/a": (">=", 6.0, "(c) at least 6x slower than (a) (S3)"),
 }
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
-
-
-def note(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
 
 
 # --------------------------------------------------------------------------- results
@@ -126,63 +132,6 @@ LABELS = {
 # --------------------------------------------------------------------------- helpers
 
 
-def load_servers_module():
-    """tests/servers.py by path (``tests`` is not an installed package)."""
-    spec = importlib.util.spec_from_file_location("bulkops_test_servers", REPO / "tests" / "servers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def reset_caches() -> None:
-    """Settings, cached stores and engines are read again from the environment."""
-    from config import get_settings
-    from tasks.resources import _store
-    from videolib.db.engine import dispose_engines
-
-    get_settings.cache_clear()
-    _store.cache_clear()
-    dispose_engines()
-
-
-def point_settings_at(database_url: str, storage_url: str, endpoint: str | None, data_dir: Path) -> None:
-    os.environ["BULKOPS_DATABASE_URL"] = database_url
-    os.environ["BULKOPS_STORAGE_URL"] = storage_url
-    os.environ["BULKOPS_DATA_DIR"] = str(data_dir)
-    if endpoint:
-        os.environ["BULKOPS_S3_ENDPOINT_URL"] = endpoint
-    else:
-        os.environ.pop("BULKOPS_S3_ENDPOINT_URL", None)
-    reset_caches()
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def checkpoint_and_close(db_path: Path) -> None:
-    """Fold the WAL into the main file so that a plain file copy is the whole database."""
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    if shutil.which("cp"):
-        subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
-    else:
-        shutil.copytree(src, dst, symlinks=True)
-
-
-def settle() -> None:
-    """Write dirty pages out so a variant does not pay for its own setup's writeback."""
-    os.sync()
-    time.sleep(0.5)
-
-
 def db_counts(engine) -> tuple[int, int]:
     from sqlalchemy import text
 
@@ -200,37 +149,6 @@ def object_keys(engine) -> list[str]:
             text("SELECT storage_key, thumbnail_key FROM videos WHERE creator_id = :c ORDER BY id"), {"c": CREATOR}
         ).all()
     return [key for row in rows for key in row if key]
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds used so far by this process (with its ended helper processes, such as
-    reprocess's chunking workers) and by its running child processes (the Prefect test
-    server, SeaweedFS), read from /proc (children: (0, 0) where that is missing)."""
-    t = os.times()
-    own = t.user + t.system + t.children_user + t.children_system
-    children = 0.0
-    me = os.getpid()
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    with contextlib.suppress(OSError):
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
-                children += (int(fields[11]) + int(fields[12])) / tick
-    return own, children
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def tree_bytes(root: Path) -> tuple[int, int]:
@@ -408,7 +326,7 @@ def run_flow(instance: Instance, *, videos: int, objects: int, batch_size: int) 
     from flows.bulk_delete import bulk_delete
     from flows.progress import add_progress_listener, remove_progress_listener
 
-    point_settings_at(instance.database_url, instance.storage_url, instance.endpoint, instance.data_dir)
+    point_settings_at(instance.database_url, instance.storage_url, instance.data_dir, instance.endpoint)
     events: list[tuple[float, Any]] = []
     lock = threading.Lock()
 
@@ -458,7 +376,7 @@ def run_library(instance: Instance, *, videos: int, objects: int, batch_size: in
     from videolib.operation import BatchOutcome, plan_batches
     from videolib.selection import iter_creator_video_ids
 
-    point_settings_at(instance.database_url, instance.storage_url, instance.endpoint, instance.data_dir)
+    point_settings_at(instance.database_url, instance.storage_url, instance.data_dir, instance.endpoint)
     engine = get_engine(instance.database_url)
     store = instance.store()
     operation_id = str(uuid.uuid4())
@@ -601,7 +519,7 @@ def warm_up_flow(work: Path) -> None:
     seed_library(engine, ObjectStore.from_url(str(base / "storage")), None, videos=20, creators=1, seed=1,
                  chunks_per_video=2, transcript_ratio=1.0)
     engine.dispose()
-    point_settings_at(sqlite_url(db), str(base / "storage"), None, base / "data")
+    point_settings_at(sqlite_url(db), str(base / "storage"), base / "data")
     state = bulk_delete(creator_id=CREATOR, all_videos=True, batch_size=5, return_state=True)
     if not state.is_completed():
         raise RuntimeError(f"warm-up flow run ended {state.type.value}: {state.message}")
@@ -642,32 +560,15 @@ def run_one(name: str, variant: str, template: Template, work: Path, batch_size:
     return m
 
 
-def median_of(samples: list[Measurement]) -> Measurement:
-    """The median run (by time; the lower middle one for an even count), carrying every
-    run's times in ``extra`` and verified only if every run verified."""
-    ordered = sorted(samples, key=lambda m: m.seconds)
-    m = ordered[(len(ordered) - 1) // 2]
-    if len(samples) > 1:
-        m.extra["runs_s"] = [round(x.seconds, 2) for x in samples]
-        m.extra["runs_steady_s"] = [round(x.steady_seconds, 2) for x in samples]
-        m.verified = all(x.verified for x in samples)
-    return m
-
-
 def run_scenario(name: str, template: Template, work: Path, batch_size: int, order: list[str], s3=None,
                  repeat: int = 1) -> dict[str, Measurement]:
-    """Every variant ``repeat`` times; round r starts the order r places later (so no
-    variant always runs first); the median run of each variant is reported."""
+    """Every variant ``repeat`` times (``_common.rounds``); the median run of each."""
     TEMPLATE_KEYS[name] = template.keys
     samples: dict[str, list[Measurement]] = {v: [] for v in order}
-    for round_index in range(repeat):
-        shift = round_index % len(order)
-        round_order = order[shift:] + order[:shift]
-        if repeat > 1:
-            note(f"{name}: round {round_index + 1}/{repeat}: {' '.join(round_order)}")
+    for round_order in rounds(order, repeat, name=name):
         for variant in round_order:
             samples[variant].append(run_one(name, variant, template, work, batch_size, s3))
-    results = {variant: median_of(runs) for variant, runs in samples.items()}
+    results = {variant: median_run(runs) for variant, runs in samples.items()}
     if "d" in samples and all("rmdir_s" in m.extra for m in samples["d"]):
         plus = [m.seconds + m.extra["rmdir_s"] for m in samples["d"]]
         seconds = sorted(plus)[(len(plus) - 1) // 2]
@@ -680,46 +581,11 @@ def run_scenario(name: str, template: Template, work: Path, batch_size: int, ord
     return results
 
 
-def ratios(results: dict[str, Measurement], scenario: str) -> list[dict[str, Any]]:
-    out = []
-
-    def add(name: str, num: str, den: str) -> None:
-        if num not in results or den not in results:
-            return
-        total = results[num].seconds / results[den].seconds
-        steady = results[num].steady_seconds / results[den].steady_seconds
-        op, bound, text = TARGETS.get(name, ("", 0.0, "information only"))
-        applies = name in TARGETS and (name != "c/a" or scenario == "s3")
-        met = None
-        if applies:
-            met = {
-                "total": total <= bound if op == "<=" else total >= bound,
-                "steady": steady <= bound if op == "<=" else steady >= bound,
-            }
-        out.append({"ratio": name, "total": total, "steady": steady, "target": f"{op} {bound:g}" if applies else "(info)",
-                    "met": met, "text": text})
-
-    add("a/b", "a", "b")
-    add("a/d", "a", "d")
-    add("a/d+", "a", "d+")
-    # What the emptied directories alone cost next to (d): on a disk where each freed
-    # block waits for a discard this is over 1.5 before any database work.
-    add("d+/d", "d+", "d")
-    add("c/a", "c", "a")
-    return out
-
-
-def library_fingerprint() -> str:
-    """A hash of the project's Python sources (config, videolib, tasks, flows, migrations):
-    which version of the library these numbers belong to."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for package in ("config", "videolib", "tasks", "flows", "migrations"):
-        for path in sorted((REPO / package).rglob("*.py")):
-            digest.update(str(path.relative_to(REPO)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+def scenario_ratios(results: dict[str, Measurement], scenario: str) -> list[dict[str, Any]]:
+    # d+/d: what the emptied directories alone cost next to (d): on a disk where each
+    # freed block waits for a discard this is over 1.5 before any database work.
+    return ratios(results, ["a/b", "a/d", "a/d+", "d+/d", "c/a"], targets=TARGETS,
+                  applies=lambda name: name != "c/a" or scenario == "s3")
 
 
 def import_library() -> None:
@@ -738,33 +604,10 @@ def import_library() -> None:
     import videolib.storage  # noqa: F401
 
 
-def machine_info() -> dict[str, Any]:
-    import prefect
-
-    info = {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "prefect": prefect.__version__,
-        "platform": platform.platform(),
-        "library_sha256": library_fingerprint(),
-    }
-    with contextlib.suppress(Exception):
-        import sqlalchemy
-
-        info["sqlalchemy"] = sqlalchemy.__version__
-    return info
-
-
 def print_report(machine, templates, all_results, all_ratios, args) -> None:
     console.print()
     console.rule("bulk delete benchmark")
-    console.print(
-        f"machine: nproc={machine['nproc']} (usable {machine['cpus_usable']}), python {machine['python']}, "
-        f"sqlite {machine['sqlite']}, prefect {machine['prefect']}, {machine['platform']}"
-    )
-    console.print(f"library sources sha256: {machine['library_sha256']}")
+    console.print(machine_line(machine))
     console.print(f"runs per variant: local {args.repeat}, S3 {args.s3_repeat} (median shown)")
     console.print(f"batch size {args.batch_size}, {WORKERS} workers, max {MAX_BATCHES} batches; "
                   f"embeddings: {'hashing, 384 dims' if not args.no_embed else 'none (--no-embed)'}; "
@@ -775,40 +618,26 @@ def print_report(machine, templates, all_results, all_ratios, args) -> None:
             f"{name}: {t.videos:,} videos, {t.chunks:,} chunks, {t.objects:,} objects "
             f"(db {human_bytes(t.db_bytes)}, objects {human_bytes(t.storage_bytes)}; seeded in {t.seed_seconds:.0f} s)"
         )
-    table = Table(title="videos deleted per second (higher is better)")
-    for col in ("scenario", "variant", "videos", "objects", "time s", "videos/s", "steady s", "steady videos/s",
-                "batches", "cpu s (proc/srv)", "verified"):
-        table.add_column(col, justify="left" if col in ("scenario", "variant", "verified") else "right",
-                         no_wrap=col != "verified", min_width=8 if col == "verified" else None)
-    for scenario, results in all_results.items():
-        for variant in ("a", "b", "c", "d", "d+"):
-            if variant not in results:
-                continue
-            m = results[variant]
-            table.add_row(
-                scenario, m.label, f"{m.videos:,}", f"{m.objects:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
-                f"{m.steady_seconds:.2f}", f"{m.steady_rate:,.0f}", str(m.batches or "-"),
-                "-" if m.variant == "d+" else f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}",
-                "yes" if m.verified else f"NO: {m.verify_detail}",
-            )
-    console.print(table)
-    rt = Table(title="time ratios (a/b = time of (a) / time of (b))")
-    for col in ("scenario", "ratio", "total", "steady", "target", "met (total / steady)"):
-        rt.add_column(col, justify="left" if col in ("scenario", "ratio", "target", "met (total / steady)") else "right")
-    for scenario, rows in all_ratios.items():
-        for r in rows:
-            met = "-" if r["met"] is None else (
-                f"{'yes' if r['met']['total'] else 'NO'} / {'yes' if r['met']['steady'] else 'NO'}"
-            )
-            rt.add_row(scenario, r["ratio"], f"{r['total']:.2f}", f"{r['steady']:.2f}", r["target"], met)
-    console.print(rt)
+    rows = [
+        [scenario, m.label, f"{m.videos:,}", f"{m.objects:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
+         f"{m.steady_seconds:.2f}", f"{m.steady_rate:,.0f}", str(m.batches or "-"),
+         "-" if m.variant == "d+" else f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}",
+         "yes" if m.verified else f"NO: {m.verify_detail}"]
+        for scenario, results in all_results.items() for variant in ("a", "b", "c", "d", "d+")
+        if (m := results.get(variant)) is not None
+    ]
+    console.print(results_table(
+        "videos deleted per second (higher is better)",
+        ["scenario", "variant", "videos", "objects", "time s", "videos/s", "steady s", "steady videos/s", "batches",
+         "cpu s (proc/srv)", "verified"], rows, left=("scenario", "variant", "verified")))
+    console.print(ratio_table(all_ratios))
     console.print("targets: (a) within 1.25x of (b); (a) within 1.5x of (d); on S3 (a) >= 6x faster than (c).")
     console.print("(d+) = (d) plus removing the per-video directories (d) leaves behind, as the library does "
                   "on local storage; a/d+ is for information.")
     for scenario, results in all_results.items():
         if "a" in results:
             console.print(f"{scenario} flow detail: {results['a'].extra}")
-        for variant, m in results.items():
+        for m in results.values():
             if "runs_s" in m.extra:
                 console.print(f"{scenario} {m.label}: runs {m.extra['runs_s']} s "
                               f"(steady {m.extra.get('runs_steady_s', m.extra['runs_s'])}); median shown")
@@ -857,14 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     all_results: dict[str, dict[str, Measurement]] = {}
     all_ratios: dict[str, list] = {}
     s3 = None
-    harness = contextlib.nullcontext()
     try:
-        if "a" in order and not os.environ.get("PREFECT_API_URL"):
-            from prefect.testing.utilities import prefect_test_harness
-
-            note("starting Prefect's test server (prefect_test_harness) ...")
-            harness = prefect_test_harness(server_startup_timeout=120)
-        with harness:
+        with prefect_server("a" in order):
             if "a" in order:
                 note("warm-up flow run (untimed) ...")
                 warm_up_flow(work)
@@ -888,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = run_scenario(scenario, template, work, args.batch_size, order, s3=s3,
                                        repeat=args.s3_repeat if scenario == "s3" else args.repeat)
                 all_results[scenario] = results
-                all_ratios[scenario] = ratios(results, scenario)
+                all_ratios[scenario] = scenario_ratios(results, scenario)
                 if scenario == "local":
                     # The template is not needed any more; it is the largest thing on disk.
                     shutil.rmtree(work / f"template-{scenario}", ignore_errors=True)
@@ -900,25 +723,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     print_report(machine, templates, all_results, all_ratios, args)
-    if args.json:
-        args.json.write_text(json.dumps({
-            "date": datetime.now(UTC).date().isoformat(),
-            "machine": machine,
-            "batch_size": args.batch_size,
-            "analyze": args.analyze,
-            "creator_id_index": args.creator_id_index,
-            "repeat": {"local": args.repeat, "s3": args.s3_repeat},
-            "sizes": {k: {kk: vv for kk, vv in asdict(v).items() if kk not in ("keys", "db_path", "storage")}
-                      for k, v in templates.items()},
-            "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
-                        for s, r in all_results.items()},
-            "ratios": all_ratios,
-        }, indent=2, default=str))
-    failed = [m for r in all_results.values() for m in r.values() if not m.verified]
-    if failed:
-        console.print(f"[red]{len(failed)} variant(s) did not verify[/red]")
-        return 1
-    return 0
+    write_json(args.json, {
+        "machine": machine,
+        "batch_size": args.batch_size,
+        "analyze": args.analyze,
+        "creator_id_index": args.creator_id_index,
+        "repeat": {"local": args.repeat, "s3": args.s3_repeat},
+        "sizes": {k: {kk: vv for kk, vv in asdict(v).items() if kk not in ("keys", "db_path", "storage")}
+                  for k, v in templates.items()},
+        "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
+                    for s, r in all_results.items()},
+        "ratios": all_ratios,
+    })
+    return 1 if failures([m for r in all_results.values() for m in r.values()]) else 0
 
 
 if __name__ == "__main__":

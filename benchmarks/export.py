@@ -38,36 +38,46 @@ the moment the flow's writer closes the complete file. For (b) and (c) it is the
 
 from __future__ import annotations
 
+import _common  # noqa: F401 - first: Prefect's settings before anything imports prefect
+import argparse
+import contextlib
+import gc
+import json
 import os
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-# Before anything imports prefect.
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from _common import (
+    CREATOR,
+    REPO,
+    SEED,
+    child_pids,
+    console,
+    failures,
+    human_bytes,
+    human_count,
+    load_servers_module,
+    machine_line,
+    median_run,
+    note,
+    point_settings_at,
+    ratio_table,
+    ratios,
+    reset_caches,
+    results_table,
+    rounds,
+    tree_cpu_seconds,
+    write_json,
+)
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import sqlite3  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the child runs this file by path, from any directory
-    sys.path.insert(0, str(REPO))
-
-CREATOR = "creator-001"
-SEED = 20261124
 ROW_GROUP_ROWS = 64 * 1024  # (b): the library's row group size
 
 VARIANTS = ("a", "a-csv", "b", "c")
@@ -88,26 +98,6 @@ TIME_TARGETS = {
 }
 MEMORY_BOUND_MB = 350
 FLAT_TOLERANCE = (0.25, 25)  # "flat": the big size grows at most 25 % or 25 MB more than the small one
-
-
-def note(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def human_count(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 # --------------------------------------------------------------------------- /proc
@@ -136,54 +126,6 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds of these processes and all their descendants (live ones, plus the
-    reaped ones through cutime/cstime): the Prefect server, PostgreSQL and its backends."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is None:
-            continue
-        stats[int(entry)] = fields
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-    total = 0.0
-    seen: set[int] = set()
-    stack = [p for p in pids if p in stats]
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        f = stats[pid]
-        total += sum(int(x) for x in f[11:15]) / tick
-        stack.extend(parents.get(pid, []))
-    return total
-
-
-def child_pids() -> list[int]:
-    """This process's direct children right now (the Prefect test server)."""
-    me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields is not None and int(fields[1]) == me:
-                out.append(int(entry))
-    return out
-
-
 # --------------------------------------------------------------------------- shared SQL
 
 
@@ -197,24 +139,6 @@ def export_sql(dialect: str) -> str:
 
 
 # =========================================================================== child
-
-
-def reset_caches() -> None:
-    from config import get_settings
-    from tasks.resources import _store
-    from videolib.db.engine import dispose_engines
-
-    get_settings.cache_clear()
-    _store.cache_clear()
-    dispose_engines()
-
-
-def point_settings_at(database_url: str, storage_url: str, data_dir: str) -> None:
-    os.environ["BULKOPS_DATABASE_URL"] = database_url
-    os.environ["BULKOPS_STORAGE_URL"] = storage_url
-    os.environ["BULKOPS_DATA_DIR"] = data_dir
-    os.environ.pop("BULKOPS_S3_ENDPOINT_URL", None)
-    reset_caches()
 
 
 def import_everything() -> None:
@@ -557,15 +481,6 @@ class Scenario:
 _EXPECTED_IDS: dict[str, Any] = {}
 
 
-def load_servers_module():
-    """tests/servers.py by path (``tests`` is not an installed package)."""
-    spec = importlib.util.spec_from_file_location("bulkops_test_servers", REPO / "tests" / "servers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def seed_rows(engine, rows: int, *, chunks_per_video: int | None, creators: int = 1) -> tuple[int, float]:
     """Seed rows only (no files, no embeddings), then mark ready videos embedded, as an
     embedding pass would (the export has an ``embedded_at`` column)."""
@@ -776,57 +691,26 @@ def run_one(scenario: Scenario, variant: str, work: Path, ctx: dict, run_index: 
     return m
 
 
-def median_of(samples: list[Measurement]) -> Measurement:
-    """The median run by time (lower middle for an even count), with every run's times;
-    memory: the largest growth of all runs (a bound); verified only if every run was."""
-    ordered = sorted(samples, key=lambda m: (m.seconds != m.seconds, m.seconds))
-    m = ordered[(len(ordered) - 1) // 2]
-    if len(samples) > 1:
-        m.extra["runs_s"] = [round(x.seconds, 2) for x in samples]
-        m.extra["runs_steady_s"] = [round(x.steady_seconds, 2) for x in samples]
-        m.extra["runs_growth_mb"] = [round(x.growth_mb, 1) for x in samples]
-        m.growth_mb = max(x.growth_mb for x in samples)
-        m.growth_run_mb = max(x.growth_run_mb for x in samples)
-        m.verified = all(x.verified for x in samples)
-    return m
+def _keep_largest_memory(median: Measurement, samples: list[Measurement]) -> None:
+    """Memory of several runs: the largest growth (a bound), with every run's growth."""
+    median.extra["runs_growth_mb"] = [round(x.growth_mb, 1) for x in samples]
+    median.growth_mb = max(x.growth_mb for x in samples)
+    median.growth_run_mb = max(x.growth_run_mb for x in samples)
 
 
 def run_scenario(scenario: Scenario, order: list[str], work: Path, ctx: dict, repeat: int) -> dict[str, Measurement]:
     samples: dict[str, list[Measurement]] = {v: [] for v in order}
-    for round_index in range(repeat):
-        shift = round_index % len(order)
-        round_order = order[shift:] + order[:shift]
-        if repeat > 1:
-            note(f"{scenario.name}: round {round_index + 1}/{repeat}: {' '.join(round_order)}")
+    for run_index, round_order in enumerate(rounds(order, repeat, name=scenario.name)):
         for variant in round_order:
-            samples[variant].append(run_one(scenario, variant, work, ctx, round_index))
-    return {variant: median_of(runs) for variant, runs in samples.items()}
+            samples[variant].append(run_one(scenario, variant, work, ctx, run_index))
+    return {variant: median_run(runs, merge=_keep_largest_memory) for variant, runs in samples.items()}
 
 
 def time_ratios(results: dict[str, Measurement], *, targets: bool = True) -> list[dict[str, Any]]:
     """The ratios; ``targets=False`` (the small SQLite scenario, there for memory
-    flatness: the issue's time targets are for the large SQLite and the PostgreSQL
-    sizes) shows them all as information."""
-    out = []
-
-    def add(name: str, num: str, den: str) -> None:
-        if num not in results or den not in results:
-            return
-        total = results[num].seconds / results[den].seconds
-        steady = results[num].steady_seconds / results[den].steady_seconds
-        target = TIME_TARGETS.get(name) if targets else None
-        op, bound, text = target or ("", 0.0, "information only")
-        met = None
-        if target:
-            met = {k: (v <= bound if op == "<=" else v >= bound) for k, v in (("total", total), ("steady", steady))}
-        out.append({"ratio": name, "total": total, "steady": steady,
-                    "target": f"{op} {bound:g}" if met is not None else "(info)", "met": met, "text": text})
-
-    add("a/b", "a", "b")
-    add("a-csv/b", "a-csv", "b")
-    add("c/a-csv", "c", "a-csv")
-    add("c/a", "c", "a")
-    return out
+    flatness: the time targets are for the large SQLite and the PostgreSQL sizes) shows
+    them all as information."""
+    return ratios(results, ["a/b", "a-csv/b", "c/a-csv", "c/a"], targets=TIME_TARGETS, applies=lambda _n: targets)
 
 
 def memory_rows(all_results: dict[str, dict[str, Measurement]], small: str | None, big: str | None) -> list[dict]:
@@ -846,35 +730,26 @@ def memory_rows(all_results: dict[str, dict[str, Measurement]], small: str | Non
 
 
 def machine_info() -> dict[str, Any]:
-    """delete.py's machine description (and library hash), plus the Arrow side's versions."""
+    """The machine and the library (``_common``), plus the Arrow side's versions."""
     import polars
     import pyarrow
 
-    spec = importlib.util.spec_from_file_location("bulkops_bench_delete", Path(__file__).with_name("delete.py"))
-    delete_bench = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    if not hasattr(delete_bench, "machine_info"):
-        spec.loader.exec_module(delete_bench)
-    info = delete_bench.machine_info()
-    info.update(pyarrow=pyarrow.__version__, arrow_memory_pool=pyarrow.default_memory_pool().backend_name,
-                polars=polars.__version__)
+    more = {"pyarrow": pyarrow.__version__, "arrow_memory_pool": pyarrow.default_memory_pool().backend_name,
+            "polars": polars.__version__}
     with contextlib.suppress(Exception):
         import adbc_driver_postgresql
 
-        info["adbc_driver_postgresql"] = adbc_driver_postgresql.__version__
-    return info
+        more["adbc_driver_postgresql"] = adbc_driver_postgresql.__version__
+    return _common.machine_info(**more)
 
 
 def print_report(machine, scenarios, all_results, all_ratios, memory, args) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 190)
     console.print()
     console.rule("bulk export benchmark")
-    console.print(f"machine: nproc={machine['nproc']} (usable {machine['cpus_usable']}), python {machine['python']}, "
-                  f"sqlite {machine['sqlite']}, prefect {machine['prefect']}, pyarrow {machine['pyarrow']} "
-                  f"({machine['arrow_memory_pool']} pool), polars {machine['polars']}, {machine['platform']}")
-    console.print(f"library sources sha256: {machine['library_sha256']}")
+    console.print(machine_line(machine) + f"; pyarrow {machine['pyarrow']} ({machine['arrow_memory_pool']} pool), "
+                  f"polars {machine['polars']}")
     console.print(f"runs per variant: SQLite {args.repeat}, PostgreSQL {args.pg_repeat} (median time shown; "
                   f"memory: the largest growth of the runs)")
     console.print(f"flow batch size: {args.batch_size or 'flow default'}; chunks per video: "
@@ -882,30 +757,18 @@ def print_report(machine, scenarios, all_results, all_ratios, memory, args) -> N
     for s in scenarios:
         console.print(f"{s.name}: {s.rows:,} videos of one creator, {s.chunks:,} chunks "
                       f"(database {human_bytes(s.db_bytes)}; seeded in {s.seed_seconds:.0f} s)")
-    table = Table(title="rows exported per second (higher is better)")
-    for col in ("scenario", "variant", "rows", "time s", "rows/s", "steady s", "steady rows/s",
-                "batches", "output", "peak RSS +MB (imports/run)", "cpu s (proc/srv)", "verified"):
-        table.add_column(col, justify="left" if col in ("scenario", "variant", "format", "verified") else "right")
-    for name, results in all_results.items():
-        for variant in VARIANTS:
-            if variant not in results:
-                continue
-            m = results[variant]
-            table.add_row(name, m.label, f"{m.rows:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
-                          f"{m.steady_seconds:.2f}", f"{m.steady_rate:,.0f}", str(m.batches or "-"),
-                          human_bytes(m.out_bytes), f"{m.growth_mb:.0f} / {m.growth_run_mb:.0f}",
-                          f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}",
-                          "yes" if m.verified else f"NO: {m.verify_detail}")
-    console.print(table)
-    rt = Table(title="time ratios (a/b = time of (a) / time of (b))")
-    for col in ("scenario", "ratio", "total", "steady", "target", "met (total / steady)"):
-        rt.add_column(col, justify="right" if col in ("total", "steady") else "left")
-    for name, rows in all_ratios.items():
-        for r in rows:
-            met = "-" if r["met"] is None else (
-                f"{'yes' if r['met']['total'] else 'NO'} / {'yes' if r['met']['steady'] else 'NO'}")
-            rt.add_row(name, r["ratio"], f"{r['total']:.2f}", f"{r['steady']:.2f}", r["target"], met)
-    console.print(rt)
+    rows = [
+        [name, m.label, f"{m.rows:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}", f"{m.steady_seconds:.2f}",
+         f"{m.steady_rate:,.0f}", str(m.batches or "-"), human_bytes(m.out_bytes),
+         f"{m.growth_mb:.0f} / {m.growth_run_mb:.0f}", f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}",
+         "yes" if m.verified else f"NO: {m.verify_detail}"]
+        for name, results in all_results.items() for variant in VARIANTS if (m := results.get(variant)) is not None
+    ]
+    console.print(results_table(
+        "rows exported per second (higher is better)",
+        ["scenario", "variant", "rows", "time s", "rows/s", "steady s", "steady rows/s", "batches", "output",
+         "peak RSS +MB (imports/run)", "cpu s (proc/srv)", "verified"], rows, left=("scenario", "variant", "verified")))
+    console.print(ratio_table(all_ratios))
     if memory:
         mt = Table(title=f"peak RSS growth over the RSS after imports, MB (bound {MEMORY_BOUND_MB} MB; flat: the "
                          f"larger size at most {FLAT_TOLERANCE[0]:.0%} or {FLAT_TOLERANCE[1]} MB above the smaller)")
@@ -989,7 +852,6 @@ def main(argv: list[str] | None = None) -> int:
     all_results: dict[str, dict[str, Measurement]] = {}
     all_ratios: dict[str, list] = {}
     pg = None
-    harness = contextlib.nullcontext()
     ctx: dict[str, Any] = {"batch_size": args.batch_size, "prefect_pids": [], "api_url": os.environ.get("PREFECT_API_URL"),
                            "timeout": 3600, "warmup_url": None, "warm_up": not args.no_warm_up}
     if args.profile:
@@ -1009,12 +871,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         needs_flow = any(v in FLOW_VARIANTS for v in order)
-        if needs_flow and not ctx["api_url"]:
-            from prefect.testing.utilities import prefect_test_harness
-
-            note("starting Prefect's test server (prefect_test_harness) ...")
-            harness = prefect_test_harness(server_startup_timeout=120)
-        with harness:
+        with _common.prefect_server(needs_flow and not ctx["api_url"]):
             if needs_flow:
                 from prefect.settings import PREFECT_API_URL
 
@@ -1047,24 +904,18 @@ def main(argv: list[str] | None = None) -> int:
 
     memory = memory_rows(all_results, small_name, big_name)
     print_report(machine, scenarios, all_results, all_ratios, memory, args)
-    if args.json:
-        args.json.write_text(json.dumps({
-            "date": datetime.now(UTC).date().isoformat(),
-            "machine": machine,
-            "batch_size": args.batch_size,
-            "chunks_per_video": args.chunks_per_video,
-            "repeat": {"sqlite": args.repeat, "pg": args.pg_repeat},
-            "scenarios": {s.name: asdict(s) for s in scenarios},
-            "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
-                        for s, r in all_results.items()},
-            "ratios": all_ratios,
-            "memory": memory,
-        }, indent=2, default=str))
-    failed = [m for r in all_results.values() for m in r.values() if not m.verified]
-    if failed:
-        print(f"{len(failed)} variant(s) did not verify (NOT VERIFIED)")
-        return 1
-    return 0
+    write_json(args.json, {
+        "machine": machine,
+        "batch_size": args.batch_size,
+        "chunks_per_video": args.chunks_per_video,
+        "repeat": {"sqlite": args.repeat, "pg": args.pg_repeat},
+        "scenarios": {s.name: asdict(s) for s in scenarios},
+        "results": {s: {v: {**asdict(m), "rate": m.rate, "steady_rate": m.steady_rate} for v, m in r.items()}
+                    for s, r in all_results.items()},
+        "ratios": all_ratios,
+        "memory": memory,
+    })
+    return 1 if failures([m for r in all_results.values() for m in r.values()]) else 0
 
 
 if __name__ == "__main__":

@@ -26,48 +26,26 @@ only.
 
 from __future__ import annotations
 
+import _common as common  # first: Prefect's settings before anything imports prefect
+import argparse
+import contextlib
 import os
+import random
+import shutil
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from _common import REPO, console, note, ratio_table, ratios, results_table, rounds
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.table import Table  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-
-def _load_delete_benchmark():
-    """Shared helpers (settings, copies, CPU accounting, machine info) live in delete.py."""
-    spec = importlib.util.spec_from_file_location("bulkops_bench_delete", Path(__file__).with_name("delete.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_delete_benchmark()
-console, note = common.console, common.note
-
-CREATOR = "creator-001"
-SEED = 20261124
+CREATOR = common.CREATOR
+SEED = common.SEED
 CHUNKS_PER_VIDEO = 10
 WORKERS = 8
 MAX_BATCHES = 300
@@ -203,7 +181,7 @@ def run_flow(db: Path, template: Template, work: Path, batch_size: int) -> Measu
     from flows.bulk_reprocess import bulk_reprocess
     from flows.progress import add_progress_listener, remove_progress_listener
 
-    common.point_settings_at(common.sqlite_url(db), str(work / "storage"), None, work / "data")
+    common.point_settings_at(common.sqlite_url(db), str(work / "storage"), work / "data")
     events: list[tuple[float, Any]] = []
     lock = threading.Lock()
 
@@ -370,7 +348,7 @@ def warm_up_flow(work: Path) -> None:
     seed_library(engine, None, None, videos=20, creators=1, seed=1, chunks_per_video=2, transcript_ratio=1.0,
                  status="ready")
     engine.dispose()
-    common.point_settings_at(common.sqlite_url(db), str(base / "storage"), None, base / "data")
+    common.point_settings_at(common.sqlite_url(db), str(base / "storage"), base / "data")
     state = bulk_reprocess(creator_id=CREATOR, all_videos=True, batch_size=5, return_state=True)
     if not state.is_completed():
         raise RuntimeError(f"warm-up flow run ended {state.type.value}: {state.message}")
@@ -422,26 +400,7 @@ def run_model(template: Template, work: Path, videos: int, batch_size: int) -> d
 
 
 def ratio_rows(results: dict[str, Measurement]) -> list[dict[str, Any]]:
-    rows = []
-
-    def add(name: str, num: str, den: str) -> None:
-        if num not in results or den not in results:
-            return
-        total = results[num].seconds / results[den].seconds
-        steady = results[num].steady_seconds / results[den].steady_seconds
-        op, bound, text = TARGETS.get(name, ("", 0.0, "information only"))
-        met = None
-        if name in TARGETS:
-            met = {"total": total <= bound if op == "<=" else total >= bound,
-                   "steady": steady <= bound if op == "<=" else steady >= bound}
-        rows.append({"ratio": name, "total": total, "steady": steady,
-                     "target": f"{op} {bound:g}" if name in TARGETS else "(info)", "met": met, "text": text})
-
-    add("a/b", "a", "b")
-    add("c/a", "c", "a")
-    add("a/d", "a", "d")
-    add("b/d", "b", "d")
-    return rows
+    return ratios(results, ["a/b", "c/a", "a/d", "b/d"], targets=TARGETS)
 
 
 def model_available() -> bool:
@@ -455,34 +414,28 @@ def model_available() -> bool:
         return False
 
 
-def print_report(machine, template, results, ratios, model, args) -> None:
+def print_report(machine, template, results, ratio_list, model, args) -> None:
     console.print()
     console.rule("bulk reprocess benchmark")
-    console.print(f"machine: nproc={machine['nproc']}, python {machine['python']}, sqlite {machine['sqlite']}, "
-                  f"prefect {machine['prefect']}; library sources sha256: {machine['library_sha256']}")
+    console.print(common.machine_line(machine))
     console.print(f"template: {template.videos:,} videos, {template.old_chunks:,} old chunks -> "
                   f"{template.expected_chunks:,} new (80 words, 16 overlap), db {common.human_bytes(template.db_bytes)}, "
                   f"seeded in {template.seed_seconds:.0f} s; batch size {args.batch_size}, {WORKERS} workers; "
                   f"runs per variant: {args.repeat} (median shown)")
-    table = Table(title="reprocess (higher rates are better)")
-    for col in ("scenario", "variant", "videos", "chunks", "time s", "chunks/s", "videos/s", "steady s",
-                "steady chunks/s", "batches", "cpu s (proc/srv)", "verified"):
-        table.add_column(col, justify="left" if col in ("scenario", "variant", "verified") else "right")
-    rows = [("sqlite", m) for v, m in sorted(results.items())] + [("minilm sample", m) for m in model.values()]
-    for scenario, m in rows:
-        table.add_row(scenario, m.label, f"{m.videos:,}", f"{m.chunks:,}", f"{m.seconds:.2f}",
-                      f"{m.chunk_rate:,.0f}" if m.chunk_rate >= 100 else f"{m.chunk_rate:.1f}",
-                      f"{m.video_rate:,.0f}" if m.video_rate >= 100 else f"{m.video_rate:.1f}",
-                      f"{m.steady_seconds:.2f}", f"{m.steady_chunk_rate:,.0f}", str(m.batches or "-"),
-                      f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}", "yes" if m.verified else f"NO: {m.verify_detail}")
-    console.print(table)
-    rt = Table(title="time ratios (a/b = time of (a) / time of (b))")
-    for col in ("ratio", "total", "steady", "target", "met (total / steady)"):
-        rt.add_column(col)
-    for r in ratios:
-        met = "-" if r["met"] is None else f"{'yes' if r['met']['total'] else 'NO'} / {'yes' if r['met']['steady'] else 'NO'}"
-        rt.add_row(r["ratio"], f"{r['total']:.2f}", f"{r['steady']:.2f}", r["target"], met)
-    console.print(rt)
+    measured = [("sqlite", m) for _v, m in sorted(results.items())] + [("minilm sample", m) for m in model.values()]
+    rows = [
+        [scenario, m.label, f"{m.videos:,}", f"{m.chunks:,}", f"{m.seconds:.2f}",
+         f"{m.chunk_rate:,.0f}" if m.chunk_rate >= 100 else f"{m.chunk_rate:.1f}",
+         f"{m.video_rate:,.0f}" if m.video_rate >= 100 else f"{m.video_rate:.1f}",
+         f"{m.steady_seconds:.2f}", f"{m.steady_chunk_rate:,.0f}", str(m.batches or "-"),
+         f"{m.cpu_s:.1f} / {m.server_cpu_s:.1f}", "yes" if m.verified else f"NO: {m.verify_detail}"]
+        for scenario, m in measured
+    ]
+    console.print(results_table(
+        "reprocess (higher rates are better)",
+        ["scenario", "variant", "videos", "chunks", "time s", "chunks/s", "videos/s", "steady s", "steady chunks/s",
+         "batches", "cpu s (proc/srv)", "verified"], rows, left=("scenario", "variant", "verified")))
+    console.print(ratio_table({"sqlite": ratio_list}))
     console.print("targets: (a) within 1.25x of (b); (a) at least 10x faster than (c). a/d and b/d are for information.")
     for m in results.values():
         if "runs_s" in m.extra:
@@ -518,14 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     results: dict[str, Measurement] = {}
     model: dict[str, Measurement] = {}
-    harness = contextlib.nullcontext()
     try:
-        if "a" in order and not os.environ.get("PREFECT_API_URL"):
-            from prefect.testing.utilities import prefect_test_harness
-
-            note("starting Prefect's test server (prefect_test_harness) ...")
-            harness = prefect_test_harness(server_startup_timeout=120)
-        with harness:
+        with common.prefect_server("a" in order):
             if "a" in order:
                 note("warm-up flow run (untimed) ...")
                 warm_up_flow(work)
@@ -534,31 +481,25 @@ def main(argv: list[str] | None = None) -> int:
             note(f"template: {template.videos:,} videos, {template.old_chunks:,} chunks; "
                  f"reprocessing makes {template.expected_chunks:,}")
             samples: dict[str, list[Measurement]] = {v: [] for v in order}
-            for round_index in range(args.repeat):
-                shift = round_index % len(order)
-                for variant in order[shift:] + order[:shift]:
+            for round_order in rounds(order, args.repeat):
+                for variant in round_order:
                     samples[variant].append(run_one(variant, template, work, args.batch_size))
-            results = {variant: common.median_of(runs) for variant, runs in samples.items()}
+            results = {variant: common.median_run(runs) for variant, runs in samples.items()}
             if args.model_videos and model_available():
                 model = run_model(template, work, args.model_videos, max(1, args.model_videos // WORKERS))
     finally:
         common.reset_caches()
         shutil.rmtree(work, ignore_errors=True)
-    ratios = ratio_rows(results)
-    print_report(machine, template, results, ratios, model, args)
-    if args.json:
-        args.json.write_text(json.dumps({
-            "date": datetime.now(UTC).date().isoformat(), "machine": machine, "batch_size": args.batch_size,
-            "template": {k: v for k, v in asdict(template).items() if k not in ("ids", "db_path")},
-            "results": {v: {**asdict(m), "chunk_rate": m.chunk_rate} for v, m in results.items()},
-            "model": {v: {**asdict(m), "chunk_rate": m.chunk_rate} for v, m in model.items()},
-            "ratios": ratios,
-        }, indent=2, default=str))
-    failed = [m for m in list(results.values()) + list(model.values()) if not m.verified]
-    if failed:
-        console.print(f"[red]{len(failed)} variant(s) did not verify[/red]")
-        return 1
-    return 0
+    ratio_list = ratio_rows(results)
+    print_report(machine, template, results, ratio_list, model, args)
+    common.write_json(args.json, {
+        "machine": machine, "batch_size": args.batch_size,
+        "template": {k: v for k, v in asdict(template).items() if k not in ("ids", "db_path")},
+        "results": {v: {**asdict(m), "chunk_rate": m.chunk_rate} for v, m in results.items()},
+        "model": {v: {**asdict(m), "chunk_rate": m.chunk_rate} for v, m in model.items()},
+        "ratios": ratio_list,
+    })
+    return 1 if common.failures(list(results.values()) + list(model.values())) else 0
 
 
 if __name__ == "__main__":

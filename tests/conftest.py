@@ -86,7 +86,8 @@ def pytest_collection_modifyitems(items) -> None:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if names & {"pg_server", "pg_url", "pg_library"} or params.get("library") == "postgres":
             item.add_marker(pytest.mark.postgres)
-        if names & {"s3_server", "s3_prefix", "s3_library"} or params.get("where") == "s3_library":
+        if names & {"s3_server", "s3_prefix", "s3_library"} or params.get("where") == "s3_library" \
+                or params.get("store") == "s3":
             item.add_marker(pytest.mark.s3)
         if "prefect_server" in names:
             item.add_marker(pytest.mark.slow)
@@ -215,6 +216,13 @@ def s3_library(monkeypatch, tmp_path, s3_server, s3_prefix) -> Library:
 def library(request) -> Library:
     """The same test on SQLite and on a real PostgreSQL server."""
     return request.getfixturevalue("sqlite_library" if request.param == "sqlite" else "pg_library")
+
+
+@pytest.fixture
+def seeded(sqlite_library):
+    """A small SQLite library of two creators, with files."""
+    sqlite_library.seed(30, creators=2)
+    return sqlite_library
 
 
 @pytest.fixture(scope="session")

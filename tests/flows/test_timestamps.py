@@ -207,7 +207,7 @@ def test_failed_reprocess_writes_then_export(library, monkeypatch):
 
 def test_delete_then_export_both_formats(library):
     """Tombstones written by a delete whose storage failed, then an export of what is left."""
-    from tests.test_delete_domain import CrashingStore
+    from tests.faults import CrashingStore
     from videolib.delete import delete_batch
 
     library.seed(20, creators=1)

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each starts its own Prefect server and libraries
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_smoke(script: str, *args: str, rows: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:

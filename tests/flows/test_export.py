@@ -295,6 +295,7 @@ print(json.dumps({"base_kb": base, "peak_kb": peak + helpers, "helpers": len(HEL
 """
 
 
+@pytest.mark.slow  # 200k rows seeded and exported in a child process: ~40 s
 def test_memory_of_a_200k_row_export_stays_bounded(sqlite_library):
     """Peak RSS growth of a 200k-row export, measured in its own process (a memory bound, not time)."""
     from videolib.seed import seed_library
@@ -304,7 +305,7 @@ def test_memory_of_a_200k_row_export_stays_bounded(sqlite_library):
     env = dict(os.environ, **lib.env(), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "parquet"], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+                          timeout=600, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ok"] and result["helpers"] >= 1  # the reader processes were measured
