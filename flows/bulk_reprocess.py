@@ -20,7 +20,7 @@ from pydantic import Field
 from config import get_settings
 from flows.operation import Operation, select_videos
 from tasks.reprocess import reprocess_video_batch
-from tasks.resources import embedder_for, engine
+from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
 from videolib.embedders import check_embedder, default_batch_size
@@ -73,7 +73,7 @@ def bulk_reprocess(
         if all_videos and not video_ids and not invalid_ids_key:
             # Only what a reprocess can act on; the rest is counted, not failed.
             selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
-                                             lease_s=settings.reprocess_lease_s)
+                                             lease_s=settings.reprocess_lease_s, holders=HOLDERS)
             result.not_selected = selection.not_selected
             if not selection.ids:
                 left_out = describe_not_selected(selection.not_selected)

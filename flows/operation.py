@@ -7,10 +7,17 @@ stored as an artifact: ``flows/result.py``) -> final state:
 
 - Completed when every item succeeded, ``Completed(name="Partial")`` when some failed,
 - Failed when none succeeded or the run could not proceed,
-- Cancelled when a stop was requested (checked by each batch as it starts).
+- Cancelled when a stop was requested.
 
-The stop flag is the operation's: Prefect Variables for every real run, or whatever a
-caller sets with :func:`stop_flag` (a test drives a flow without Prefect's variables).
+A stop comes in however it is asked for: the stop flag (Prefect Variables for every
+real run, or whatever a caller sets with :func:`stop_flag`), the run's own state set to
+Cancelling (the Prefect UI's Cancel, ``bulkops cancel``: a monitor thread reads it every
+``STATE_POLL_S``), or a signal to the flow's process (SIGTERM from a worker or runner
+that cancels, Ctrl-C or SIGTERM in the CLI that runs it). Every way does the same: no
+new batch starts, the batches in flight finish or roll back whole (a reprocess batch
+checks the flag between slices of its work), and within ``DRAIN_S`` the result
+document is written with exact counts and the run ends Cancelled. A second signal
+while draining leaves at once.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -25,16 +33,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import Task, get_client, get_run_logger, unmapped
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import State
 
 from config import get_settings
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
-from flows.progress import Progress, notify
+from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
+from tasks.ticks import forget, in_flight
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids, plan_batches
@@ -43,6 +53,10 @@ from videolib.selection import check_selection, iter_creator_video_ids, read_inv
 from videolib.storage import StorageUnavailable
 
 DRY_RUN_TAG = "dry-run"
+DRAIN_S = 20.0  # how long a stopped run waits for its batches in flight
+STATE_POLL_S = 2.0  # how often a run reads its own state (a Cancelling set from outside)
+TICK_S = 1.0  # how often the running batches' counts go to the progress
+INTERRUPTS = (KeyboardInterrupt, TerminationSignal)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +146,10 @@ class Operation:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.progress: Progress | None = None
+        self.stopped_by: str | None = None  # what stopped the run, when something did
+        self.draining = False  # stopped by a signal, waiting for the batches in flight
+        # The run exists: whoever started it in this process can name it now.
+        notify(ProgressEvent(self.operation_id, operation, 0, 0, 0, 0, None, phase="created"))
 
     def run(
         self,
@@ -156,10 +174,22 @@ class Operation:
         request) with the result and the start time; ``cleanup`` runs last, however the
         run ends.
         """
+        monitor = _Monitor(self)
+        monitor.start()
         try:
             with bulk_gc():  # the collector skips Prefect's heap while the batches allocate
                 return self._run(prepare, batch_task, task_kwargs, batch_size, on_outcome, finish)
+        except INTERRUPTS as exc:
+            if self.draining:
+                raise  # a second signal: leave at once (the caller marks the run)
+            # Stopped before its batches were mapped (or while it finished): nothing
+            # more starts; what was done is counted, the rest is skipped.
+            self._interrupted(exc)
+            self.result.cancelled = True
+            self.result.message = self.result.message or f"stopped on request ({self.stopped_by}) before it finished"
+            return self.finalize()
         finally:
+            monitor.stop()
             if cleanup is not None:
                 try:
                     cleanup()
@@ -197,9 +227,11 @@ class Operation:
         if plan.batches:
             self._map(plan, batch_task, task_kwargs, on_outcome)
         if result.skipped and not result.aborted:
-            # Batches that had not started when the stop was requested returned unstarted.
+            # Batches that had not started when the stop was requested returned unstarted
+            # (or rolled back what they had begun).
             result.cancelled = True
-            result.message = f"stopped on request; {result.skipped} videos left unstarted"
+            result.message = (f"stopped on request ({self.stopped_by or 'the stop flag'}); "
+                              f"{result.skipped} items left unstarted or rolled back")
         if finish is not None and not result.aborted:
             try:
                 finish(result, self.started_wall)
@@ -217,7 +249,6 @@ class Operation:
                     failed_items=lambda i, detail: [ItemError(v, BATCH_ERROR, detail) for v in batches[i]])
 
     def _map(self, plan: Plan, batch_task: Task, task_kwargs: dict[str, Any], on_outcome) -> None:
-        result, progress = self.result, self.progress
         futures = batch_task.map(
             plan.batches,
             list(range(len(plan.batches))),
@@ -226,35 +257,72 @@ class Operation:
             **{k: unmapped(v) for k, v in task_kwargs.items()},
         )
         index_of = {future.task_run_id: i for i, future in enumerate(futures)}
+        pending = {future.task_run_id: future for future in futures}
         try:
-            for future in as_completed(futures):
-                index = index_of[future.task_run_id]
+            try:
+                self._collect(pending, index_of, plan, on_outcome)
+            except INTERRUPTS as exc:
+                # Cancelled by a signal (a worker's or runner's cancel, Ctrl-C or SIGTERM in
+                # the CLI): no batch starts from now on; the ones in flight finish or roll
+                # back, and are counted, before the result is written.
+                self._interrupted(exc)
+                self.draining = True
                 try:
-                    outcome = BatchOutcome.from_dict(future.result())
-                except Exception as exc:  # retries exhausted: every item of the batch failed
-                    detail = f"{type(exc).__name__}: {exc}"[:500]
-                    self.logger.error("batch %s failed after retries: %s", index, detail)
-                    outcome = BatchOutcome(errors=plan.failed_items(index, detail))
-                result.add(outcome)
-                if on_outcome is not None and not result.aborted:
-                    try:
-                        on_outcome(index, outcome)
-                    except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
-                        result.aborted = True
-                        result.message = f"{result.operation} could not proceed: {type(exc).__name__}: {exc}"
-                        self.logger.exception("stopping the %s", result.operation)
-                        self.stop.request(self.operation_id)  # batches not yet started return unstarted
-                # What a whole-library run left out on the way is no longer requested.
-                progress.advance(outcome.processed, left_out=sum(outcome.not_selected.values()))
+                    self._collect(pending, index_of, plan, on_outcome, timeout=DRAIN_S)
+                except TimeoutError:
+                    self.logger.error("%s batches still running %ss after the cancel; their items are counted "
+                                      "as skipped", len(pending), DRAIN_S)
+                self.draining = False
         except BaseException:
-            # Terminated (SIGTERM: a crash, or Prefect's own cancel). Batches that have not
-            # started must not start while Prefect reports the crash (the pool would go
-            # on deleting), and the progress must show where the run really got to (it
-            # may be up to a second behind); then Prefect ends the run.
+            # A second signal, or a crash: batches that have not started must not start
+            # while Prefect reports it (the pool would go on deleting), and the progress
+            # must show where the run really got to; then Prefect ends the run.
             self.stop.here(self.operation_id)
             with contextlib.suppress(Exception):
-                progress.post()
+                self.progress.post()
             raise
+        finally:
+            forget(self.operation_id)
+
+    def _collect(self, pending: dict, index_of: dict, plan: Plan, on_outcome, timeout: float | None = None) -> None:
+        """Count each batch of ``pending`` as it finishes (removing it from ``pending``)."""
+        result, progress = self.result, self.progress
+        for future in as_completed(list(pending.values()), timeout=timeout):
+            pending.pop(future.task_run_id, None)
+            index = index_of[future.task_run_id]
+            try:
+                outcome = BatchOutcome.from_dict(future.result())
+            except Exception as exc:  # retries exhausted: every item of the batch failed
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                self.logger.error("batch %s failed after retries: %s", index, detail)
+                outcome = BatchOutcome(errors=plan.failed_items(index, detail))
+            result.add(outcome)
+            if on_outcome is not None and not result.aborted:
+                try:
+                    on_outcome(index, outcome)
+                except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
+                    result.aborted = True
+                    result.message = f"{result.operation} could not proceed: {type(exc).__name__}: {exc}"
+                    self.logger.exception("stopping the %s", result.operation)
+                    self.stop.request(self.operation_id)  # batches not yet started return unstarted
+            forget(self.operation_id, index)
+            # What a whole-library run left out on the way is no longer requested.
+            progress.advance(outcome.processed, left_out=sum(outcome.not_selected.values()), batch_index=index)
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """A signal stops the run here: no batch of this process starts from now on."""
+        self.stop.here(self.operation_id)
+        if self.stopped_by is None:
+            self.stopped_by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        self.logger.warning("stopping (%s): no new batch starts; waiting up to %ss for the batches in flight",
+                            self.stopped_by, DRAIN_S)
+
+    def cancel_seen(self, how: str) -> None:
+        """Someone set the run Cancelling (the UI, the API, ``bulkops cancel``)."""
+        if self.stopped_by is None:
+            self.stopped_by = how
+            self.logger.warning("stopping (%s): no new batch starts", how)
+        self.stop.here(self.operation_id)
 
     def abort(self, message: str) -> State:
         """End the run without running (more of) it: ``failed``, with ``message``."""
@@ -280,6 +348,7 @@ class Operation:
             self.stop.clear(result.operation_id)
         except Exception:
             log.debug("no stop flag to clear for %s", result.operation_id)
+        forget(result.operation_id)
         done = result.succeeded + result.failed + result.skipped
         notify(Progress(result.operation_id, result.operation, total=result.requested, batches=0,
                         current=done).event(result=document))
@@ -297,3 +366,43 @@ def tag_dry_run(operation_id: str, logger) -> None:
             client.update_flow_run(uuid.UUID(operation_id), tags=[*tags, DRY_RUN_TAG])
     except Exception as exc:  # a label, not the work: the dry run goes on without it
         logger.warning("could not tag the run %s: %s", DRY_RUN_TAG, exc)
+
+
+class _Monitor:
+    """A thread beside the run: every ``TICK_S`` it sums the running batches' counts
+    into the progress, and every ``STATE_POLL_S`` it reads the run's own state, so that a
+    Cancelling set from outside (the UI, the API, ``bulkops cancel``) stops the run even
+    when no runner is there to signal its process (a run the CLI executes in-process)."""
+
+    def __init__(self, operation: Operation):
+        self.operation = operation
+        self._stopped = threading.Event()
+        context = contextvars.copy_context()  # the flow's Prefect settings and client
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="bulkops-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _loop(self) -> None:
+        op = self.operation
+        next_state = time.monotonic() + STATE_POLL_S
+        while not self._stopped.wait(TICK_S):
+            try:
+                if op.progress is not None:
+                    op.progress.in_batches(in_flight(op.operation_id))
+                if time.monotonic() >= next_state:
+                    next_state = time.monotonic() + STATE_POLL_S
+                    if run_is_cancelling(op.operation_id):
+                        op.cancel_seen("cancelled from Prefect")
+            except Exception as exc:  # noqa: BLE001 - the run goes on; the next tick tries again
+                log.debug("monitor of %s: %s", op.operation_id, exc)
+
+
+def run_is_cancelling(operation_id: str) -> bool:
+    """Whether the run has been set Cancelling (or Cancelled) from outside."""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(operation_id)).state
+    return state is not None and state.type.value in {"CANCELLING", "CANCELLED"}

@@ -1,11 +1,13 @@
 """An operation's progress, kept as structure and rendered as text.
 
-The flow counts items as its batches finish (concurrent updates of one artifact from
-tasks would overwrite each other), and keeps the counts as JSON in the metadata of the
-run's progress artifact (``PROGRESS_KEY``), which ``service/status`` reads back; the
-bar and the text the Prefect UI shows are drawn from the same counts. The artifact is
-updated at most once a second (and always at the end): each update is an HTTP call to
-the Prefect server. In-process listeners (the CLI's bar) see every batch.
+The flow counts items as its batches finish, and, in between, the items the running
+batches report done so far (``tasks/ticks.py``: one slot per batch, summed here, so
+concurrent batches never overwrite each other's counts). It keeps the counts as JSON in
+the metadata of the run's progress artifact (``PROGRESS_KEY``), which ``service/status``
+reads back; the bar and the text the Prefect UI shows are drawn from the same counts.
+The artifact is updated at most once a second (and always at the end): each update is
+an HTTP call to the Prefect server. In-process listeners (the CLI's bar) see every
+change. The count shown never goes down while the run goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ProgressEvent:
     batches: int
     eta_seconds: float | None
     result: dict[str, Any] | None = None  # set on the last event
+    phase: str = "running"  # "created": the run exists, nothing counted yet
 
 
 _listeners: list[Callable[[ProgressEvent], None]] = []
@@ -105,6 +108,10 @@ class Progress:
     _posted_at: float = 0.0
     _posted: tuple[int, int] | None = None
     _planned: int = 0
+    _finished: set[int] = field(default_factory=set)  # batches whose outcome is counted
+    _in_flight: int = 0  # items the running batches report done so far
+    _shown: int = 0
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def start(self, planned_items: int) -> None:
         """Create the run's progress artifact with the counts before any batch."""
@@ -117,38 +124,72 @@ class Progress:
         self._posted = (self.current, 0)
         notify(self.event())
 
-    def advance(self, processed: int, *, left_out: int = 0) -> None:
+    def advance(self, processed: int, *, left_out: int = 0, batch_index: int | None = None) -> None:
         """One batch finished: ``processed`` items done, ``left_out`` no longer requested."""
-        self.total -= left_out
-        self._planned -= left_out
-        self.batches_done += 1
-        self.current += processed
-        elapsed = time.monotonic() - self.started
-        counted = max(self.current - (self.total - self._planned), 0)  # done by batches, not up front
-        self.eta_seconds = elapsed / counted * (self.total - self.current) if counted else None
-        if self.batches_done == self.batches or time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S:
+        with self._lock:
+            self.total -= left_out
+            self._planned -= left_out
+            self.batches_done += 1
+            self.current += processed
+            if batch_index is not None:
+                self._finished.add(batch_index)
+            self._recount()
+            due = self.batches_done == self.batches or time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S
+            event = self.event()
+        if due:
             self.post()
-        notify(self.event())
+        notify(event)
+
+    def in_batches(self, slots: dict[int, int]) -> None:
+        """The running batches' own counts so far (``{batch index: items done}``); the
+        slots of batches already counted are ignored."""
+        with self._lock:
+            in_flight = sum(n for index, n in slots.items() if index not in self._finished)
+            if in_flight == self._in_flight:
+                return
+            self._in_flight = in_flight
+            before = self._shown
+            self._recount()
+            if self._shown == before:
+                return
+            due = time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S
+            event = self.event()
+        if due:
+            self.post()
+        notify(event)
+
+    def _recount(self) -> None:
+        self._shown = min(max(self._shown, self.current + self._in_flight), max(self.total, self.current))
+        elapsed = time.monotonic() - self.started
+        counted = max(self._shown - (self.total - self._planned), 0)  # done by batches, not up front
+        self.eta_seconds = elapsed / counted * max(self.total - self._shown, 0) if counted else None
+
+    @property
+    def shown(self) -> int:
+        """Items done as far as anyone can tell now: finished batches plus running ones."""
+        return max(self._shown, self.current)
 
     def post(self) -> None:
         """Send the counts to the run's progress artifact (one HTTP call) if they changed."""
-        if self._artifact_id is None or self._posted == (self.current, self.batches_done):
-            return
-        self._posted_at = time.monotonic()
-        self._posted = (self.current, self.batches_done)
+        with self._lock:
+            if self._artifact_id is None or self._posted == (self.shown, self.batches_done):
+                return
+            self._posted_at = time.monotonic()
+            self._posted = (self.shown, self.batches_done)
+            update = ArtifactUpdate(data=percent(self.shown, self.total), description=self.description(),
+                                    metadata_=self._metadata())
         with get_client(sync_client=True) as client:
-            client.update_artifact(self._artifact_id, ArtifactUpdate(
-                data=percent(self.current, self.total), description=self.description(), metadata_=self._metadata()))
+            client.update_artifact(self._artifact_id, update)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"current": self.current, "total": self.total, "batches_done": self.batches_done,
+        return {"current": self.shown, "total": self.total, "batches_done": self.batches_done,
                 "batches": self.batches, "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1)}
 
     def description(self) -> str:
-        return progress_description(self.current, self.total, self.batches_done, self.batches, self.eta_seconds)
+        return progress_description(self.shown, self.total, self.batches_done, self.batches, self.eta_seconds)
 
     def event(self, result: dict[str, Any] | None = None) -> ProgressEvent:
-        return ProgressEvent(self.operation_id, self.operation, self.current, self.total, self.batches_done,
+        return ProgressEvent(self.operation_id, self.operation, self.shown, self.total, self.batches_done,
                              self.batches, self.eta_seconds, result=result)
 
     def _metadata(self) -> dict[str, str]:

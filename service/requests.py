@@ -227,10 +227,13 @@ class ReprocessRequest(OperationRequest):
         """``--all`` selects only what a reprocess can act on: refuse when that is nothing."""
         if not self.all_videos:
             return
+        from tasks.resources import HOLDERS
+
         lease_s = get_settings().reprocess_lease_s
-        if any_reprocessable(engine, self.creator_id, lease_s=lease_s):
+        if any_reprocessable(engine, self.creator_id, lease_s=lease_s, holders=HOLDERS):
             return
-        counts = select_reprocessable(engine, self.creator_id, operation_id="", lease_s=lease_s).not_selected
+        counts = select_reprocessable(engine, self.creator_id, operation_id="", lease_s=lease_s,
+                                      holders=HOLDERS).not_selected
         left_out = describe_not_selected(counts)
         if not left_out:
             raise RequestError("empty_selection",

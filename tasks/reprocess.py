@@ -8,8 +8,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from config import get_settings
-from tasks.resources import embedder_for, engine
+from tasks.resources import HOLDERS, embedder_for, engine
 from tasks.stop import VARIABLES, StopFlag
+from tasks.ticks import BatchTicker
 from videolib.chunking import ChunkingConfig
 from videolib.operation import NO_TRANSCRIPT, BatchOutcome
 from videolib.reprocess import BUSY, reprocess_batch
@@ -50,6 +51,8 @@ def reprocess_video_batch(
         chunking=ChunkingConfig(**chunking),
         lease_s=settings.reprocess_lease_s,
         lock_timeout_ms=settings.lock_timeout_ms,
+        holders=HOLDERS,
+        ticker=BatchTicker(operation_id, batch_index, stop),
     )
     if whole_library:
         outcome.leave_out((NO_TRANSCRIPT, BUSY))

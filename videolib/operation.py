@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from videolib.ids import RequestError, normalize_video_id
 
@@ -22,6 +22,16 @@ BAD_VALUE = "bad_value"  # export: a stored value that cannot be written (detail
 STORAGE_ERROR = "storage_error"
 DATABASE_ERROR = "database_error"
 BATCH_ERROR = "batch_error"
+
+
+class Ticker(Protocol):
+    """What a batch tells its operation while it works: how many of its items are done
+    so far (progress inside a batch), and whether it should stop (a cancel: the batch
+    then rolls its work back and reports its items ``skipped``)."""
+
+    def done(self, items: int) -> None: ...
+
+    def stopping(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -251,9 +261,9 @@ class OperationResult:
     def count_unstarted(self) -> None:
         """A run that could not proceed never reached some of what it selected: those
         items count as skipped, so that requested = succeeded + failed + skipped holds
-        for every ending (a quota refusal, an unreachable store, a broken writer)."""
+        for every ending (a quota refusal, an unreachable store, a broken writer, a cancel)."""
         unstarted = self.requested - (self.succeeded + self.failed + self.skipped)
-        if self.aborted and unstarted > 0:
+        if (self.aborted or self.cancelled) and unstarted > 0:
             self.skipped += unstarted
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,9 +27,10 @@ chunks, which a rerun takes over after the lease.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import (
@@ -45,14 +46,15 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from videolib.chunking import ChunkingConfig
-from videolib.compute_pool import Work, chunk_and_embed_where_best
+from videolib.compute_pool import Prepared, Work, chunk_and_embed_where_best
 from videolib.db.engine import begin_write, set_lock_timeout
 from videolib.db.models import Video
 from videolib.db.types import bind_timestamp
 from videolib.embedders import Embedder
 from videolib.gc_tuning import bulk_gc
-from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError
+from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError, Ticker
 from videolib.selection import chunked
+from videolib.takeover import Holders, Takeover, decide_takeover
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def claim_batch(
     operation_id: str,
     lease_s: int,
     lock_timeout_ms: int = 5000,
+    holders: Holders | None = None,
 ) -> tuple[dict[str, tuple[str, str]], list[ItemError]]:
     """Set the batch's eligible videos ``processing`` for ``operation_id``.
 
@@ -103,11 +106,12 @@ def claim_batch(
     """
     ids = list(dict.fromkeys(video_ids))
     now = datetime.now(UTC)
-    cutoff = now - timedelta(seconds=lease_s)
     errors: list[ItemError] = []
     claimed: dict[str, tuple[str, str]] = {}
     with engine.begin() as conn:
         set_lock_timeout(conn, lock_timeout_ms)
+        rule = decide_takeover(conn, creator_id=creator_id, operation_id=operation_id, lease_s=lease_s,
+                               holders=holders, now=now)
         rows = {}
         for part in chunked(ids):
             query = select(
@@ -123,7 +127,7 @@ def claim_batch(
                 errors.append(ItemError(vid, NOT_FOUND, "no such video for this creator"))
             elif not row.has_t:
                 errors.append(ItemError(vid, NO_TRANSCRIPT, "the video has no transcript; left unchanged"))
-            elif row.status == "processing" and not _can_take(row, operation_id, cutoff):
+            elif row.status == "processing" and not rule.may_take(row.processing_by, row.updated_at):
                 errors.append(ItemError(vid, BUSY, _busy_detail(row)))
             else:
                 takeable.append(vid)
@@ -131,7 +135,7 @@ def claim_batch(
         for part in chunked(takeable):
             result = conn.execute(
                 update(Video)
-                .where(Video.creator_id == creator_id, Video.id.in_(part), _claimable(operation_id, cutoff))
+                .where(Video.creator_id == creator_id, Video.id.in_(part), _claimable(rule))
                 .values(status="processing", processing_by=operation_id, updated_at=now)
                 .returning(Video.id)
             )
@@ -146,20 +150,11 @@ def claim_batch(
     return claimed, errors
 
 
-def _claimable(operation_id: str, cutoff: datetime):
-    """The videos a claim of ``operation_id`` may take (SQL): any status but
-    ``processing`` and ``deleting``, or a ``processing`` claim of its own (a retried
-    batch) or one of another run whose lease ran out."""
-    return or_(
-        Video.status.in_(CLAIMABLE),
-        and_(
-            Video.status == "processing",
-            or_(
-                Video.processing_by == operation_id,
-                and_(Video.processing_by.is_not(None), Video.updated_at < cutoff),
-            ),
-        ),
-    )
+def _claimable(rule: Takeover):
+    """The videos a claim may take (SQL): any status but ``processing`` and
+    ``deleting``, or a ``processing`` claim the takeover rule gives it
+    (``videolib.takeover``: its own, a run's that ended, or one past the lease)."""
+    return or_(Video.status.in_(CLAIMABLE), and_(Video.status == "processing", rule.sql()))
 
 
 @dataclass
@@ -172,16 +167,19 @@ class Selection:
 
 
 def select_reprocessable(
-    engine: Engine, creator_id: str, *, operation_id: str, lease_s: int, page: int = 10_000
+    engine: Engine, creator_id: str, *, operation_id: str, lease_s: int, page: int = 10_000,
+    holders: Holders | None = None,
 ) -> Selection:
     """Every video of the creator that a reprocess can act on now: it has a transcript
     and nobody else holds it (the claim's own rules, :func:`claim_batch`). Videos with no
     transcript count as ``no_transcript``, those another operation or pipeline is
     processing as ``busy``; tombstones (``deleting``) are no longer the creator's
     library and are not counted. Streamed by keyset pages over (creator_id, id)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=lease_s)
+    with engine.connect() as conn:
+        rule = decide_takeover(conn, creator_id=creator_id, operation_id=operation_id, lease_s=lease_s,
+                               holders=holders)
     has_t = _has_transcript().label("has_t")
-    claimable = _claimable(operation_id, cutoff).label("claimable")
+    claimable = _claimable(rule).label("claimable")
     selection = Selection(ids=[], not_selected={NO_TRANSCRIPT: 0, BUSY: 0})
     last = ""
     while True:
@@ -205,22 +203,13 @@ def select_reprocessable(
         last = rows[-1][0]
 
 
-def any_reprocessable(engine: Engine, creator_id: str, *, lease_s: int) -> bool:
+def any_reprocessable(engine: Engine, creator_id: str, *, lease_s: int, holders: Holders | None = None) -> bool:
     """Whether :func:`select_reprocessable` would select anything (stops at the first)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=lease_s)
-    query = select(Video.id).where(Video.creator_id == creator_id, Video.status != "deleting", _has_transcript(),
-                                   _claimable("", cutoff)).limit(1)
     with engine.connect() as conn:
+        rule = decide_takeover(conn, creator_id=creator_id, operation_id="", lease_s=lease_s, holders=holders)
+        query = select(Video.id).where(Video.creator_id == creator_id, Video.status != "deleting",
+                                       _has_transcript(), _claimable(rule)).limit(1)
         return conn.execute(query).first() is not None
-
-
-def _can_take(row, operation_id: str, cutoff: datetime) -> bool:
-    if row.processing_by == operation_id:
-        return True
-    if row.processing_by is None:  # another pipeline's work (e.g. an upload)
-        return False
-    updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
-    return updated < cutoff
 
 
 def _busy_detail(row) -> str:
@@ -246,8 +235,15 @@ def reprocess_batch(
     lease_s: int = 3600,
     lock_timeout_ms: int = 5000,
     hook: WriteHook | None = None,
+    holders: Holders | None = None,
+    ticker: Ticker | None = None,
 ) -> BatchOutcome:
     """Re-chunk and re-embed one batch of the creator's videos (see the module's doc).
+
+    With a ``ticker``, the chunks are embedded in slices of about a second each: the
+    ticker hears how many videos are done after each, and when it says stop, the batch
+    gives its claims back and reports its claimed videos ``skipped`` (nothing written).
+    ``holders`` tells the claim which holding runs have ended (``videolib.takeover``).
 
     Never raises for a single video; raises when the batch cannot proceed (the
     database is unreachable, the embedder fails), after giving its claims back, so
@@ -256,8 +252,10 @@ def reprocess_batch(
     chunking = chunking or ChunkingConfig()
     claimed, errors = claim_batch(
         engine, creator_id=creator_id, video_ids=video_ids, operation_id=operation_id,
-        lease_s=lease_s, lock_timeout_ms=lock_timeout_ms,
+        lease_s=lease_s, lock_timeout_ms=lock_timeout_ms, holders=holders,
     )
+    if ticker is not None:
+        ticker.done(len(errors))
     if not claimed:
         return BatchOutcome(errors=errors)
     previous = {vid: prev for vid, (prev, _t) in claimed.items()}
@@ -265,7 +263,7 @@ def reprocess_batch(
         with bulk_gc():  # ~10 containers per chunk, no cycles: see videolib/gc_tuning.py
             return _process_claimed(
                 engine, embedder, claimed, errors, operation_id=operation_id, chunking=chunking,
-                lock_timeout_ms=lock_timeout_ms, hook=hook,
+                lock_timeout_ms=lock_timeout_ms, hook=hook, ticker=ticker,
             )
     except Exception:
         try:
@@ -275,11 +273,17 @@ def reprocess_batch(
         raise
 
 
-def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunking, lock_timeout_ms, hook):
+def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunking, lock_timeout_ms, hook, ticker):
     failed: dict[str, str] = {}  # video -> detail; set `failed` after the write
     untouched: dict[str, str] = {}  # claimed but nothing to write: back to the previous status
     items = [(vid, transcript) for vid, (_prev, transcript) in claimed.items()]
-    prepared = chunk_and_embed_where_best(items, chunking, embedder)
+    if ticker is None:
+        prepared = chunk_and_embed_where_best(items, chunking, embedder)
+    else:
+        prepared = _prepare_in_slices(items, chunking, embedder, ticker, done_before=len(errors))
+        if prepared is None:  # stopped: nothing written, every claim back as it was
+            release_claims(engine, operation_id, {vid: prev for vid, (prev, _t) in claimed.items()})
+            return BatchOutcome(errors=errors, skipped=len(claimed))
     failed.update(prepared.failed)
     for vid in prepared.empty:
         errors.append(ItemError(vid, NO_TRANSCRIPT, "the transcript has no words; left unchanged"))
@@ -317,6 +321,48 @@ def _process_claimed(engine, embedder, claimed, errors, *, operation_id, chunkin
             errors.append(ItemError(vid, REPROCESS_ERROR, f"set to 'failed', old chunks kept: {detail}"))
         _end_claims(conn, {**{vid: "failed" for vid in failed}, **untouched}, operation_id, now)
     return BatchOutcome(succeeded=written, errors=errors, extra={"chunks": chunk_count})
+
+
+SLICE_TARGET_S = 1.0  # seconds of chunking and embedding between two ticks
+FIRST_SLICE = 4  # videos in the first slice (a slow embedder shows progress early)
+
+
+def _prepare_in_slices(items, chunking, embedder, ticker: Ticker, *, done_before: int) -> Prepared | None:
+    """Chunk and embed ``items`` in slices sized to take about ``SLICE_TARGET_S`` each
+    (growing from ``FIRST_SLICE`` videos, at most 4x per step), ticking after each; None
+    as soon as the ticker says stop. The same result as one call over all items."""
+    parts: list[Prepared] = []
+    start, size = 0, FIRST_SLICE
+    while start < len(items):
+        if ticker.stopping():
+            return None
+        piece = items[start : start + size]
+        began = time.monotonic()
+        parts.append(chunk_and_embed_where_best(piece, chunking, embedder))
+        took = max(time.monotonic() - began, 1e-3)
+        start += len(piece)
+        ticker.done(done_before + start)
+        size = max(1, min(size * 4, int(size * SLICE_TARGET_S / took)))
+    if ticker.stopping():
+        return None
+    return merge_prepared(parts, embedder.dim)
+
+
+def merge_prepared(parts: list[Prepared], dim: int) -> Prepared:
+    """One ``Prepared`` from several, as if their items had been embedded in one call."""
+    if len(parts) == 1:
+        return parts[0]
+    work: list[Work] = []
+    failed: dict[str, str] = {}
+    empty: list[str] = []
+    offset = 0
+    for part in parts:
+        work.extend(Work(item.video_id, item.chunks, first=item.first + offset) for item in part.work)
+        offset += part.vectors.shape[0]
+        failed.update(part.failed)
+        empty.extend(part.empty)
+    vectors = np.concatenate([p.vectors for p in parts]) if parts else np.zeros((0, dim), dtype=np.float32)
+    return Prepared(work, vectors, failed, empty)
 
 
 def _update_claims(conn: Connection, ids: list[str], operation_id: str, **values) -> None:
