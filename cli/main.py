@@ -22,7 +22,7 @@ from cli.app import app, emit, err
 
 # In the order a user meets them (`bulkops --help`).
 for _command in (library.init, library.seed, operations.delete, operations.export, operations.reprocess,
-                 library.search, status.status, library.demo):
+                 library.search, status.status, status.cancel, library.demo):
     app.command()(_command)
 
 try:  # typer >= 0.20 carries its own copy of click, with its own exception classes
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     json_out = "--json" in args
+    previous = _soft_sigterm()
     try:
         # With standalone_mode=False, click returns an Exit's code instead of exiting.
         code = app(args=args, prog_name="bulkops", standalone_mode=False)
@@ -74,6 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             err.print(f"Error: unexpected {type(exc).__name__}: {exc}", markup=False)
         return 1
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _soft_sigterm():
+    """SIGTERM acts as Ctrl-C: a run stops softly and prints its result, and whatever
+    ends the command runs its exit handlers (a temporary Prefect server stops with it).
+    While a flow runs, Prefect's own handler takes SIGTERM to the flow (flows.operation)."""
+    import signal
+
+    def interrupt(_signum, _frame) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        return None
 
 
 def refuse(code: str, message: str, json_out: bool, ctx=None) -> int:

@@ -4,6 +4,13 @@ stderr, and prints the result document (``--json``) or a summary.
 
 Exit status: 0 completed (or a dry run finished), 1 partial, failed or cancelled; a
 refusal before any run is exit 2 (``cli.main``).
+
+The operation id goes to stderr as soon as the run exists (also under ``--json``), so
+that another terminal can watch it (``bulkops status ID``) or stop it (``bulkops cancel
+ID``). Ctrl-C (or SIGTERM) stops the run softly: no new batch, the ones in flight
+finish or roll back, and the result document is printed as usual (exit 1). A second
+Ctrl-C leaves at once: the run is marked Cancelled, and what it held is freed by the
+takeover rule (``videolib/takeover.py``); exit 130.
 """
 
 from __future__ import annotations
@@ -17,20 +24,57 @@ from cli.app import EmbedderOpt, IdsFileOpt, IdsOpt, JsonOpt, emit, err
 from cli.render import OperationBar, print_result
 
 _announced = False
+LEFT_AT_ONCE = 130  # exit status after a second Ctrl-C (128 + SIGINT)
 
 
 def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a checked request in this process, with a live progress bar on stderr; its
     result document."""
+    from service.environment import hold_temporary_server, ui_url
     from service.launch import run
 
     global _announced
+    temporary = hold_temporary_server() is not None  # dies with this process, whatever ends it
     if not json_out and not _announced:
         _announced = True
         where = os.environ.get("PREFECT_API_URL") or "a temporary local Prefect server (set PREFECT_API_URL to reuse one)"
         err.print(f"[dim]Running on {where}…[/dim]")
+    ui = None if temporary else ui_url()
+    started: dict[str, str] = {}
+
     with OperationBar(enabled=not json_out, label=request.label) as bar:
-        return run(request, listener=bar.update, parameters=parameters)
+
+        def listen(event) -> None:
+            if event.phase == "created":
+                started["id"] = event.operation_id
+                bar.note(announcement(event.operation_id, ui))
+            else:
+                bar.update(event)
+
+        try:
+            return run(request, listener=listen, parameters=parameters)
+        except (KeyboardInterrupt, _termination()) as exc:
+            if "id" not in started:
+                raise typer.Exit(LEFT_AT_ONCE) from exc
+            from service.control import mark_cancelled
+
+            mark_cancelled(started["id"], "left at once (a second Ctrl-C or SIGTERM in the CLI that ran it)")
+            bar.note(f"Left at once: operation {started['id']} is marked cancelled; what it had claimed is free "
+                     "for the next run. `bulkops status` shows how far it got.")
+            raise typer.Exit(LEFT_AT_ONCE) from exc
+
+
+def announcement(operation_id: str, ui: str | None) -> str:
+    line = f"Operation {operation_id} started"
+    if ui:
+        line += f" · {ui}/runs/flow-run/{operation_id}"
+    return line + f"\n  watch: bulkops status {operation_id} --watch · stop: bulkops cancel {operation_id} (or Ctrl-C)"
+
+
+def _termination() -> type[BaseException]:
+    from prefect.exceptions import TerminationSignal
+
+    return TerminationSignal
 
 
 def finish(document: dict[str, Any], *, json_out: bool) -> None:

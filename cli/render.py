@@ -38,6 +38,13 @@ class OperationBar:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
+    def note(self, text: str) -> None:
+        """A line for the user on stderr, above the bar (shown with or without one)."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            err.print(text, markup=False, highlight=False)
+
     def update(self, event) -> None:
         if event.result is not None:
             return

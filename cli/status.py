@@ -1,5 +1,6 @@
 """``bulkops status OPERATION_ID [--watch]``: an operation's status document, read from
-its Prefect flow run (``service.status``)."""
+its Prefect flow run (``service.status``); ``bulkops cancel OPERATION_ID``: stop it from
+any terminal (``service.control``)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """Show an operation's status, progress and result (from its Prefect flow run)."""
-    from service.environment import prefect_defaults
+    from service.environment import hold_temporary_server
 
-    prefect_defaults()
+    hold_temporary_server()
     from service.status import FINAL, read_status, status_of
 
     document = status_of(operation_id)
@@ -35,3 +36,25 @@ def status(
         emit(document)
     else:
         print_status(document)
+
+
+def cancel(
+    operation_id: Annotated[str, typer.Argument(help="The operation id (its flow run id).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop a running operation: no new batch starts, the ones in flight finish or roll
+    back, and it ends cancelled with its result written (from any terminal)."""
+    from service.environment import hold_temporary_server
+
+    hold_temporary_server()
+    from service.control import cancel as request_cancel
+
+    answer = request_cancel(operation_id)
+    if json_out:
+        emit(answer)
+    elif answer["cancel_requested"]:
+        err.print(f"Cancel requested for {answer['operation_id']} ({answer['status']}). It stops within about "
+                  f"20 s; follow it with: bulkops status {answer['operation_id']} --watch", markup=False)
+    else:
+        err.print(f"{answer['operation_id']} had already ended ({answer['status']}): nothing to cancel.",
+                  markup=False)

@@ -279,7 +279,7 @@ class Operation:
             # must show where the run really got to; then Prefect ends the run.
             self.stop.here(self.operation_id)
             with contextlib.suppress(Exception):
-                self.progress.post()
+                self.progress.settle()
             raise
         finally:
             forget(self.operation_id)
@@ -306,8 +306,10 @@ class Operation:
                     self.logger.exception("stopping the %s", result.operation)
                     self.stop.request(self.operation_id)  # batches not yet started return unstarted
             forget(self.operation_id, index)
-            # What a whole-library run left out on the way is no longer requested.
-            progress.advance(outcome.processed, left_out=sum(outcome.not_selected.values()), batch_index=index)
+            # What a whole-library run left out on the way is no longer requested; what a
+            # cancel left unstarted or rolled back was not done.
+            progress.advance(outcome.processed - outcome.skipped, left_out=sum(outcome.not_selected.values()),
+                             batch_index=index)
 
     def _interrupted(self, exc: BaseException) -> None:
         """A signal stops the run here: no batch of this process starts from now on."""

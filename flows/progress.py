@@ -112,6 +112,7 @@ class Progress:
     _in_flight: int = 0  # items the running batches report done so far
     _shown: int = 0
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _delivery: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self, planned_items: int) -> None:
         """Create the run's progress artifact with the counts before any batch."""
@@ -135,10 +136,9 @@ class Progress:
                 self._finished.add(batch_index)
             self._recount()
             due = self.batches_done == self.batches or time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S
-            event = self.event()
         if due:
             self.post()
-        notify(event)
+        self._deliver()
 
     def in_batches(self, slots: dict[int, int]) -> None:
         """The running batches' own counts so far (``{batch index: items done}``); the
@@ -153,10 +153,17 @@ class Progress:
             if self._shown == before:
                 return
             due = time.monotonic() - self._posted_at >= PROGRESS_MIN_INTERVAL_S
-            event = self.event()
         if due:
             self.post()
-        notify(event)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Tell the listeners, one event at a time, each drawn from the counts as they
+        are when it goes out (so two threads never deliver them out of order)."""
+        with self._delivery:
+            with self._lock:
+                event = self.event()
+            notify(event)
 
     def _recount(self) -> None:
         self._shown = min(max(self._shown, self.current + self._in_flight), max(self.total, self.current))
@@ -168,6 +175,14 @@ class Progress:
     def shown(self) -> int:
         """Items done as far as anyone can tell now: finished batches plus running ones."""
         return max(self._shown, self.current)
+
+    def settle(self) -> None:
+        """The run is ending without a result: show only what finished batches did
+        (running batches' own counts may be rolled back), and send it."""
+        with self._lock:
+            self._in_flight = 0
+            self._shown = self.current
+        self.post()
 
     def post(self) -> None:
         """Send the counts to the run's progress artifact (one HTTP call) if they changed."""

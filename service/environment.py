@@ -11,6 +11,9 @@ Nothing here imports prefect: ``bulkops --help``, ``init`` and ``seed`` stay qui
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from typing import Any
 
 from config import get_settings
 from videolib.ids import RequestError
@@ -56,6 +59,84 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def hold_temporary_server() -> str | None:
+    """With no Prefect server named (``PREFECT_API_URL`` unset), start Prefect's
+    temporary local one now, from the calling (main) thread, tied to this process: the
+    kernel sends it SIGTERM when this process ends, however it ends (SIGKILL included),
+    so it never outlives the command that started it. Prefect's own client then uses
+    this same server. Its API URL, or None when a server is named."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    prefect_defaults()
+    from prefect.server.api import server as prefect_server
+
+    server = prefect_server.SubprocessASGIServer()
+    if not server.running:
+        start_uvicorn = server._run_uvicorn_command
+
+        def tied() -> Any:
+            # Prefect builds the command line; we only add the parent-death signal.
+            real = prefect_server.subprocess
+            prefect_server.subprocess = _TiedSubprocess(real)
+            try:
+                return start_uvicorn()
+            finally:
+                prefect_server.subprocess = real
+
+        server._run_uvicorn_command = tied
+        server.start()
+    return server.api_url
+
+
+class _TiedSubprocess:
+    """``subprocess`` whose ``Popen`` starts children that die with this process, out of
+    the terminal's reach."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def Popen(self, *args: Any, **kwargs: Any):  # noqa: N802 - the name it stands in for
+        kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+        # Its own process group: a Ctrl-C in the terminal goes to the command, which
+        # stops its run softly and still needs the server to write the result.
+        kwargs.setdefault("start_new_session", True)
+        return self._real.Popen(*args, **kwargs)
+
+
+def _die_with_parent(parent: int):
+    prctl = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+
+    def preexec() -> None:  # in the child, between fork and exec: no imports, no locks
+        if prctl is not None:
+            prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec
+
+
+def ui_url() -> str | None:
+    """The Prefect UI of the named server, when one is named and its UI answers."""
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not api:
+        return None
+    ui = os.environ.get("PREFECT_UI_URL") or (api[: -len("/api")] if api.endswith("/api") else api)
+    try:
+        import httpx
+
+        response = httpx.get(ui, timeout=1.0, follow_redirects=True)
+    except Exception:  # noqa: BLE001 - no UI to point at
+        return None
+    return ui if response.status_code == 200 and "html" in response.headers.get("content-type", "") else None
 
 
 def redact(url: str) -> str:

@@ -1,0 +1,281 @@
+"""Stopping a run however it is asked, and progress that moves inside batches, under
+Prefect's real test harness: a termination signal, the run's state set Cancelling from
+outside (what the Prefect UI's Cancel does), a reprocess batch rolled back mid-way, and
+the counts of batches summed while they run, in this process and from worker processes.
+
+Fault injection here slows real parts down (a real embedder that sleeps, a real delete
+that takes longer); nothing is replaced by a fake."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from videolib.db.models import Video, VideoChunk
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _delete(**params):
+    from flows.bulk_delete import bulk_delete
+
+    return bulk_delete(**params, return_state=True)
+
+
+def _reprocess(**params):
+    from flows.bulk_reprocess import bulk_reprocess
+
+    return bulk_reprocess(**params, return_state=True)
+
+
+def _status(run_id: str):
+    from service.status import read_status
+
+    return read_status(run_id)
+
+
+def _held_by(lib, operation_id: str) -> int:
+    with lib.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Video)
+                            .where(Video.processing_by == operation_id)).scalar_one()
+
+
+class _SlowEmbedder:
+    """The real hashing embedder, slowed to ``per_text_s`` per chunk (a heavy model)."""
+
+    def __init__(self, per_text_s: float = 0.004):
+        from videolib.embedders import get_embedder
+
+        self.inner = get_embedder("hashing")
+        self.name, self.dim = self.inner.name, self.inner.dim
+        self.per_text_s = per_text_s
+        self.calls = 0
+
+    def embed(self, texts):
+        self.calls += 1
+        time.sleep(self.per_text_s * len(texts))
+        return self.inner.embed(texts)
+
+
+def _listen(monkeypatch, listener):
+    from flows.progress import add_progress_listener, remove_progress_listener
+
+    add_progress_listener(listener)
+    return lambda: remove_progress_listener(listener)
+
+
+def test_a_termination_signal_ends_the_run_cancelled_with_its_result(sqlite_library, monkeypatch):
+    """SIGTERM, as a worker or runner sends it to cancel (Prefect raises TerminationSignal
+    in the flow's thread): batches not started never start, the ones in flight finish,
+    and the result document is written with exact counts before the run ends Cancelled."""
+    from prefect.exceptions import TerminationSignal
+
+    lib = sqlite_library
+    lib.seed(120, creators=1, files=False)
+    ids = lib.ids("creator-001")
+    seen: list[str] = []
+
+    def terminate_after_three(event):
+        if event.phase == "created":
+            seen.append(event.operation_id)
+        elif event.result is None and event.batches_done == 3:
+            raise TerminationSignal(signal=15)
+
+    remove = _listen(monkeypatch, terminate_after_three)
+    try:
+        state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1)
+    finally:
+        remove()
+    assert state.is_cancelled(), state
+    status = _status(seen[0])
+    doc = status["result"]
+    assert status["status"] == doc["status"] == "cancelled"
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] == 120
+    assert doc["failed"] == 0 and 3 <= doc["succeeded"] < 120
+    assert len(lib.ids("creator-001")) == doc["skipped"], "every item counted succeeded was really deleted"
+    assert "SIGTERM" in doc["message"]
+    assert status["progress"]["current"] == 120 and status["progress"]["total"] == 120
+
+
+def test_a_run_set_cancelling_from_outside_stops_by_itself(sqlite_library, monkeypatch):
+    """The Prefect UI's Cancel of a run that no runner executes (the CLI runs it in its own
+    process): only the run's state says so. The flow reads its own state and stops."""
+    import flows.operation
+    import tasks.delete
+    from prefect import get_client
+    from prefect.states import Cancelling
+
+    lib = sqlite_library
+    lib.seed(300, creators=1, files=False)
+    ids = lib.ids("creator-001")
+    monkeypatch.setattr(flows.operation, "STATE_POLL_S", 0.2)
+    real_delete = tasks.delete.delete_batch
+
+    def slow_delete(*args, **kwargs):  # slow storage: ~4 s for the whole run
+        time.sleep(0.1)
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.delete, "delete_batch", slow_delete)
+    asked = threading.Event()
+
+    def cancel_from_outside(event):
+        if event.result is None and event.batches_done == 2 and not asked.is_set():
+            asked.set()
+            with get_client(sync_client=True) as client:  # as the UI does: the state, no stop flag
+                client.set_flow_run_state(uuid.UUID(event.operation_id), Cancelling(), force=True)
+
+    remove = _listen(monkeypatch, cancel_from_outside)
+    try:
+        state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1)
+    finally:
+        remove()
+    assert asked.is_set() and state.is_cancelled()
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert doc["status"] == "cancelled" and doc["skipped"] > 0
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] == 300
+    assert len(lib.ids("creator-001")) == doc["skipped"]
+    assert "cancelled from Prefect" in doc["message"]
+
+
+def test_a_cancel_rolls_a_reprocess_batch_back_whole_and_releases_its_claims(library, monkeypatch):
+    """A reprocess batch of a slow model checks the stop between slices of its work: on a
+    cancel it writes nothing, gives every claim back, and its videos count as skipped."""
+    import tasks.reprocess as task_module
+    from service.control import cancel
+
+    lib = library
+    lib.seed(40, creators=1, transcript_ratio=1.0)
+    with lib.engine.connect() as conn:
+        ids = list(conn.execute(select(Video.id).where(Video.status != "processing")
+                                .order_by(Video.id)).scalars())
+        before = conn.execute(select(VideoChunk.video_id, VideoChunk.content).order_by(VideoChunk.id)).all()
+        statuses = dict(conn.execute(select(Video.id, Video.status)).all())
+    slow = _SlowEmbedder(per_text_s=0.01)
+    monkeypatch.setattr(task_module, "embedder_for", lambda name: slow)
+    answers = []
+
+    def cancel_once_working(event):
+        if event.result is None and event.phase == "running" and 0 < event.current and not answers:
+            answers.append(cancel(event.operation_id))  # what `bulkops cancel` does
+
+    remove = _listen(monkeypatch, cancel_once_working)
+    try:
+        state = _reprocess(creator_id="creator-001", video_ids=ids, batch_size=len(ids))
+    finally:
+        remove()
+    assert answers and answers[0]["cancel_requested"] is True
+    assert state.is_cancelled()
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert (doc["status"], doc["succeeded"], doc["failed"], doc["skipped"]) == ("cancelled", 0, 0, len(ids))
+    assert _held_by(lib, doc["operation_id"]) == 0
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(VideoChunk.video_id, VideoChunk.content).order_by(VideoChunk.id)).all() == before
+        assert dict(conn.execute(select(Video.id, Video.status)).all()) == statuses
+    # Asked again once it has ended: nothing to cancel.
+    again = cancel(doc["operation_id"])
+    assert again == {"operation_id": doc["operation_id"], "status": "cancelled", "cancel_requested": False}
+
+
+def test_progress_moves_inside_a_batch(sqlite_library, monkeypatch):
+    """One batch of a slow model: the count moves while the batch runs, and never down."""
+    import tasks.reprocess as task_module
+
+    lib = sqlite_library
+    lib.seed(60, creators=1, transcript_ratio=1.0)
+    slow = _SlowEmbedder(per_text_s=0.008)
+    monkeypatch.setattr(task_module, "embedder_for", lambda name: slow)
+    events = []
+    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
+    try:
+        state = _reprocess(creator_id="creator-001", all_videos=True, batch_size=1000)
+    finally:
+        remove()
+    assert state.is_completed(), state.message
+    doc = state.result()
+    inside = [current for current, total, done, phase, result in events
+              if result is None and phase == "running" and done == 0 and 0 < current < total]
+    assert inside, f"no count before the batch ended: {events}"
+    currents = [e[0] for e in events if e[4] is None and e[3] == "running"]
+    assert currents == sorted(currents)
+    assert currents[-1] == doc["requested"] and slow.calls >= 3
+    status = _status(doc["operation_id"])
+    assert status["progress"]["current"] == status["progress"]["total"] == doc["requested"]
+
+
+def test_progress_from_worker_processes_is_exact_and_never_goes_down(sqlite_library, monkeypatch):
+    """Batches whose chunking and embedding run in worker processes (the compute pool):
+    the summed count only goes up and ends exactly at what was requested."""
+    import videolib.compute_pool as compute_pool
+
+    lib = sqlite_library
+    lib.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    monkeypatch.setattr(compute_pool, "MIN_VIDEOS", 10)
+    monkeypatch.setattr("flows.operation.TICK_S", 0.05)
+    pooled = []
+    original = compute_pool.ComputePool.chunk_and_embed
+
+    def counted(self, items, chunking, embedder):
+        pooled.append(len(items))
+        return original(self, items, chunking, embedder)
+
+    monkeypatch.setattr(compute_pool.ComputePool, "chunk_and_embed", counted)
+    events = []
+    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.phase, e.result)))
+    try:
+        state = _reprocess(creator_id="creator-001", all_videos=True, batch_size=50)
+    finally:
+        remove()
+    assert state.is_completed(), state.message
+    doc = state.result()
+    assert sum(pooled) == doc["requested"], "every video went through a worker process"
+    currents = [current for current, phase, result in events if result is None and phase == "running"]
+    assert currents == sorted(currents) and currents[-1] == doc["requested"]
+
+
+def test_a_run_cancelled_while_scheduled_shows_zero_counts():
+    """Cancelled before any process picked it up: cancelled at once, a result of zeros."""
+    from prefect import get_client
+
+    from flows.bulk_delete import bulk_delete
+    from service.control import cancel
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(bulk_delete, parameters={"creator_id": "creator-001", "all_videos": True})
+    answer = cancel(str(run.id))
+    assert answer == {"operation_id": str(run.id), "status": "cancelled", "cancel_requested": True}
+    status = _status(str(run.id))
+    result = status["result"]
+    assert status["status"] == result["status"] == "cancelled"
+    assert (result["requested"], result["succeeded"], result["failed"], result["skipped"]) == (0, 0, 0, 0)
+
+
+def test_cancel_of_an_unknown_or_malformed_id_is_refused():
+    from service.control import cancel
+    from videolib.ids import RequestError
+
+    for bad in (str(uuid.uuid4()), "not-an-id", "1; DROP TABLE videos"):
+        with pytest.raises(RequestError) as refused:
+            cancel(bad)
+        assert refused.value.code == "unknown_operation"
+
+
+def test_prefect_says_which_holding_runs_have_ended():
+    from prefect import get_client
+    from prefect.states import Cancelled, Crashed, Running
+
+    from flows.bulk_delete import bulk_delete
+    from tasks.resources import HOLDERS
+
+    runs = {}
+    with get_client(sync_client=True) as client:
+        for name, state in (("running", Running()), ("cancelled", Cancelled()), ("crashed", Crashed())):
+            run = client.create_flow_run(bulk_delete, parameters={"creator_id": "creator-001"})
+            client.set_flow_run_state(run.id, state, force=True)
+            runs[name] = str(run.id)
+    unknown = str(uuid.uuid4())
+    ended = HOLDERS.finished([*runs.values(), unknown, "not-a-run-id"])
+    assert ended == {runs["cancelled"], runs["crashed"]}
