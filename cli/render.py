@@ -41,9 +41,9 @@ class OperationBar:
     def note(self, text: str) -> None:
         """A line for the user on stderr, above the bar (shown with or without one)."""
         if self._progress is not None:
-            self._progress.console.print(text, markup=False, highlight=False)
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
-            err.print(text, markup=False, highlight=False)
+            err.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def update(self, event) -> None:
         if event.result is not None:

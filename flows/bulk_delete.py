@@ -7,7 +7,8 @@ or untouched, and a later delete of the same ids finishes the job. Run it by han
     python -m flows.bulk_delete                          # serves nothing; see prefect.yaml
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Prefect's serve() runner pickles the flow
+# function by value, and string annotations could not be resolved in the run's process.
 
 from datetime import UTC, datetime
 from typing import Annotated

@@ -8,7 +8,8 @@ By hand:
     bulkops export --creator creator-001 --format csv --status ready --columns id,title
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Prefect's serve() runner pickles the flow
+# function by value, and string annotations could not be resolved in the run's process.
 
 import queue
 import threading

@@ -8,7 +8,8 @@ all of its new chunks or keeps its old ones (see ``videolib/reprocess.py``). By 
     bulkops reprocess --creator creator-001 --ids ID,ID --embedder minilm
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Prefect's serve() runner pickles the flow
+# function by value, and string annotations could not be resolved in the run's process.
 
 from contextlib import ExitStack
 from typing import Annotated, Literal

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from config import get_settings
@@ -59,6 +61,10 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # A run whose process dies without a word stops its heartbeats; with the automation
+    # in prefect-automations.yaml the server then marks it Crashed, and what it held is
+    # free at once (videolib/takeover.py). Prefect's minimum is 30 s.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def hold_temporary_server() -> str | None:
@@ -105,7 +111,21 @@ class _TiedSubprocess:
         # Its own process group: a Ctrl-C in the terminal goes to the command, which
         # stops its run softly and still needs the server to write the result.
         kwargs.setdefault("start_new_session", True)
+        # Its own log: the server's internal errors and tracebacks are not the user's.
+        if kwargs.get("stdout") is None and kwargs.get("stderr") is None:
+            log = temporary_server_log()
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("ab") as sink:
+                kwargs["stdout"] = sink
+                kwargs["stderr"] = subprocess.STDOUT
+                return self._real.Popen(*args, **kwargs)
         return self._real.Popen(*args, **kwargs)
+
+
+def temporary_server_log() -> Path:
+    """Where the temporary Prefect server's own output goes (in ``PREFECT_HOME``)."""
+    home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
+    return Path(home).expanduser() / "bulkops-temporary-server.log"
 
 
 def _die_with_parent(parent: int):

@@ -279,3 +279,30 @@ def test_prefect_says_which_holding_runs_have_ended():
     unknown = str(uuid.uuid4())
     ended = HOLDERS.finished([*runs.values(), unknown, "not-a-run-id"])
     assert ended == {runs["cancelled"], runs["crashed"]}
+
+
+def test_flows_pickled_by_value_still_validate_their_parameters(tmp_path):
+    """Prefect's serve() runner sends the flow to the run's process pickled by value:
+    its parameter annotations must travel as objects (string annotations from
+    `from __future__ import annotations` cannot be resolved there)."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from flows import FLOWS
+
+    path = tmp_path / "flows.pkl"
+    path.write_bytes(cloudpickle.dumps({name: make() for name, make in FLOWS.items()}))
+    check = (
+        "import pickle, sys\n"
+        f"flows = pickle.load(open({str(path)!r}, 'rb'))\n"
+        "for name, flow in flows.items():\n"
+        "    params = {'creator_id': 'creator-001', 'format': 'csv'} if 'export' in name else "
+        "{'creator_id': 'creator-001', 'all_videos': True}\n"
+        "    flow.validate_parameters(params)\n"
+        "print(sorted(flows))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bulk-delete" in proc.stdout and "bulk-reprocess" in proc.stdout

