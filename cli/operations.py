@@ -21,15 +21,22 @@ from typing import Annotated, Any
 import typer
 
 from cli.app import EmbedderOpt, IdsFileOpt, IdsOpt, JsonOpt, emit, err
-from cli.render import OperationBar, print_result
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show each batch's warnings on stderr as they come.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help=(
+    "Create the run and return at once (exit 0); a worker or runner on the Prefect server named by "
+    "PREFECT_API_URL executes it. Follow it with `bulkops status ID --watch`."))]
+from cli.render import BatchWarnings, OperationBar, print_result
 
 _announced = False
 LEFT_AT_ONCE = 130  # exit status after a second Ctrl-C (128 + SIGINT)
 
 
-def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None = None,
+                  verbose: bool = False) -> dict[str, Any]:
     """Run a checked request in this process, with a live progress bar on stderr; its
-    result document."""
+    result document. Per-batch warnings are counted on the bar and summarised after it
+    (shown as they come with ``verbose``)."""
     from service.environment import hold_temporary_server, ui_url
     from service.launch import run
 
@@ -43,10 +50,12 @@ def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None 
     started: dict[str, str] = {}
 
     with OperationBar(enabled=not json_out, label=request.label) as bar:
+        warnings = BatchWarnings(verbose=verbose, on_count=bar.count_warnings)
 
         def listen(event) -> None:
             if event.phase == "created":
                 started["id"] = event.operation_id
+                warnings.attach()  # Prefect's console handler exists once the run started
                 bar.note(announcement(event.operation_id, ui))
             else:
                 bar.update(event)
@@ -62,6 +71,10 @@ def run_operation(request, *, json_out: bool, parameters: dict[str, Any] | None 
             bar.note(f"Left at once: operation {started['id']} is marked cancelled; what it had claimed is free "
                      "for the next run. `bulkops status` shows how far it got.")
             raise typer.Exit(LEFT_AT_ONCE) from exc
+        finally:
+            warnings.detach()
+            if warnings.summary():
+                bar.note(warnings.summary())
 
 
 def announcement(operation_id: str, ui: str | None) -> str:
@@ -75,6 +88,19 @@ def _termination() -> type[BaseException]:
     from prefect.exceptions import TerminationSignal
 
     return TerminationSignal
+
+
+def submit_operation(request, *, json_out: bool) -> None:
+    """``--no-wait``: create the run for a worker or runner and leave at once (exit 0)."""
+    from service.environment import ui_url
+    from service.launch import submit
+
+    answer = submit(request)
+    err.print(announcement(answer["operation_id"], ui_url()).replace(" started", " created (pending)"),
+              markup=False, highlight=False, soft_wrap=True)
+    if json_out:
+        emit(answer)
+    raise typer.Exit(0)
 
 
 def finish(document: dict[str, Any], *, json_out: bool) -> None:
@@ -100,6 +126,8 @@ def delete(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, max=100_000, help="Videos per batch [default: BULKOPS_BATCH_SIZE, 1000]."
     )] = None,
+    no_wait: NoWaitOpt = False,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Delete videos: rows, files, thumbnails and transcript chunks (tombstone first)."""
@@ -107,7 +135,9 @@ def delete(
 
     request = DeleteRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos),
                                   dry_run=dry_run, batch_size=batch_size)
-    finish(run_operation(request, json_out=json_out), json_out=json_out)
+    if no_wait:
+        submit_operation(request, json_out=json_out)
+    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
 
 
 def export(
@@ -123,6 +153,8 @@ def export(
         bool, typer.Option("--no-formula-guard", help="CSV: keep cells starting with = + - @ as they are.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=100, max=1_000_000, help="Rows per task.")] = 20_000,
+    no_wait: NoWaitOpt = False,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Export video metadata to one Parquet or CSV file in storage, with an expiring download link."""
@@ -133,7 +165,9 @@ def export(
         columns=columns, status=status_filter, created_after=created_after, created_before=created_before,
         formula_guard=not no_formula_guard, batch_size=batch_size,
     )
-    finish(run_operation(request, json_out=json_out), json_out=json_out)
+    if no_wait:
+        submit_operation(request, json_out=json_out)
+    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
 
 
 def reprocess(
@@ -150,6 +184,8 @@ def reprocess(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, max=100_000, help="Videos per batch [default: 1000 with hashing, 100 with minilm]."
     )] = None,
+    no_wait: NoWaitOpt = False,
+    verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-chunk transcripts and recompute embeddings (a video gets all new chunks or keeps its old ones)."""
@@ -159,4 +195,6 @@ def reprocess(
         creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos), embedder=embedder,
         batch_size=batch_size, chunk_target=chunk_target, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
     )
-    finish(run_operation(request, json_out=json_out), json_out=json_out)
+    if no_wait:
+        submit_operation(request, json_out=json_out)
+    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -10,9 +11,63 @@ from typing import Any
 from cli.app import err, out
 
 
+class BatchWarnings(logging.Filter):
+    """Per-batch warnings of the run (Prefect's ``prefect.task_runs`` loggers) kept off the
+    terminal while the bar runs: counted, the first few kept for the summary, and shown
+    as they come only with ``--verbose``. Prefect still stores every line with the run
+    (its API log handler is not filtered): the Prefect UI shows them all."""
+
+    KEEP = 5
+
+    def __init__(self, *, verbose: bool, on_count=None) -> None:
+        super().__init__()
+        self.verbose, self.on_count = verbose, on_count
+        self.count = 0
+        self.first: list[str] = []
+        self._handlers: list[logging.Handler] = []
+        self._last: logging.LogRecord | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("prefect.task_runs") or record.levelno < logging.WARNING:
+            return True
+        if record is self._last:  # the same record at another console handler
+            return self.verbose
+        self._last = record
+        self.count += 1
+        if len(self.first) < self.KEEP:
+            self.first.append(record.getMessage())
+        if self.on_count is not None:
+            self.on_count(self.count)
+        return self.verbose
+
+    def attach(self) -> None:
+        """On the console handlers Prefect set up (they exist once the run started)."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler not in self._handlers:
+                handler.addFilter(self)
+                self._handlers.append(handler)
+
+    def detach(self) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self)
+        self._handlers.clear()
+
+    def summary(self) -> str | None:
+        if not self.count:
+            return None
+        lines = [f"{self.count} warning{'s' if self.count != 1 else ''} from the batches"
+                 + ("" if self.verbose else " (all of them in the run's logs in the Prefect UI, or with --verbose)")
+                 + ":"]
+        lines += [f"  {line}" for line in self.first]
+        if self.count > len(self.first):
+            lines.append(f"  … and {self.count - len(self.first)} more")
+        return "\n".join(lines)
+
+
 class OperationBar:
     """A Rich progress bar driven by an operation's progress events (stderr); plain lines
-    every few seconds when stderr is not a terminal (a log file, CI)."""
+    every few seconds when stderr is not a terminal (a log file, CI). Warnings of the
+    batches are counted on it (:class:`BatchWarnings`), not printed through it."""
 
     def __init__(self, *, enabled: bool, label: str) -> None:
         self.enabled = enabled and err.is_terminal or (enabled and os.environ.get("BULKOPS_PROGRESS") == "1")
@@ -21,6 +76,8 @@ class OperationBar:
         self._last_plain = 0.0
         self._progress = None
         self._task = None
+        self.warnings = 0
+        self._batches = ""
 
     def __enter__(self) -> OperationBar:
         if self.enabled:
@@ -38,6 +95,15 @@ class OperationBar:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
+    def count_warnings(self, count: int) -> None:
+        self.warnings = count
+        if self._progress is not None:
+            self._progress.update(self._task, batches=self._fields())
+
+    def _fields(self) -> str:
+        warned = f" · {self.warnings} warning{'s' if self.warnings != 1 else ''}" if self.warnings else ""
+        return self._batches + warned
+
     def note(self, text: str) -> None:
         """A line for the user on stderr, above the bar (shown with or without one)."""
         if self._progress is not None:
@@ -48,11 +114,9 @@ class OperationBar:
     def update(self, event) -> None:
         if event.result is not None:
             return
+        self._batches = f"{event.batches_done}/{event.batches} batches"
         if self._progress is not None:
-            self._progress.update(
-                self._task, total=event.total, completed=event.current,
-                batches=f"{event.batches_done}/{event.batches} batches",
-            )
+            self._progress.update(self._task, total=event.total, completed=event.current, batches=self._fields())
         elif self.plain:
             now = time.monotonic()
             if event.batches_done in (0, 1, event.batches) or now - self._last_plain >= 5.0:

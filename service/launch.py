@@ -17,6 +17,7 @@ from typing import Any
 from config import get_settings
 from service.environment import prefect_defaults, ready_database, ready_store
 from service.requests import OperationRequest
+from videolib.ids import RequestError
 from videolib.operation import parse_video_ids
 from videolib.selection import stage_invalid_ids
 
@@ -37,6 +38,59 @@ def prepare(request: OperationRequest) -> dict[str, Any]:
             stage_invalid_ids(store, request.creator_id, [e.video_id for e in parsed.errors]) if parsed.errors else None
         )
     return parameters
+
+
+def submit(request: OperationRequest) -> dict[str, Any]:
+    """Create the operation's run on the named Prefect server, for its deployment's worker
+    (or ``serve()`` runner) to execute, and return at once: ``{"operation_id", "status":
+    "pending"}``. Refused with ``no_runner`` when nothing would execute it."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise RequestError("no_runner", "--no-wait needs a Prefect server that executes runs: set PREFECT_API_URL to "
+                           "a server with the bulkops deployments (prefect deploy --all) and a worker (prefect worker "
+                           "start --pool bulkops); without one, run without --no-wait")
+    prefect_defaults()
+    deployment = ready_deployment(request.flow_name)
+    parameters = prepare(request)
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters=parameters, timeout=0,
+                         tags=["dry-run"] if parameters.get("dry_run") else None)
+    return {"operation_id": str(run.id), "status": "pending"}
+
+
+def ready_deployment(flow_name: str) -> str:
+    """The deployment that runs ``flow_name`` (``{flow}/{flow}``, as prefect.yaml names
+    them), once something polls for its runs: an online worker in its work pool, or a
+    ``serve()`` runner. ``no_runner`` otherwise, naming what to start."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    name = f"{flow_name}/{flow_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise RequestError("no_runner", f"the Prefect server has no deployment {name}: run `prefect deploy --all` "
+                               "in the project directory, then start a worker (prefect worker start --pool "
+                               "bulkops)") from None
+        ready = _status(deployment) == "READY"
+        if not ready and deployment.work_pool_name:
+            try:
+                ready = _status(client.read_work_pool(deployment.work_pool_name)) == "READY"
+            except ObjectNotFound:
+                ready = False
+    if not ready:
+        pool = deployment.work_pool_name or "bulkops"
+        raise RequestError("no_runner", f"nothing would execute {name}: no worker is polling work pool {pool!r}; "
+                           f"start one with `prefect worker start --pool {pool}`")
+    return name
+
+
+def _status(obj) -> str | None:
+    status = getattr(obj, "status", None)
+    return getattr(status, "value", status)
 
 
 def run(request: OperationRequest, *, listener: Listener | None = None,

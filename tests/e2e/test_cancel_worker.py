@@ -163,7 +163,18 @@ def test_cancel_of_worker_runs_from_the_ui_and_from_bulkops_cancel(operators):
     assert ops.wait_final(run_id, timeout=90)["type"] == "CANCELLED"
     _check_cancelled_result(ops, run_id)
 
-    # 3. Cancelled while still scheduled (no worker has it): cancelled at once, zero counts.
+    # 3. `--no-wait`: the CLI creates the run for the worker and leaves at once.
+    proc, answer = run_cli(ops.lib, "reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm",
+                           "--batch-size", "40", "--no-wait", "--json", env_extra={"PREFECT_API_URL": ops.api})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert answer["status"] == "pending" and set(answer) == {"operation_id", "status"}
+    assert f"Operation {answer['operation_id']} created" in proc.stderr
+    ops.wait_working(answer["operation_id"])
+    run_cli(ops.lib, "cancel", answer["operation_id"], "--json", env_extra={"PREFECT_API_URL": ops.api})
+    assert ops.wait_final(answer["operation_id"], timeout=90)["type"] == "CANCELLED"
+    _check_cancelled_result(ops, answer["operation_id"])
+
+    # 4. Cancelled while still scheduled (no worker has it): cancelled at once, zero counts.
     ops.stop()
     run_id = ops.create_run("bulk-reprocess/bulk-reprocess", PARAMETERS)
     proc, answer = run_cli(ops.lib, "cancel", run_id, "--json", env_extra={"PREFECT_API_URL": ops.api})

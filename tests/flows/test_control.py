@@ -306,3 +306,19 @@ def test_flows_pickled_by_value_still_validate_their_parameters(tmp_path):
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bulk-delete" in proc.stdout and "bulk-reprocess" in proc.stdout
+
+
+def test_no_wait_is_refused_when_nothing_would_execute_the_run(sqlite_library, monkeypatch):
+    """`--no-wait` needs a named server with the deployment and a worker or runner."""
+    from service.launch import ready_deployment, submit
+    from service.requests import CommandLineIds, DeleteRequest
+    from videolib.ids import RequestError
+
+    request = DeleteRequest.build(creator_id="creator-001", selection=CommandLineIds((), (), True))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(RequestError) as refused:
+        submit(request)
+    assert refused.value.code == "no_runner" and "PREFECT_API_URL" in refused.value.message
+    with pytest.raises(RequestError) as refused:  # the harness's server has no deployments
+        ready_deployment("bulk-delete")
+    assert refused.value.code == "no_runner" and "prefect deploy --all" in refused.value.message
