@@ -36,7 +36,7 @@ def test_batch_warnings_are_counted_not_printed_and_kept_in_the_run_log():
         warnings.detach()
         undo()
     assert counts == [1, 2, 3, 4, 5, 6, 7]
-    assert "batch" not in console_out.getvalue(), "batch warnings must not scroll through the bar"
+    assert "deleted" not in console_out.getvalue(), "batch warnings must not scroll through the bar"
     assert "stopping (Ctrl-C)" in console_out.getvalue(), "the flow's own messages still show"
     assert api_out.getvalue().count("failed") == 7, "the run's log keeps every line"
     summary = warnings.summary()
