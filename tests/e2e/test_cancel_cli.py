@@ -191,3 +191,19 @@ def test_bulkops_cancel_from_another_terminal(seeded_for_minilm, prefect_server)
     for bad in ("8c5e1f0e-0000-4000-8000-000000000000", "../../etc/passwd"):
         bad_proc, refused = run_cli(lib, "cancel", bad, "--json", prefect=prefect_server)
         assert bad_proc.returncode == 2 and refused["error"] == "unknown_operation"
+
+
+def test_a_normal_run_prints_no_traceback(sqlite_library, tmp_path):
+    """Prefect's own noise (the temporary server's flush errors at shutdown, "Error
+    flushing events", CancelledError) stays in its log, not on the user's terminal."""
+    lib, home = sqlite_library, tmp_path / "prefect-home"
+    lib.seed(2000, creators=1, files=False)
+    env = dict(os.environ, **lib.env(), PREFECT_HOME=str(home))
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([BULKOPS, "delete", "--creator", "creator-001", "--all", "--batch-size", "10"], env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("Traceback", "Error flushing", "CancelledError", "ERROR"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert "Operation " in proc.stderr and "completed" in proc.stdout
+    _assert_no_server_left(home)
