@@ -210,6 +210,46 @@ def tree_cpu_seconds(pids: list[int]) -> float:
 # --------------------------------------------------------------------------- rounds, medians, ratios
 
 
+ETA_POINTS = (0.10, 0.25, 0.50, 0.75)
+ETA_GOAL = 0.25  # within +-25 % of the time really left, from 25 % on
+
+
+def running_events(events: list) -> list:
+    """``(time, event)`` of a flow's progress while it runs (not the announcement of the
+    run, not the final event carrying the result)."""
+    return [(t, e) for t, e in events if e.result is None and getattr(e, "phase", "running") == "running"]
+
+
+def eta_accuracy(events: list, ended: float) -> list[dict[str, Any]]:
+    """At 10, 25, 50 and 75 % of the items done: the ETA the progress showed then, against
+    the time that was really left until the run ended."""
+    rows = []
+    running = [(t, e) for t, e in running_events(events) if e.total and e.eta_seconds is not None]
+    for point in ETA_POINTS:
+        hit = next(((t, e) for t, e in running if e.current / e.total >= point), None)
+        if hit is None:
+            rows.append({"at": point, "done": None, "predicted_s": None, "left_s": None, "error": None})
+            continue
+        t, e = hit
+        left = ended - t
+        rows.append({"at": point, "done": round(e.current / e.total, 3), "predicted_s": round(e.eta_seconds, 1),
+                     "left_s": round(left, 1), "error": round(e.eta_seconds / left - 1, 3) if left > 0 else None})
+    return rows
+
+
+def eta_lines(label: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One line per point, for people: predicted, really left, error, within the goal."""
+    lines = []
+    for row in rows:
+        if row["error"] is None:
+            lines.append(f"{label}: ETA at {row['at']:.0%}: no reading")
+            continue
+        goal = "" if row["at"] < 0.25 else (" (within goal)" if abs(row["error"]) <= ETA_GOAL else " (OFF goal)")
+        lines.append(f"{label}: ETA at {row['at']:.0%} (done {row['done']:.0%}): predicted {row['predicted_s']:.1f} s, "
+                     f"really {row['left_s']:.1f} s left, {row['error']:+.0%}{goal}")
+    return lines
+
+
 def rounds(order: list[str], repeat: int, *, name: str = "") -> Iterator[list[str]]:
     """The variants of each round: round r starts the order r places later, so that no
     variant always runs first (a cold cache, a busy neighbour)."""

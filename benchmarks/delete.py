@@ -54,6 +54,9 @@ from typing import Any
 
 from _common import (
     CREATOR,
+    eta_accuracy,
+    eta_lines,
+    running_events,
     REPO,
     SEED,
     checkpoint_and_close,
@@ -342,8 +345,8 @@ def run_flow(instance: Instance, *, videos: int, objects: int, batch_size: int) 
     finally:
         remove_progress_listener(listener)
     document = state.result() if state.is_completed() else None
-    planned = [t for t, e in events if e.result is None and e.batches_done == 0]
-    batch_done = [(t, e) for t, e in events if e.result is None and e.batches_done > 0]
+    planned = [t for t, e in running_events(events) if e.batches_done == 0]
+    batch_done = [(t, e) for t, e in running_events(events) if e.batches_done > 0]
     steady = (batch_done[-1][0] - planned[0]) if planned and batch_done else ended - started
     batches = batch_done[-1][1].batches if batch_done else 0
     first_done = batch_done[0][0] - started if batch_done else None
@@ -354,8 +357,11 @@ def run_flow(instance: Instance, *, videos: int, objects: int, batch_size: int) 
             "until_planned_s": round(planned[0] - started, 3) if planned else None,
             "until_first_batch_done_s": round(first_done, 3) if first_done is not None else None,
             "after_last_batch_s": round(ended - batch_done[-1][0], 3) if batch_done else None,
+            "eta": eta_accuracy(events, ended),
         },
     )
+    for line in eta_lines(f"{instance.scenario} (a)", m.extra["eta"]):
+        note(line)
     reset_caches()
     ok, detail = verify(instance, TEMPLATE_KEYS[instance.scenario], rows_deleted=True)
     if document is None:

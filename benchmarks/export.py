@@ -57,6 +57,8 @@ from typing import Any
 
 from _common import (
     CREATOR,
+    eta_accuracy,
+    running_events,
     REPO,
     SEED,
     child_pids,
@@ -198,8 +200,8 @@ def child_flow(spec: dict, fmt: str) -> dict:
         ExportWriter.close = original_close
         remove_progress_listener(listener)
     document = state.result() if state.is_completed() else None
-    planned = [t for t, e in events if e.result is None and e.batches_done == 0]
-    batch_done = [(t, e) for t, e in events if e.result is None and e.batches_done > 0]
+    planned = [t for t, e in running_events(events) if e.batches_done == 0]
+    batch_done = [(t, e) for t, e in running_events(events) if e.batches_done > 0]
     steady = (closed[-1] - planned[0]) if planned and closed else ended - started
     output = (document or {}).get("output") or {}
     return {
@@ -208,6 +210,7 @@ def child_flow(spec: dict, fmt: str) -> dict:
         "started": started,
         "ended": ended,
         "batches": batch_done[-1][1].batches if batch_done else 0,
+        "eta": eta_accuracy(events, ended),
         "state": f"{state.type.value}/{state.name}",
         "message": state.message,
         "document": {k: document.get(k) for k in ("status", "requested", "succeeded", "failed", "skipped",

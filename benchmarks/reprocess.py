@@ -198,13 +198,16 @@ def run_flow(db: Path, template: Template, work: Path, batch_size: int) -> Measu
     finally:
         remove_progress_listener(listener)
     common.reset_caches()
-    planned = [t for t, e in events if e.result is None and e.batches_done == 0]
-    done = [(t, e) for t, e in events if e.result is None and e.batches_done > 0]
+    planned = [t for t, e in common.running_events(events) if e.batches_done == 0]
+    done = [(t, e) for t, e in common.running_events(events) if e.batches_done > 0]
     steady = (done[-1][0] - planned[0]) if planned and done else ended - started
     m = Measurement("sqlite", "a", LABELS["a"], template.videos, template.expected_chunks, ended - started, steady,
                     batches=done[-1][1].batches if done else 0,
                     extra={"state": f"{state.type.value}/{state.name}",
-                           "until_planned_s": round(planned[0] - started, 3) if planned else None})
+                           "until_planned_s": round(planned[0] - started, 3) if planned else None,
+                           "eta": common.eta_accuracy(events, ended)})
+    for line in common.eta_lines("sqlite (a)", m.extra["eta"]):
+        note(line)
     ok, detail = verify(db, template, "hashing-v1")
     document = state.result() if state.is_completed() else None
     if document is None or document.get("status") != "completed" or document.get("succeeded") != template.videos:
