@@ -117,6 +117,7 @@ class Progress:
     def start(self, planned_items: int) -> None:
         """Create the run's progress artifact with the counts before any batch."""
         self._planned = planned_items
+        self.started = time.monotonic()  # the ETA's rate counts from the batches' start, not the planning
         with get_client(sync_client=True) as client:
             artifact = client.create_artifact(ArtifactCreate(
                 type="progress", data=percent(self.current, self.total), description=self.description(),
