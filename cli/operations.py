@@ -103,6 +103,13 @@ def submit_operation(request, *, json_out: bool) -> None:
     raise typer.Exit(0)
 
 
+def launch(request, *, no_wait: bool, verbose: bool, json_out: bool) -> None:
+    """Run the request here and wait (the bar, then the result), or hand it to a worker."""
+    if no_wait:
+        submit_operation(request, json_out=json_out)
+    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
+
+
 def finish(document: dict[str, Any], *, json_out: bool) -> None:
     """Print the document (or its summary) and leave with the operation's exit status."""
     if json_out:
@@ -135,9 +142,7 @@ def delete(
 
     request = DeleteRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos),
                                   dry_run=dry_run, batch_size=batch_size)
-    if no_wait:
-        submit_operation(request, json_out=json_out)
-    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
+    launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
 
 
 def export(
@@ -165,9 +170,7 @@ def export(
         columns=columns, status=status_filter, created_after=created_after, created_before=created_before,
         formula_guard=not no_formula_guard, batch_size=batch_size,
     )
-    if no_wait:
-        submit_operation(request, json_out=json_out)
-    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
+    launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
 
 
 def reprocess(
@@ -195,6 +198,4 @@ def reprocess(
         creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos), embedder=embedder,
         batch_size=batch_size, chunk_target=chunk_target, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
     )
-    if no_wait:
-        submit_operation(request, json_out=json_out)
-    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
+    launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)

