@@ -54,6 +54,13 @@ def counts(lib):
                 conn.execute(select(func.count()).select_from(VideoChunk)).scalar_one())
 
 
+def held_by(lib, operation_id: str) -> int:
+    """Videos an operation holds claimed (``processing`` under its id)."""
+    with lib.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Video)
+                            .where(Video.processing_by == operation_id)).scalar_one()
+
+
 # ----------------------------------------------------------------------------- no prefect
 
 

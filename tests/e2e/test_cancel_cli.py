@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.clitools import BULKOPS, run_cli
+from tests.clitools import BULKOPS, held_by, run_cli
 from videolib.db.models import Video
 
 
@@ -57,16 +57,11 @@ def _wait_until_working(lib, operation_id: str, timeout: float = 120) -> None:
     """Until the run holds claims (its batches are chunking and embedding)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _held_by(lib, operation_id):
+        if held_by(lib, operation_id):
             return
         time.sleep(0.1)
     raise AssertionError("the run never claimed a video")
 
-
-def _held_by(lib, operation_id: str) -> int:
-    with lib.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Video)
-                            .where(Video.processing_by == operation_id)).scalar_one()
 
 
 def _servers_of(home: Path) -> list[int]:
@@ -95,7 +90,7 @@ def _assert_no_server_left(home: Path, timeout: float = 15) -> None:
 def _check_cancelled(lib, doc, operation_id) -> None:
     assert doc["operation_id"] == operation_id and doc["status"] == "cancelled"
     assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] and doc["skipped"] > 0
-    assert _held_by(lib, operation_id) == 0, "every claim of the run was released"
+    assert held_by(lib, operation_id) == 0, "every claim of the run was released"
     with lib.engine.connect() as conn:
         ready = conn.execute(select(func.count()).select_from(Video).where(
             Video.embedding_model.like("minilm%"))).scalar_one()
@@ -156,7 +151,7 @@ def test_a_second_ctrl_c_leaves_at_once_and_the_next_run_takes_over(seeded_for_m
     next_proc, doc = run_cli(lib, "reprocess", "--creator", "creator-001", "--all", "--json", prefect=prefect_server)
     assert next_proc.returncode == 0, next_proc.stderr[-3000:]
     assert (doc.get("not_selected") or {}).get("busy", 0) == others, "only other pipelines' videos are busy"
-    assert _held_by(lib, operation_id) == 0
+    assert held_by(lib, operation_id) == 0
 
 
 def test_a_killed_cli_leaves_no_server_behind(seeded_for_minilm, tmp_path):

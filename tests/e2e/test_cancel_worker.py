@@ -7,7 +7,6 @@ what they held. Slow for real: reprocess with the `minilm` model."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from tests.clitools import run_cli
+from tests.clitools import held_by, run_cli
 from videolib.db.models import Video
 
 
@@ -97,11 +96,6 @@ class Operators:
             time.sleep(0.2)
         raise AssertionError(f"run {run_id} never claimed a video: {self.state(run_id)}\n{self.log()[-3000:]}")
 
-
-def held_by(lib, operation_id: str) -> int:
-    with lib.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Video)
-                            .where(Video.processing_by == operation_id)).scalar_one()
 
 
 def run_processes(run_id: str) -> list[int]:

@@ -13,8 +13,9 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from tests.clitools import held_by
 from videolib.db.models import Video, VideoChunk
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -37,11 +38,6 @@ def _status(run_id: str):
 
     return read_status(run_id)
 
-
-def _held_by(lib, operation_id: str) -> int:
-    with lib.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Video)
-                            .where(Video.processing_by == operation_id)).scalar_one()
 
 
 class _SlowEmbedder:
@@ -171,7 +167,7 @@ def test_a_cancel_rolls_a_reprocess_batch_back_whole_and_releases_its_claims(lib
     assert state.is_cancelled()
     doc = _status(str(state.state_details.flow_run_id))["result"]
     assert (doc["status"], doc["succeeded"], doc["failed"], doc["skipped"]) == ("cancelled", 0, 0, len(ids))
-    assert _held_by(lib, doc["operation_id"]) == 0
+    assert held_by(lib, doc["operation_id"]) == 0
     with lib.engine.connect() as conn:
         assert conn.execute(select(VideoChunk.video_id, VideoChunk.content).order_by(VideoChunk.id)).all() == before
         assert dict(conn.execute(select(Video.id, Video.status)).all()) == statuses
