@@ -36,7 +36,9 @@ from prefect import Task, get_client, get_run_logger, unmapped
 from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.context import FlowRunContext
 from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from config import get_settings
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
@@ -44,7 +46,7 @@ from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
-from tasks.ticks import forget, in_flight
+from tasks.ticks import forget, forget_remote, in_flight, remote_in_flight, watch
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids, plan_batches
@@ -148,6 +150,12 @@ class Operation:
         self.progress: Progress | None = None
         self.stopped_by: str | None = None  # what stopped the run, when something did
         self.draining = False  # stopped by a signal, waiting for the batches in flight
+        # Batches run in this process (Prefect's thread pool) count into slots here; under
+        # another task runner they may run elsewhere and send their counts through Prefect.
+        context = FlowRunContext.get()
+        runner = context.task_runner if context is not None else None
+        self.remote_batches = runner is not None and not isinstance(runner, ThreadPoolTaskRunner)
+        watch(self.operation_id)
         # The run exists: whoever started it in this process can name it now.
         notify(ProgressEvent(self.operation_id, operation, 0, 0, 0, 0, None, phase="created"))
 
@@ -277,7 +285,7 @@ class Operation:
             # A second signal, or a crash: batches that have not started must not start
             # while Prefect reports it (the pool would go on deleting), and the progress
             # must show where the run really got to; then Prefect ends the run.
-            self.stop.here(self.operation_id)
+            self._stop_batches()
             with contextlib.suppress(Exception):
                 self.progress.settle()
             raise
@@ -311,9 +319,19 @@ class Operation:
             progress.advance(outcome.processed - outcome.skipped, left_out=sum(outcome.not_selected.values()),
                              batch_index=index)
 
-    def _interrupted(self, exc: BaseException) -> None:
-        """A signal stops the run here: no batch of this process starts from now on."""
+    def _stop_batches(self) -> None:
+        """No batch starts from now on: in this process at once, and, when batches may run
+        in other processes, through the stop flag they read (a Prefect Variable)."""
         self.stop.here(self.operation_id)
+        if self.remote_batches:
+            try:
+                self.stop.request(self.operation_id)
+            except Exception as exc:  # noqa: BLE001 - the batches here are stopped; say what failed
+                self.logger.warning("could not tell the batches in other processes to stop: %s", exc)
+
+    def _interrupted(self, exc: BaseException) -> None:
+        """A signal stops the run: no batch starts from now on."""
+        self._stop_batches()
         if self.stopped_by is None:
             self.stopped_by = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         self.logger.warning("stopping (%s): no new batch starts; waiting up to %ss for the batches in flight",
@@ -324,7 +342,7 @@ class Operation:
         if self.stopped_by is None:
             self.stopped_by = how
             self.logger.warning("stopping (%s): no new batch starts", how)
-        self.stop.here(self.operation_id)
+        self._stop_batches()
 
     def abort(self, message: str) -> State:
         """End the run without running (more of) it: ``failed``, with ``message``."""
@@ -351,6 +369,11 @@ class Operation:
         except Exception:
             log.debug("no stop flag to clear for %s", result.operation_id)
         forget(result.operation_id)
+        if self.remote_batches:
+            try:
+                forget_remote(result.operation_id)
+            except Exception as exc:  # noqa: BLE001 - leftover counts, not the work
+                log.debug("could not delete the tick variables of %s: %s", result.operation_id, exc)
         done = result.succeeded + result.failed + result.skipped
         notify(Progress(result.operation_id, result.operation, total=result.requested, batches=0,
                         current=done).event(result=document))
@@ -372,7 +395,8 @@ def tag_dry_run(operation_id: str, logger) -> None:
 
 class _Monitor:
     """A thread beside the run: every ``TICK_S`` it sums the running batches' counts
-    into the progress, and every ``STATE_POLL_S`` it reads the run's own state, so that a
+    into the progress (``tasks/ticks.py``; one read of Prefect's variables when batches
+    may run in other processes), and every ``STATE_POLL_S`` it reads the run's own state, so that a
     Cancelling set from outside (the UI, the API, ``bulkops cancel``) stops the run even
     when no runner is there to signal its process (a run the CLI executes in-process)."""
 
@@ -394,7 +418,11 @@ class _Monitor:
         while not self._stopped.wait(TICK_S):
             try:
                 if op.progress is not None:
-                    op.progress.in_batches(in_flight(op.operation_id))
+                    slots = in_flight(op.operation_id)
+                    if op.remote_batches:
+                        for index, done in remote_in_flight(op.operation_id).items():
+                            slots[index] = max(done, slots.get(index, 0))
+                    op.progress.in_batches(slots)
                 if time.monotonic() >= next_state:
                     next_state = time.monotonic() + STATE_POLL_S
                     if run_is_cancelling(op.operation_id):

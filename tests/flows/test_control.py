@@ -232,6 +232,97 @@ def test_progress_from_worker_processes_is_exact_and_never_goes_down(sqlite_libr
     assert currents == sorted(currents) and currents[-1] == doc["requested"]
 
 
+@pytest.mark.slow  # spawns two worker processes (~8 s)
+def test_progress_from_batches_run_in_other_processes(sqlite_library, monkeypatch):
+    """Batches run by a process-pool task runner (each in a spawned worker process):
+    their counts reach the flow through Prefect while they run, the sum only goes up and
+    ends exactly at what was requested, and no count is left behind in Prefect."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    from flows.bulk_reprocess import bulk_reprocess
+    from tasks.ticks import TICK_PREFIX
+    from tests.flows import slow_worker
+
+    lib = sqlite_library
+    lib.seed(40, creators=1, transcript_ratio=1.0, files=False)
+    monkeypatch.setenv("BULKOPS_TASK_WORKERS", "2")  # two batches of 20, one per worker process
+    from config import get_settings
+
+    get_settings.cache_clear()
+    runner = ProcessPoolTaskRunner(max_workers=2, initializer=slow_worker.install, initargs=(0.03,))
+    events = []
+    remove = _listen(None, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
+    try:
+        state = bulk_reprocess.with_options(task_runner=runner)(
+            creator_id="creator-001", all_videos=True, batch_size=20, return_state=True)
+    finally:
+        remove()
+    assert state.is_completed(), state.message
+    doc = state.result()
+    assert doc["requested"] + sum(doc["not_selected"].values()) == 40
+    assert doc["succeeded"] + doc["failed"] == doc["requested"]
+    running = [(current, total, done) for current, total, done, phase, result in events
+               if result is None and phase == "running"]
+    # the count moved while no batch ended: a running batch's own count arrived
+    assert any(later[0] > earlier[0] and later[2] == earlier[2] for earlier, later in zip(running, running[1:])), \
+        f"no count arrived from inside a batch: {running}"
+    currents = [current for current, _total, _done in running]
+    assert currents == sorted(currents) and currents[-1] == doc["requested"]
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        left = [v.name for v in client.read_variables() if v.name.startswith(f"{TICK_PREFIX}{doc['operation_id']}")]
+    assert left == []
+    status = _status(doc["operation_id"])
+    assert status["progress"]["current"] == status["progress"]["total"] == doc["requested"]
+
+
+@pytest.mark.slow  # spawns two worker processes (~8 s)
+def test_a_cancel_from_prefect_reaches_batches_in_other_processes(sqlite_library, monkeypatch):
+    """The UI's Cancel (the run's state only) of a run whose batches run in worker
+    processes: the flow passes the stop on through the stop flag, and every batch there
+    rolls back whole and gives its claims back."""
+    from prefect import get_client
+    from prefect.states import Cancelling
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    import flows.operation
+    from flows.bulk_reprocess import bulk_reprocess
+    from tests.flows import slow_worker
+
+    lib = sqlite_library
+    lib.seed(40, creators=1, transcript_ratio=1.0, files=False)
+    with lib.engine.connect() as conn:
+        ids = list(conn.execute(select(Video.id).where(Video.status != "processing")).scalars())
+        before = conn.execute(select(VideoChunk.video_id, VideoChunk.content).order_by(VideoChunk.id)).all()
+    monkeypatch.setenv("BULKOPS_TASK_WORKERS", "2")
+    from config import get_settings
+
+    get_settings.cache_clear()
+    monkeypatch.setattr(flows.operation, "STATE_POLL_S", 0.2)
+    runner = ProcessPoolTaskRunner(max_workers=2, initializer=slow_worker.install, initargs=(0.03,))
+    asked = threading.Event()
+
+    def cancel_from_outside(event):
+        if event.result is None and event.phase == "running" and event.current > 0 and not asked.is_set():
+            asked.set()
+            with get_client(sync_client=True) as client:  # as the UI does: the state, no stop flag
+                client.set_flow_run_state(uuid.UUID(event.operation_id), Cancelling(), force=True)
+
+    remove = _listen(None, cancel_from_outside)
+    try:
+        state = bulk_reprocess.with_options(task_runner=runner)(
+            creator_id="creator-001", video_ids=ids, batch_size=len(ids) // 2, return_state=True)
+    finally:
+        remove()
+    assert asked.is_set() and state.is_cancelled()
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    assert (doc["status"], doc["succeeded"], doc["skipped"]) == ("cancelled", 0, len(ids))
+    assert held_by(lib, doc["operation_id"]) == 0
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(VideoChunk.video_id, VideoChunk.content).order_by(VideoChunk.id)).all() == before
+
+
 def test_a_run_cancelled_while_scheduled_shows_zero_counts():
     """Cancelled before any process picked it up: cancelled at once, a result of zeros."""
     from prefect import get_client
