@@ -10,6 +10,7 @@ from prefect.cache_policies import NONE
 from config import get_settings
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
+from tasks.ticks import BatchTicker
 from videolib.delete import delete_batch, plan_delete_batch
 from videolib.operation import BatchOutcome
 
@@ -45,6 +46,7 @@ def delete_video_batch(
             operation_id=operation_id,
             batch_index=batch_index,
             lock_timeout_ms=get_settings().lock_timeout_ms,
+            ticker=BatchTicker(operation_id, batch_index, stop),
         )
     if outcome.errors:
         get_run_logger().warning(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +29,7 @@ from sqlalchemy import Connection, Engine, delete, select, update
 
 from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
-from videolib.operation import NOT_FOUND, STORAGE_ERROR, UNSAFE_KEY, BatchOutcome, ItemError
+from videolib.operation import NOT_FOUND, STORAGE_ERROR, UNSAFE_KEY, BatchOutcome, ItemError, Ticker
 from videolib.selection import chunked
 from videolib.storage import ObjectStore, UnsafeKeyError, validate_key
 
@@ -119,11 +121,15 @@ def delete_batch(
     operation_id: str,
     batch_index: int,
     lock_timeout_ms: int = 5000,
+    ticker: Ticker | None = None,
 ) -> BatchOutcome:
     """Delete one batch of the creator's videos, tombstone first. Idempotent.
 
     Returns the ids this call deleted and per-item errors; never raises for a single
     item. Database errors raise (the batch is retried whole: every step is idempotent).
+    With a ``ticker``, the objects go in slices (:func:`_delete_objects`) and the ticker
+    hears how many videos are through after each. A delete batch does not stop half-way
+    (its tombstones are down): a cancel waits for it.
     """
     ids = list(dict.fromkeys(video_ids))
     now = datetime.now(UTC)
@@ -143,7 +149,7 @@ def delete_batch(
         return BatchOutcome(errors=errors)
 
     # 2. Objects. A video whose objects could not all be removed keeps its tombstone.
-    failures = store.delete_many([key for row in eligible for key in row.keys])
+    failures = _delete_objects(store, eligible, ticker, done_before=len(errors))
     removed: list[_Row] = []
     for row in eligible:
         failed_keys = [key for key in row.keys if key in failures]
@@ -189,6 +195,34 @@ def delete_batch(
         errors=errors,
         objects=sum(len(row.keys) for row in mine),
     )
+
+
+FIRST_SLICE = 100  # videos whose objects go first (progress shows early)
+SLICE_TARGET_S = 1.0  # then slices of about this long...
+MIN_SLICE_KEYS = 10_000  # ...and at least this many keys (S3: 10 DeleteObjects of 1000 in flight)
+
+
+def _delete_objects(store: ObjectStore, rows: list[_Row], ticker: Ticker | None, *, done_before: int) -> dict[str, str]:
+    """``store.delete_many`` over the rows' keys: ``{key: error}`` for those not deleted.
+
+    Without a ticker, one call. With one, a first slice of ``FIRST_SLICE`` videos, then
+    slices sized to take about ``SLICE_TARGET_S`` but never under ``MIN_SLICE_KEYS`` keys
+    (so S3 keeps its requests in flight), ticking after each."""
+    if ticker is None:
+        return store.delete_many([key for row in rows for key in row.keys])
+    keys_per_video = max(1.0, sum(len(row.keys) for row in rows) / max(len(rows), 1))
+    floor = math.ceil(MIN_SLICE_KEYS / keys_per_video)
+    failures: dict[str, str] = {}
+    start, size = 0, FIRST_SLICE
+    while start < len(rows):
+        piece = rows[start : start + size]
+        began = time.monotonic()
+        failures.update(store.delete_many([key for row in piece for key in row.keys]))
+        took = max(time.monotonic() - began, 1e-3)
+        start += len(piece)
+        ticker.done(done_before + start)
+        size = max(floor, int(len(piece) * SLICE_TARGET_S / took))
+    return failures
 
 
 def _write_manifest_part(

@@ -232,6 +232,40 @@ def test_progress_from_worker_processes_is_exact_and_never_goes_down(sqlite_libr
     assert currents == sorted(currents) and currents[-1] == doc["requested"]
 
 
+def test_delete_progress_moves_inside_a_batch(sqlite_library, monkeypatch):
+    """One delete batch on slow storage: the count moves as its objects go, before the
+    batch ends, never down, and ends at what was requested."""
+    from videolib.storage.store import ObjectStore
+
+    lib = sqlite_library
+    lib.seed(600, creators=1)
+    ids = lib.ids("creator-001")
+    monkeypatch.setattr("flows.operation.TICK_S", 0.05)
+    real = ObjectStore._local_delete_many
+
+    def slow_storage(self, keys):  # ~1 ms per object, a slow disk or a far bucket
+        time.sleep(0.001 * len(keys))
+        return real(self, keys)
+
+    monkeypatch.setattr(ObjectStore, "_local_delete_many", slow_storage)
+    events = []
+    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
+    try:
+        state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1000)
+    finally:
+        remove()
+    assert state.is_completed(), state.message
+    doc = state.result()
+    assert doc["succeeded"] == len(ids)
+    assert max(done for _c, _t, done, _p, _r in events) == 1, "one batch"
+    running = [(current, total, done) for current, total, done, phase, result in events
+               if result is None and phase == "running"]
+    assert any(done == 0 and 0 < current < total for current, total, done in running), running
+    currents = [current for current, _total, _done in running]
+    assert currents == sorted(currents) and currents[-1] == len(ids)
+    assert lib.ids("creator-001") == []
+
+
 @pytest.mark.slow  # spawns two worker processes (~8 s)
 def test_progress_from_batches_run_in_other_processes(sqlite_library, monkeypatch):
     """Batches run by a process-pool task runner (each in a spawned worker process):
