@@ -17,12 +17,13 @@ import sys
 import click
 import typer
 
-from cli import library, operations, status
+from cli import library, operations, service, status
 from cli.app import app, emit, err
 
 # In the order a user meets them (`bulkops --help`).
 for _command in (library.init, library.seed, operations.delete, operations.export, operations.reprocess,
-                 library.search, status.status, status.cancel, library.demo):
+                 library.search, status.status, status.cancel, service.token, service.serve,
+                 library.demo):
     app.command()(_command)
 
 try:  # typer >= 0.20 carries its own copy of click, with its own exception classes

@@ -6,11 +6,13 @@ the usual AWS variables (``AWS_ACCESS_KEY_ID`` ...), never from here.
 
 from __future__ import annotations
 
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +20,46 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Prefect's server refuses parameters over 512 KiB (measured: 13,400 ids pass, 13,500 do
 # not). 13,000 leaves room for the other parameters.
 MAX_INLINE_IDS = 13_000
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``30``, ``"30"``, ``"30s"``, ``"15m"``, ``"1h"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is seconds, or a number with s, m, h or d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value).lower())
+        if not match:
+            raise ValueError(f"{value!r} is not a duration: seconds, or a number with s, m, h or d (30s, 15m, 1h)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``1048576``, ``"512KiB"``, ``"1MiB"`` or ``"2GiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("a size is bytes, or a number with KiB, MiB or GiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib)?\s*", str(value).lower())
+        if not match:
+            raise ValueError(f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB (512KiB, 1MiB)")
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class Settings(BaseSettings):
@@ -53,8 +95,18 @@ class Settings(BaseSettings):
     public_url: str = Field(
         "http://127.0.0.1:8000", description="base URL of the API, for local-storage download links"
     )
-    jwt_secret: SecretStr | None = None
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret of the API's bearer tokens (`sub` = creator id); `serve` needs it"
+    )
     webhook_url: str | None = None
+
+    # The HTTP API and `bulkops serve`
+    max_body_bytes: Size = Field(1024**2, ge=1, description="larger API request bodies get 413")
+    shutdown_grace: Duration = Field(30.0, description="how long `serve` waits for its runs' results on SIGTERM")
+    serve_limit: int = Field(4, ge=1, le=64, description="runs `serve`'s runner executes at once")
+    confirm_over: int = Field(
+        1000, ge=0, description="an API delete with `all` above this many videos needs `confirm` = a dry run's count"
+    )
 
     # Operation tuning
     batch_size: int = Field(1000, ge=1, description="default videos per delete batch")

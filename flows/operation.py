@@ -374,7 +374,7 @@ class Operation:
                 forget_remote(result.operation_id)
             except Exception as exc:  # noqa: BLE001 - leftover counts, not the work
                 log.debug("could not delete the tick variables of %s: %s", result.operation_id, exc)
-        done = result.succeeded + result.failed + result.skipped
+        done = result.succeeded + result.failed  # skipped items were not done (a cancel)
         notify(Progress(result.operation_id, result.operation, total=result.requested, batches=0,
                         current=done).event(result=document))
         return final_state(document)

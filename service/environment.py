@@ -73,7 +73,7 @@ def hold_temporary_server() -> str | None:
     kernel sends it SIGTERM when this process ends, however it ends (SIGKILL included),
     so it never outlives the command that started it. Prefect's own client then uses
     this same server. Its API URL, or None when a server is named."""
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL") or use_running_serve():
         return None
     prefect_defaults()
     from prefect.server.api import server as prefect_server
@@ -107,7 +107,7 @@ class _TiedSubprocess:
         return getattr(self._real, name)
 
     def Popen(self, *args: Any, **kwargs: Any):  # noqa: N802 - the name it stands in for
-        kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+        kwargs.setdefault("preexec_fn", die_with_parent(os.getpid()))
         # Its own process group: a Ctrl-C in the terminal goes to the command, which
         # stops its run softly and still needs the server to write the result.
         kwargs.setdefault("start_new_session", True)
@@ -122,13 +122,46 @@ class _TiedSubprocess:
         return self._real.Popen(*args, **kwargs)
 
 
+def serve_file() -> Path:
+    """Where a running ``bulkops serve`` names its pid and URLs (``api/serve.py``)."""
+    return Path(get_settings().data_dir) / "serve.json"
+
+
+def running_serve() -> dict[str, Any] | None:
+    """What ``.data/serve.json`` says, while the ``bulkops serve`` that wrote it lives."""
+    import json
+
+    try:
+        served = json.loads(serve_file().read_text())
+        pid = int(served["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # The pid must still be that serve (not a process that got its number since).
+    if b"serve" not in cmdline or not served.get("prefect_api_url"):
+        return None
+    return served
+
+
+def use_running_serve() -> bool:
+    """With ``PREFECT_API_URL`` unset and a ``bulkops serve`` running here, use its Prefect
+    server (instead of starting a temporary one); whether one was found."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    served = running_serve()
+    if served is None:
+        return False
+    os.environ["PREFECT_API_URL"] = served["prefect_api_url"]
+    return True
+
+
 def temporary_server_log() -> Path:
     """Where the temporary Prefect server's own output goes (in ``PREFECT_HOME``)."""
     home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
     return Path(home).expanduser() / "bulkops-temporary-server.log"
 
 
-def _die_with_parent(parent: int):
+def die_with_parent(parent: int):
     prctl = None
     if sys.platform.startswith("linux"):
         import ctypes

@@ -24,12 +24,18 @@ from videolib.selection import stage_invalid_ids
 Listener = Callable[[Any], None]
 
 
-def prepare(request: OperationRequest) -> dict[str, Any]:
-    """The flow parameters of a checked request, once its storage answers, its schema is
-    current and its whole-library selection selects something."""
+def check(request: OperationRequest):
+    """The checks a request passes against the library before it runs: the storage
+    answers, the schema is current, a whole-library selection selects something. The store."""
     store = ready_store()
-    engine = ready_database()
-    request.check_library(engine)
+    request.check_library(ready_database())
+    return store
+
+
+def prepare(request: OperationRequest, *, store=None) -> dict[str, Any]:
+    """The flow parameters of a checked request, once :func:`check` has passed (or given
+    its ``store``), its malformed ids set aside in storage."""
+    store = store if store is not None else check(request)
     parameters = request.flow_parameters()
     if request.video_ids is not None:
         parsed = parse_video_ids(request.video_ids, max_ids=get_settings().max_ids)
@@ -40,19 +46,48 @@ def prepare(request: OperationRequest) -> dict[str, Any]:
     return parameters
 
 
+def confirm_whole_library_delete(request: OperationRequest, confirm: int | None) -> None:
+    """A delete of a whole library over ``BULKOPS_CONFIRM_OVER`` videos names the count a
+    dry run planned (``confirm``): nobody deletes a million videos by a typo. Refused with
+    ``confirmation_required`` carrying the current count (``videos``)."""
+    if not request.all_videos or getattr(request, "dry_run", False):
+        return
+    from videolib.selection import count_creator_videos
+
+    limit = get_settings().confirm_over
+    videos = count_creator_videos(ready_database(), request.creator_id)
+    if videos > limit and confirm != videos:
+        mismatch = f"; {confirm} does not match" if confirm is not None else ""
+        raise RequestError("confirmation_required",
+                           f"this deletes all {videos} videos of {request.creator_id!r} (over {limit}, "
+                           f"BULKOPS_CONFIRM_OVER): send it with \"dry_run\": true first, then with \"confirm\": "
+                           f"<plan.videos>{mismatch}", videos=videos)
+
+
+def served_flows() -> list[str]:
+    """The flows a runner serves as deployments (``{flow}/{flow}``)."""
+    from flows import FLOWS
+
+    return sorted(FLOWS)
+
+
 def submit(request: OperationRequest) -> dict[str, Any]:
     """Create the operation's run on the named Prefect server, for its deployment's worker
     (or ``serve()`` runner) to execute, and return at once: ``{"operation_id", "status":
     "pending"}``. Refused with ``no_runner`` when nothing would execute it."""
     import os
 
+    from service.environment import use_running_serve
+
+    use_running_serve()
     if not os.environ.get("PREFECT_API_URL"):
-        raise RequestError("no_runner", "--no-wait needs a Prefect server that executes runs: set PREFECT_API_URL to "
-                           "a server with the bulkops deployments (prefect deploy --all) and a worker (prefect worker "
-                           "start --pool bulkops); without one, run without --no-wait")
+        raise RequestError("no_runner", "--no-wait needs something that executes runs: start `bulkops serve`, or set "
+                           "PREFECT_API_URL to a server with the bulkops deployments (prefect deploy --all) and a "
+                           "worker (prefect worker start --pool bulkops); without one, run without --no-wait")
     prefect_defaults()
+    store = check(request)  # what the request is refused for comes before what the set-up lacks
     deployment = ready_deployment(request.flow_name)
-    parameters = prepare(request)
+    parameters = prepare(request, store=store)
     from prefect.deployments import run_deployment
 
     run = run_deployment(deployment, parameters=parameters, timeout=0,

@@ -92,7 +92,9 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         # The result is the final word (a Failed state carries no readable result).
         if status in FINAL:
             status = result["status"]
-        current = result["succeeded"] + result["failed"] + result["skipped"]
+        # Done is what succeeded or failed: what a cancel left unstarted or rolled back
+        # (`skipped`) was not done, and a cancelled run shows how far it really got.
+        current = result["succeeded"] + result["failed"]
         total = result["requested"]
     if status in FINAL:
         eta = None

@@ -16,13 +16,14 @@ class RequestError(ValueError):
     ``code`` is the machine-readable error name (``empty_selection``, ``too_many_ids``, ...).
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: object) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra  # more fields for the error document (a count, a status)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"error": self.code, "message": self.message}
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, **self.extra}
 
 
 def normalize_video_id(raw: object) -> str | None:

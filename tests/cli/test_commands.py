@@ -227,3 +227,24 @@ def test_search_without_embedded_chunks_says_what_to_do(sqlite_library):
     proc, doc = run_cli(lib, "search", "--creator", "creator-001", "bread", "--json")
     assert proc.returncode == 0 and doc["results"] == [] and doc["searched_chunks"] == 0
     assert "bulkops reprocess --creator creator-001 --all" in doc["message"]
+
+
+def test_token_prints_a_token_the_api_accepts_and_refuses_what_it_must(sqlite_library):
+    from tests.api.conftest import SECRET
+
+    env = {"BULKOPS_JWT_SECRET": SECRET}
+    proc, doc = run_cli(sqlite_library, "token", "--creator", "creator-001", "--ttl", "30m", "--json", env_extra=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (doc["creator_id"], doc["role"]) == ("creator-001", "creator") and doc["expires_at"].endswith("Z")
+    import jwt
+
+    claims = jwt.decode(doc["token"], SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "creator-001" and 1790 <= claims["exp"] - claims["iat"] <= 1800
+    proc, _ = run_cli(sqlite_library, "token", "--creator", "backend", "--service", env_extra=env)
+    assert proc.returncode == 0 and jwt.decode(proc.stdout.strip(), SECRET, algorithms=["HS256"])["role"] == "service"
+    for args, code in ((["--creator", "bad id/.."], "invalid_creator"), (["--creator", "c", "--ttl", "soon"], "usage"),
+                       (["--creator", "c", "--ttl", "0"], "usage"), (["--creator", "c", "--ttl", "400d"], "usage")):
+        proc, doc = run_cli(sqlite_library, "token", *args, "--json", env_extra=env)
+        assert proc.returncode == 2 and doc["error"] == code, (args, doc)
+    proc, doc = run_cli(sqlite_library, "token", "--creator", "c", "--json", env_extra={"BULKOPS_JWT_SECRET": ""})
+    assert proc.returncode == 2 and doc["error"] == "bad_settings" and "BULKOPS_JWT_SECRET" in doc["message"]

@@ -127,7 +127,8 @@ def _check_cancelled_result(ops: Operators, run_id: str) -> dict:
     assert status["status"] == doc["status"] == "cancelled", status
     assert doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"] and doc["skipped"] > 0
     assert held_by(ops.lib, run_id) == 0, "every claim of the run was released"
-    assert status["progress"]["current"] == doc["requested"]
+    assert status["progress"]["current"] == doc["succeeded"] + doc["failed"]
+    assert status["progress"]["total"] == doc["requested"]
     return doc
 
 

@@ -94,7 +94,8 @@ def test_a_termination_signal_ends_the_run_cancelled_with_its_result(sqlite_libr
     assert doc["failed"] == 0 and 3 <= doc["succeeded"] < 120
     assert len(lib.ids("creator-001")) == doc["skipped"], "every item counted succeeded was really deleted"
     assert "SIGTERM" in doc["message"]
-    assert status["progress"]["current"] == 120 and status["progress"]["total"] == 120
+    # how far it really got: what a cancel left unstarted is not done
+    assert status["progress"]["current"] == doc["succeeded"] < status["progress"]["total"] == 120
 
 
 def test_a_run_set_cancelling_from_outside_stops_by_itself(sqlite_library, monkeypatch):

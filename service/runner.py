@@ -1,0 +1,37 @@
+"""The runner ``bulkops serve`` starts: Prefect's ``serve()`` over a deployment of every
+bulkops flow (``{flow}/{flow}``, as prefect.yaml names them), executing at most
+``--limit`` runs at once, each in its own process.
+
+    python -m service.runner --limit 4
+
+Flows are deployed by module path (``flows.bulk_delete.bulk_delete``), so the runs
+import the installed project whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.runner")
+    parser.add_argument("--limit", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from service.environment import prefect_defaults
+
+    prefect_defaults()
+    from prefect import serve
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows import FLOWS
+
+    deployments = [FLOWS[name]().to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH)
+                   for name in sorted(FLOWS)]
+    serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

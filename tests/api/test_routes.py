@@ -1,0 +1,148 @@
+"""The routes against a real Prefect server (the session's test harness) and a real
+library: what each answers for the runs that exist, and every refusal a trigger can meet,
+with the same codes the CLI gives (422, or 503 where the contract marks it). Runs are
+executed in-process here (``service.launch.run``); `tests/e2e/test_serve.py` drives
+them through `bulkops serve`'s runner."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def api_url_env(monkeypatch):
+    """PREFECT_API_URL names the harness's server (as `serve` sets it): a trigger gets past
+    the runner check to the deployment check."""
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+
+
+def _run_delete(creator: str, ids: list[str]) -> dict:
+    from service.launch import run
+    from service.requests import DeleteRequest
+
+    return run(DeleteRequest.build(creator_id=creator, video_ids=ids))
+
+
+def test_status_is_the_owners_and_the_services_and_404_for_anyone_else(api):
+    api.lib.seed(12, creators=2)
+    document = _run_delete("creator-001", api.lib.ids("creator-001")[:2])
+    path = f"/bulk/status/{document['operation_id']}"
+    own = api.get(path, headers=api.bearer("creator-001"))
+    assert own.status_code == 200
+    body = own.json()
+    assert body["status"] == "completed" and body["creator_id"] == "creator-001"
+    assert body["result"]["succeeded"] == 2 and body["progress"]["percent"] == 100.0
+    assert api.get(path, headers=api.bearer("backend", service=True)).json() == body
+    other = api.get(path, headers=api.bearer("creator-002"))
+    assert other.status_code == 404 and other.json()["error"] == "not_found"
+    unknown = api.get("/bulk/status/0b0b0b0b-0000-4000-8000-000000000000", headers=api.bearer())
+    assert unknown.status_code == 404 and unknown.json() == {**unknown.json(), "error": "not_found"}
+    # Another creator cannot cancel it either, and cannot learn that it exists.
+    assert api.post(f"/bulk/{document['operation_id']}/cancel", headers=api.bearer("creator-002")).status_code == 404
+
+
+def test_cancel_of_a_finished_operation_is_409_with_its_status(api):
+    api.lib.seed(6, creators=1)
+    document = _run_delete("creator-001", api.lib.ids("creator-001")[:1] + ["not-an-id"])
+    answer = api.post(f"/bulk/{document['operation_id']}/cancel", headers=api.bearer())
+    assert answer.status_code == 409
+    assert answer.json()["error"] == "already_finished" and answer.json()["status"] == "partial"
+
+
+def test_a_trigger_with_nothing_to_execute_it_is_503_no_runner_and_starts_nothing(api, api_url_env):
+    api.lib.seed(6, creators=1)
+    before = api.lib.ids("creator-001")
+    answer = api.post("/bulk/delete", json={"video_ids": before}, headers=api.bearer())
+    assert answer.status_code == 503 and answer.json()["error"] == "no_runner"
+    assert "prefect deploy" in answer.json()["message"] or "worker" in answer.json()["message"]
+    assert api.lib.ids("creator-001") == before
+
+
+REFUSALS = [
+    # (route, body, code): what the CLI refuses with exit 2, over HTTP
+    ("/bulk/delete", {}, "bad_selection"),
+    ("/bulk/delete", {"video_ids": ["a"], "all": True}, "bad_selection"),
+    ("/bulk/delete", {"video_ids": []}, "empty_selection"),
+    ("/bulk/reprocess", {}, "bad_selection"),
+    ("/bulk/export", {"format": "xml"}, "unknown_format"),
+    ("/bulk/export", {}, "unknown_format"),
+    ("/bulk/export", {"format": "csv", "columns": ["id", "password"]}, "unknown_column"),
+    ("/bulk/export", {"format": "csv", "columns": "id,title;DROP TABLE videos"}, "unknown_column"),
+    ("/bulk/export", {"format": "csv", "status": "x' OR '1'='1"}, "bad_filter"),
+    ("/bulk/export", {"format": "csv", "created_after": "yesterday"}, "bad_filter"),
+    ("/bulk/export", {"format": "parquet", "created_after": "2026-02-01T00:00:00Z",
+                      "created_before": "2026-01-01T00:00:00Z"}, "bad_filter"),
+    ("/bulk/reprocess", {"all": True, "chunk_target": 0}, "bad_chunking"),
+    ("/bulk/reprocess", {"all": True, "chunk_overlap": 500}, "bad_chunking"),
+    ("/bulk/reprocess", {"all": True, "chunk_unit": "bytes"}, "bad_chunking"),
+    ("/bulk/reprocess", {"all": True, "embedder": "gpt-9"}, "unknown_embedder"),
+]
+
+
+@pytest.mark.parametrize("route,body,code", REFUSALS)
+def test_what_the_cli_refuses_is_422_with_the_same_code(api, api_url_env, route, body, code):
+    api.lib.seed(6, creators=1)
+    before = api.lib.ids("creator-001")
+    answer = api.post(route, json=body, headers=api.bearer())
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == code, answer.json()
+    assert answer.json()["message"]
+    assert api.lib.ids("creator-001") == before
+
+
+def test_too_many_ids_and_an_empty_library_are_refused(api, api_url_env, monkeypatch):
+    from config import get_settings
+
+    monkeypatch.setenv("BULKOPS_MAX_IDS", "5")
+    get_settings.cache_clear()
+    ids = [f"0b0b0b0b-0000-4000-8000-00000000000{i}" for i in range(6)]
+    answer = api.post("/bulk/delete", json={"video_ids": ids}, headers=api.bearer())
+    assert answer.status_code == 422 and answer.json()["error"] == "too_many_ids"
+    empty = api.post("/bulk/delete", json={"all": True}, headers=api.bearer("creator-nobody"))
+    assert empty.status_code == 422 and empty.json()["error"] == "empty_selection"
+    export = api.post("/bulk/export", json={"format": "csv"}, headers=api.bearer("creator-nobody"))
+    assert export.status_code == 422 and export.json()["error"] == "empty_selection"
+
+
+def test_a_whole_library_delete_over_the_bound_needs_the_dry_runs_count(api, api_url_env, monkeypatch):
+    from config import get_settings
+
+    api.lib.seed(12, creators=1)
+    monkeypatch.setenv("BULKOPS_CONFIRM_OVER", "5")
+    get_settings.cache_clear()
+    videos = len(api.lib.ids("creator-001"))
+    answer = api.post("/bulk/delete", json={"all": True}, headers=api.bearer())
+    assert answer.status_code == 422 and answer.json()["error"] == "confirmation_required"
+    assert answer.json()["videos"] == videos
+    wrong = api.post("/bulk/delete", json={"all": True, "confirm": videos - 1}, headers=api.bearer())
+    assert wrong.status_code == 422 and wrong.json()["error"] == "confirmation_required"
+    # The right count (or a dry run) passes the check and meets the next one: no runner here.
+    for body in ({"all": True, "confirm": videos}, {"all": True, "dry_run": True}):
+        answer = api.post("/bulk/delete", json=body, headers=api.bearer())
+        assert answer.status_code == 503 and answer.json()["error"] == "no_runner", answer.json()
+    assert len(api.lib.ids("creator-001")) == videos
+
+
+def test_unreachable_dependencies_are_503_and_readyz_names_them(api, api_url_env, monkeypatch, tmp_path):
+    from config import get_settings
+    from tests.servers import free_port
+
+    assert api.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok", "storage": "ok",
+                                                                        "prefect": "ok"}}
+    monkeypatch.setenv("BULKOPS_DATABASE_URL", f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    get_settings.cache_clear()
+    answer = api.post("/bulk/delete", json={"all": True}, headers=api.bearer())
+    assert answer.status_code == 503 and answer.json()["error"] == "database_unavailable"
+    ready = api.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["error"] == "not_ready"
+    assert ready.json()["checks"]["database"] != "ok" and ready.json()["checks"]["storage"] == "ok"
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("BULKOPS_DATABASE_URL", api.lib.database_url)
+    monkeypatch.setenv("BULKOPS_STORAGE_URL", str(tmp_path / "a-file" / "storage"))
+    get_settings.cache_clear()
+    answer = api.post("/bulk/delete", json={"all": True}, headers=api.bearer())
+    assert answer.status_code == 503 and answer.json()["error"] == "storage_unavailable"

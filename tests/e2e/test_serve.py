@@ -1,0 +1,220 @@
+"""`bulkops serve` as the app's backend meets it: one command on loopback starts a real
+Prefect server, the heartbeat automation, a runner and the API; operations are triggered
+over HTTP and followed by polling; the CLI uses the same Prefect server while `serve`
+runs; SIGTERM cancels what it runs softly, writes their results and exits 0, leaving no
+process behind. Refusals before anything starts: no JWT secret, a port in use."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from tests.clitools import BULKOPS, held_by
+from tests.conftest import Library
+from tests.servers import free_port
+from videolib.db.models import Video
+
+pytestmark = pytest.mark.slow
+
+SECRET = "e2e-secret-for-bulkops-serve-0123456789abcdef"
+FINAL = {"completed", "partial", "failed", "cancelled"}
+
+
+def _env(lib: Library, home: Path, **extra) -> dict[str, str]:
+    env = dict(os.environ, **lib.env(), PREFECT_HOME=str(home), BULKOPS_JWT_SECRET=SECRET,
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+class Served:
+    def __init__(self, lib: Library, home: Path, port: int, prefect_port: int):
+        self.lib, self.home, self.port, self.prefect_port = lib, home, port, prefect_port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = lib.data_dir / "serve-stderr.txt"
+        lib.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [BULKOPS, "serve", "--port", str(port), "--prefect-port", str(prefect_port), "--limit", "2"],
+            env=_env(lib, home), stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + 240
+        while True:
+            assert self.process.poll() is None, f"serve exited {self.process.returncode}:\n{self.stderr()}"
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"serve did not answer:\n{self.stderr()}"
+            time.sleep(0.5)
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def token(self, creator: str = "creator-001", service: bool = False) -> str:
+        args = [BULKOPS, "token", "--creator", creator] + (["--service"] if service else [])
+        proc = subprocess.run(args, env=_env(self.lib, self.home), capture_output=True, text=True, check=True)
+        return proc.stdout.strip()
+
+    def call(self, method: str, path: str, body: dict | None = None, creator: str = "creator-001"):
+        return requests.request(method, f"{self.url}{path}", json=body, timeout=60,
+                                headers={"Authorization": f"Bearer {self.token(creator)}"})
+
+    def wait_final(self, operation_id: str, timeout: float = 240) -> dict:
+        deadline = time.monotonic() + timeout
+        token = self.token("backend", service=True)  # reads any creator's operation
+        while time.monotonic() < deadline:
+            answer = requests.get(f"{self.url}/bulk/status/{operation_id}", timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            document = answer.json()
+            if document["status"] in FINAL:
+                return document
+            time.sleep(0.5)
+        raise AssertionError(f"{operation_id} not final after {timeout}s\n{self.stderr()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    lib = Library(database_url=f"sqlite:///{root / 'bulkops.db'}", storage_url=str(root / "storage"),
+                  endpoint_url=None, data_dir=root / "data")
+    from videolib.db.migrate import upgrade
+
+    upgrade(lib.engine)
+    lib.seed(240, creators=2, transcript_ratio=1.0)
+    server = Served(lib, root / "prefect-home", free_port(), free_port())
+    yield server
+    server.stop()
+
+
+def test_serve_refuses_to_start_without_a_secret_or_on_a_used_port(tmp_path):
+    lib = Library(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", storage_url=str(tmp_path / "storage"),
+                  endpoint_url=None, data_dir=tmp_path / "data")
+    env = _env(lib, tmp_path / "home")
+    env.pop("BULKOPS_JWT_SECRET")
+    proc = subprocess.run([BULKOPS, "serve", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "BULKOPS_JWT_SECRET" in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args in (["--port", str(port)], ["--port", str(free_port()), "--prefect-port", str(port)]):
+            proc = subprocess.run([BULKOPS, "serve", *args], env=_env(lib, tmp_path / "home"), capture_output=True,
+                                  text=True, timeout=60)
+            assert proc.returncode == 2, proc.stderr
+            assert f"port {port}" in proc.stderr and "in use" in proc.stderr
+    assert not (lib.data_dir / "serve.json").exists()
+
+
+def test_operations_triggered_over_http_run_on_the_runner(served):
+    ids = served.lib.ids("creator-001")
+    # delete: two of the creator's videos, one malformed id, one of another creator's
+    foreign = served.lib.ids("creator-002")[0]
+    answer = served.call("POST", "/bulk/delete", {"video_ids": ids[:2] + ["junk", foreign]})
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert answer.headers["Location"] == body["status_url"].replace("localhost", "127.0.0.1")
+    assert body["status_url"].endswith(f"/bulk/status/{body['operation_id']}")
+    done = served.wait_final(body["operation_id"])
+    result = done["result"]
+    assert (done["status"], result["succeeded"], result["failed"]) == ("partial", 2, 2)
+    assert {e["error"] for e in result["errors"]} == {"invalid_id", "not_found"}
+    assert foreign in served.lib.ids("creator-002"), "another creator's video is untouched"
+    # export: CSV of the rest, with a download link
+    answer = served.call("POST", "/bulk/export", {"format": "csv", "columns": ["id", "title"]})
+    assert answer.status_code == 202, answer.text
+    exported = served.wait_final(answer.json()["operation_id"])
+    assert exported["status"] == "completed"
+    assert exported["result"]["output"]["rows"] == len(ids) - 2 and exported["result"]["output"]["url"]
+    # reprocess: the whole library of the second creator, by a service token
+    answer = requests.post(f"{served.url}/bulk/reprocess", json={"creator_id": "creator-002", "all": True},
+                           headers={"Authorization": f"Bearer {served.token('backend', service=True)}"}, timeout=60)
+    assert answer.status_code == 202, answer.text
+    reprocessed = served.wait_final(answer.json()["operation_id"])
+    assert reprocessed["status"] == "completed" and reprocessed["creator_id"] == "creator-002"
+    assert reprocessed["result"]["succeeded"] > 0
+    # its owner sees it; the other creator does not
+    assert served.call("GET", f"/bulk/status/{reprocessed['operation_id']}", creator="creator-002").status_code == 200
+    assert served.call("GET", f"/bulk/status/{reprocessed['operation_id']}").status_code == 404
+
+
+def test_the_cli_uses_the_served_prefect_server(served):
+    answer = served.call("POST", "/bulk/delete", {"video_ids": served.lib.ids("creator-001")[:1], "dry_run": True})
+    operation_id = answer.json()["operation_id"]
+    served.wait_final(operation_id)
+    env = _env(served.lib, served.home)
+    proc = subprocess.run([BULKOPS, "status", operation_id, "--json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["operation_id"] == operation_id
+    # and an operation the CLI runs itself shows up on the served server (its UI)
+    one = served.lib.ids("creator-001")[:1]
+    proc = subprocess.run([BULKOPS, "delete", "--creator", "creator-001", "--ids", one[0]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"127.0.0.1:{served.prefect_port}" in proc.stderr
+    assert not (served.home / "bulkops-temporary-server.log").exists(), "no temporary server was started"
+    # the heartbeat automation was created on the served server
+    found = requests.post(f"http://127.0.0.1:{served.prefect_port}/api/automations/filter", json={}, timeout=30)
+    assert "bulkops-crash-silent-runs" in {a["name"] for a in found.json()}
+
+
+def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
+    """Last in this module: it stops the served process tree."""
+    lib = served.lib
+    answer = served.call("POST", "/bulk/reprocess", {"all": True, "embedder": "minilm", "batch_size": 20})
+    assert answer.status_code == 202, answer.text
+    operation_id = answer.json()["operation_id"]
+    deadline = time.monotonic() + 240
+    while not held_by(lib, operation_id):
+        assert time.monotonic() < deadline, served.stderr()
+        time.sleep(0.2)
+    assert served.stop() == 0, served.stderr()
+    assert "cancelling 1 running operation" in served.stderr()
+    assert not (lib.data_dir / "serve.json").exists()
+    assert held_by(lib, operation_id) == 0, "every claim was given back"
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Video)
+                            .where(Video.processing_by == operation_id)).scalar_one() == 0
+    # Nothing of the tree is left: no Prefect server on its port, no runner, no run.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{served.prefect_port}/api/health", timeout=5)
+    leftovers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"PREFECT__FLOW_RUN_ID={operation_id}".encode() in (entry / "environ").read_bytes():
+                    leftovers.append(entry.name)
+            except OSError:
+                continue
+    assert leftovers == []
+    # The result document was written: read back with the CLI (a temporary server on the
+    # same Prefect database, now that serve is gone).
+    proc = subprocess.run([BULKOPS, "status", operation_id, "--json"], env=_env(lib, served.home),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["status"] == "cancelled", status
+    result = status["result"]
+    assert result["requested"] == result["succeeded"] + result["failed"] + result["skipped"] and result["skipped"] > 0
