@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.deps import BodyLimit
-from api.routes import bulk, health
+from api.routes import bulk, downloads, health
 
 
 def create_app() -> FastAPI:
@@ -20,5 +20,6 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(bulk.router)
+    app.include_router(downloads.router)
     app.add_middleware(BodyLimit, exempt=("/bulk/manifests",))
     return app

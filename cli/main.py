@@ -22,9 +22,10 @@ from cli.app import app, emit, err
 
 # In the order a user meets them (`bulkops --help`).
 for _command in (library.init, library.seed, operations.delete, operations.export, operations.reprocess,
-                 library.search, status.status, status.cancel, service.token, service.serve,
+                 library.search, status.status, status.list_operations, status.cancel, operations.retry,
+                 service.token, service.serve,
                  library.demo):
-    app.command()(_command)
+    app.command(name=_command.__name__.replace("list_operations", "list"))(_command)
 
 try:  # typer >= 0.20 carries its own copy of click, with its own exception classes
     from typer._click import exceptions as _tclick

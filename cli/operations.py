@@ -199,3 +199,18 @@ def reprocess(
         batch_size=batch_size, chunk_target=chunk_target, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
     )
     launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
+
+
+def retry(
+    operation_id: Annotated[str, typer.Argument(help="A finished delete or reprocess.")],
+    no_wait: NoWaitOpt = False,
+    verbose: VerboseOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take again exactly the retryable failed items of a finished delete or reprocess."""
+    from service.environment import hold_temporary_server
+
+    hold_temporary_server()
+    from service.control import retry_request
+
+    launch(retry_request(operation_id), no_wait=no_wait, verbose=verbose, json_out=json_out)

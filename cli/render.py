@@ -205,6 +205,25 @@ def print_status(document: dict[str, Any]) -> None:
         print_result(document["result"])
 
 
+def print_operations(page: dict[str, Any]) -> None:
+    """A page of operations (``bulkops list``), newest first."""
+    from rich.table import Table
+
+    if not page["items"]:
+        out.print("No operations.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("operation id", "operation", "creator", "status", "done", "failed"):
+        table.add_column(column, justify="right" if column in ("done", "failed") else "left")
+    for item in page["items"]:
+        result, progress = item.get("result") or {}, item["progress"]
+        table.add_row(item["operation_id"], item["operation"], str(item["creator_id"]), item["status"],
+                      f"{progress['current']}/{progress['total']}", str(result.get("failed", "")))
+    out.print(table)
+    if page.get("next_cursor"):
+        out.print(f"More: bulkops list --cursor {page['next_cursor']}", markup=False)
+
+
 def print_search(document: dict[str, Any], query: str) -> None:
     results = document["results"]
     out.print(f"[bold]{len(results)} best of {document['searched_chunks']} chunks[/bold] "

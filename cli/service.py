@@ -44,8 +44,7 @@ def serve(
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=64, help=(
         "Runs executed at once [default: BULKOPS_SERVE_LIMIT, 4]."))] = None,
 ) -> None:
-    """Serve the HTTP API, a runner for the bulkops deployments and (unless PREFECT_API_URL
-    is set) a Prefect server with its UI, until Ctrl-C or SIGTERM."""
+    """Serve the HTTP API, a runner for the deployments and (without PREFECT_API_URL) a Prefect server with its UI."""
     from api.serve import ServeOptions
     from api.serve import serve as run_serve
     from cli.app import err

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.app import JsonOpt, emit, err
-from cli.render import print_status
+from cli.render import print_operations, print_status
 
 
 def status(
@@ -42,8 +42,7 @@ def cancel(
     operation_id: Annotated[str, typer.Argument(help="The operation id (its flow run id).")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop a running operation: no new batch starts, the ones in flight finish or roll
-    back, and it ends cancelled with its result written (from any terminal)."""
+    """Stop a running operation softly, from any terminal (its result is still written)."""
     from service.environment import hold_temporary_server
 
     hold_temporary_server()
@@ -58,3 +57,29 @@ def cancel(
     else:
         err.print(f"{answer['operation_id']} had already ended ({answer['status']}): nothing to cancel.",
                   markup=False)
+
+
+def list_operations(
+    creator: Annotated[str | None, typer.Option("--creator", help="Only this creator's operations.")] = None,
+    status_filter: Annotated[str | None, typer.Option("--status", help=(
+        "pending, in_progress, completed, partial, failed or cancelled."))] = None,
+    operation: Annotated[str | None, typer.Option("--operation", help="delete, export or reprocess.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many (1-100).")] = 20,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="Go on from an earlier page's cursor.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List operations, newest first (from Prefect's flow runs)."""
+    from service.requests import check_creator_id
+
+    if creator is not None:
+        check_creator_id(creator)
+    from service.environment import hold_temporary_server
+
+    hold_temporary_server()
+    from service.listing import list_operations as listing
+
+    page = listing(creator_id=creator, status=status_filter, operation=operation, limit=limit, cursor=cursor)
+    if json_out:
+        emit(page)
+    else:
+        print_operations(page)

@@ -22,3 +22,12 @@ FLOWS: dict[str, Callable[[], Any]] = {
 }
 # Which operation each flow runs (its result document's `operation`).
 FLOW_OPERATIONS = {"bulk-delete": "delete", "bulk-export": "export", "bulk-reprocess": "reprocess"}
+
+# Every operation's run carries its creator as a tag, so that one creator's runs can be
+# listed from Prefect (``service.listing``); set when the run is created, and by the flow
+# itself for runs started elsewhere (the Prefect UI).
+CREATOR_TAG_PREFIX = "creator:"
+
+
+def creator_tag(creator_id: str) -> str:
+    return f"{CREATOR_TAG_PREFIX}{creator_id}"

@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import DRY_RUN_TAG, Operation, select_videos
+from flows.operation import DRY_RUN_TAG, Operation, select_retry, select_videos
 from tasks.resources import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
@@ -48,6 +48,7 @@ def bulk_delete(
     dry_run: bool = False,
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     invalid_ids_key: str | None = None,
+    retry_of: Annotated[str | None, Field(max_length=36)] = None,
 ):
     """Delete videos of one creator: rows, files, thumbnails and transcript chunks.
 
@@ -58,10 +59,14 @@ def bulk_delete(
         dry_run: Report what would be deleted (videos, objects, bytes) and change nothing.
         batch_size: Videos per batch (default BULKOPS_BATCH_SIZE, 1000); grows automatically so one run maps at most a few hundred batches.
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
+        retry_of: The id of an earlier bulk-delete of this creator: delete again exactly the items it reported with a retryable error (busy, storage_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
     """
 
     def prepare(result: OperationResult) -> list[str]:
         check_creator_id(creator_id)
+        if retry_of:
+            return select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-delete",
+                                listed=bool(video_ids or all_videos or invalid_ids_key))
         return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                              verb="delete", invalid_ids_key=invalid_ids_key)
 

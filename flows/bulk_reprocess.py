@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Operation, select_videos
+from flows.operation import Operation, select_retry, select_videos
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.chunking import chunking_config
@@ -46,6 +46,7 @@ def bulk_reprocess(
     chunk_overlap: Annotated[int, Field(ge=0, le=1000)] = 16,
     chunk_unit: Literal["words", "tokens"] = "words",
     invalid_ids_key: str | None = None,
+    retry_of: Annotated[str | None, Field(max_length=36)] = None,
 ):
     """Re-chunk transcripts and recompute embeddings for videos of one creator.
 
@@ -59,6 +60,7 @@ def bulk_reprocess(
         chunk_overlap: Words (or tokens) repeated from the end of the previous chunk; smaller than chunk_target.
         chunk_unit: Count chunk sizes in words or in tokens (letter/digit runs and punctuation marks).
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
+        retry_of: The id of an earlier bulk-reprocess of this creator: reprocess again exactly the items it reported with a retryable error (busy, reprocess_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
     """
     settings = get_settings()
     embedder_name = embedder or settings.embedder
@@ -71,7 +73,11 @@ def bulk_reprocess(
         # cannot load is refused before any video is claimed.
         check_embedder(embedder_name, make=embedder_for, load=True)
         task_kwargs["chunking"] = chunking.model_dump()
-        if all_videos and not video_ids and not invalid_ids_key:
+        if retry_of:
+            ids = select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-reprocess",
+                               listed=bool(video_ids or all_videos or invalid_ids_key),
+                               exclude_statuses=("deleting",))
+        elif all_videos and not video_ids and not invalid_ids_key:
             # Only what a reprocess can act on; the rest is counted, not failed.
             selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
                                              lease_s=settings.reprocess_lease_s, holders=HOLDERS)

@@ -41,6 +41,7 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config import get_settings
+from flows import creator_tag
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish
@@ -50,7 +51,7 @@ from tasks.ticks import forget, forget_remote, in_flight, remote_in_flight, watc
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids, plan_batches
-from videolib.report import render_error_report, report_key
+from videolib.report import read_retryable_ids, render_error_report, report_key
 from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
 from videolib.storage import StorageUnavailable
 
@@ -126,6 +127,34 @@ def listed_ids(result: OperationResult, *, creator_id: str, video_ids: Sequence[
     result.add_errors(malformed)
     result.requested = len(valid) + len(malformed)
     return valid
+
+
+def select_retry(result: OperationResult, *, creator_id: str, retry_of: str, flow_name: str,
+                 listed: bool, exclude_statuses: Sequence[str] = ()) -> list[str]:
+    """The ids a retry works on: those the earlier operation ``retry_of`` (the same flow,
+    the same creator) reported with a retryable error, read from its report in storage,
+    so a retry of a million failures works. The creator's own of them; the rest (deleted
+    since) ``not_found``. Sets ``result.requested`` and ``result.retry_of``."""
+    if listed:
+        raise RequestError("bad_selection", "a retry takes the items of `retry_of`: give no `video_ids` or "
+                                            "`all_videos` with it")
+    try:
+        with get_client(sync_client=True) as client:
+            earlier = client.read_flow_run(uuid.UUID(retry_of))
+            earlier_flow = client.read_flow(earlier.flow_id).name
+    except Exception:  # noqa: BLE001 - malformed, unknown, or Prefect cannot say: nothing to take again
+        earlier, earlier_flow = None, None
+    if earlier is None or earlier_flow != flow_name or (earlier.parameters or {}).get("creator_id") != creator_id:
+        raise RequestError("nothing_to_retry", f"`retry_of` {str(retry_of)[:40]!r} is not a {flow_name} operation "
+                                               f"of creator {creator_id!r}")
+    ids = read_retryable_ids(store(), retry_of)
+    if not ids:
+        raise RequestError("nothing_to_retry", f"operation {retry_of} has no retryable failed items")
+    result.retry_of = retry_of
+    result.requested = len(ids)
+    owned, missing = resolve_owned(engine(), creator_id, ids, exclude_statuses=exclude_statuses)
+    result.add_errors(missing)
+    return owned
 
 
 def current_operation_id() -> str:
@@ -211,7 +240,7 @@ class Operation:
         self.stop.prefetch(self.operation_id)
         if result.dry_run:
             result.plan = {"videos": 0, "objects": 0, "bytes": 0}
-            tag_dry_run(self.operation_id, self.logger)
+        tag_run(self.operation_id, self.logger, creator_id=result.creator_id, dry_run=result.dry_run)
         try:
             # Storage that cannot be used would fail every batch (or the export's file, or
             # the report) one by one: refuse the run at once instead, naming what is wrong.
@@ -380,17 +409,20 @@ class Operation:
         return final_state(document)
 
 
-def tag_dry_run(operation_id: str, logger) -> None:
-    """Give the run the ``dry-run`` tag, however it was started (the CLI, a deployment run
-    from the UI or the API): only the flow knows for sure that it is a dry run."""
+def tag_run(operation_id: str, logger, *, creator_id: str, dry_run: bool) -> None:
+    """Give the run its creator's tag (``creator:<id>``, how runs are listed per creator)
+    and, for a dry run, the ``dry-run`` tag, however it was started (the CLI and the API
+    set them when they create it; a run from the UI gets them here)."""
     tags = list(flow_run.tags or [])
-    if DRY_RUN_TAG in tags:
+    wanted = [creator_tag(creator_id)] + ([DRY_RUN_TAG] if dry_run else [])
+    missing = [tag for tag in wanted if tag not in tags]
+    if not missing:
         return
     try:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(uuid.UUID(operation_id), tags=[*tags, DRY_RUN_TAG])
-    except Exception as exc:  # a label, not the work: the dry run goes on without it
-        logger.warning("could not tag the run %s: %s", DRY_RUN_TAG, exc)
+            client.update_flow_run(uuid.UUID(operation_id), tags=[*tags, *missing])
+    except Exception as exc:  # a label, not the work: the run goes on without it
+        logger.warning("could not tag the run %s: %s", ", ".join(missing), exc)
 
 
 class _Monitor:

@@ -63,3 +63,38 @@ def mark_cancelled(operation_id: str, message: str) -> None:
             client.set_flow_run_state(uuid.UUID(operation_id), Cancelled(message=message), force=True)
     except Exception as exc:  # noqa: BLE001 - leaving anyway; the lease frees the claims later
         log.warning("could not mark %s cancelled: %s", operation_id, exc)
+
+
+RETRIED = {"delete": "DeleteRequest", "reprocess": "ReprocessRequest"}
+# What a retry keeps of the run it retries (the same model, the same chunking).
+KEPT_PARAMETERS = {"delete": ("batch_size",),
+                   "reprocess": ("embedder", "batch_size", "chunk_target", "chunk_overlap", "chunk_unit")}
+
+
+def retry_request(operation_id: str, document: dict[str, Any] | None = None):
+    """The request that takes again exactly the retryable failed items of a finished
+    delete or reprocess (its run reads them from the earlier report in storage, never
+    as a list of ids): ``nothing_to_retry`` for an export, a run not yet ended, or one
+    with no retryable failure. ``unknown_operation`` for an unknown id."""
+    import service.requests as requests
+    from prefect import get_client
+    from videolib.ids import RequestError
+    from videolib.report import RETRYABLE
+
+    document = document or status_of(operation_id)
+    operation = document["operation"]
+    if operation not in RETRIED:
+        raise RequestError("nothing_to_retry", f"an {operation} is not retried: run it again instead")
+    if document["status"] not in FINAL:
+        raise RequestError("nothing_to_retry", f"operation {operation_id} has not ended ({document['status']}): "
+                                               "retry it once it has")
+    result = document.get("result") or {}
+    codes = {error.get("error") for error in result.get("errors") or []}
+    if not result.get("report_path") or not (result.get("errors_truncated") or codes & RETRYABLE):
+        raise RequestError("nothing_to_retry", f"operation {operation_id} has no retryable failed items "
+                                               f"({', '.join(sorted(RETRYABLE))})")
+    with get_client(sync_client=True) as client:
+        parameters = client.read_flow_run(uuid.UUID(document["operation_id"])).parameters or {}
+    kept = {name: parameters[name] for name in KEPT_PARAMETERS[operation] if parameters.get(name) is not None}
+    kind = getattr(requests, RETRIED[operation])
+    return kind.build(creator_id=document["creator_id"], retry_of=document["operation_id"], **kept)

@@ -71,6 +71,13 @@ def served_flows() -> list[str]:
     return sorted(FLOWS)
 
 
+def run_tags(request: OperationRequest, parameters: dict[str, Any]) -> list[str]:
+    """The tags a run is created with: its creator's, and ``dry-run`` for a dry run."""
+    from flows import creator_tag
+
+    return [creator_tag(request.creator_id)] + (["dry-run"] if parameters.get("dry_run") else [])
+
+
 def submit(request: OperationRequest) -> dict[str, Any]:
     """Create the operation's run on the named Prefect server, for its deployment's worker
     (or ``serve()`` runner) to execute, and return at once: ``{"operation_id", "status":
@@ -90,8 +97,7 @@ def submit(request: OperationRequest) -> dict[str, Any]:
     parameters = prepare(request, store=store)
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters=parameters, timeout=0,
-                         tags=["dry-run"] if parameters.get("dry_run") else None)
+    run = run_deployment(deployment, parameters=parameters, timeout=0, tags=run_tags(request, parameters))
     return {"operation_id": str(run.id), "status": "pending"}
 
 
@@ -151,7 +157,7 @@ def run(request: OperationRequest, *, listener: Listener | None = None,
         if listener is not None:
             listener(event)
 
-    with listening(listen), tags(*(["dry-run"] if parameters.get("dry_run") else [])):
+    with listening(listen), tags(*run_tags(request, parameters)):
         state = flow(**parameters, return_state=True)
     if not final:  # the run ended before the operation started (Prefect refused its parameters)
         message = state.message or f"the flow run ended {state.name} without a result"

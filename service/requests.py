@@ -118,6 +118,11 @@ class OperationRequest(BaseModel):
         """The operation's own options (format, chunking, ...)."""
 
     def check_selection(self) -> None:
+        if getattr(self, "retry_of", None) is not None:
+            if self.video_ids is not None or self.all_videos:
+                raise RequestError("bad_selection", "a retry takes the items of the operation it retries: no ids "
+                                                    "or --all with it")
+            return
         check_selection(listed=self.video_ids is not None, all_videos=self.all_videos, filtered=self.filtered,
                         everything_by_default=self.selection_optional, verb=self.operation)
         if self.video_ids is not None:
@@ -141,7 +146,13 @@ class OperationRequest(BaseModel):
         return self.operation
 
     def flow_parameters(self) -> dict[str, Any]:
-        return self.model_dump()
+        return self._dump()
+
+    def _dump(self) -> dict[str, Any]:
+        data = self.model_dump()
+        if data.get("retry_of") is None:  # (a deployment made before `retry_of` existed takes the rest)
+            data.pop("retry_of", None)
+        return data
 
 
 class DeleteRequest(OperationRequest):
@@ -150,10 +161,11 @@ class DeleteRequest(OperationRequest):
 
     dry_run: bool = False
     batch_size: int | None = Field(None, ge=1, le=100_000)
+    retry_of: str | None = None  # an earlier delete whose retryable failures this one takes again
 
     @property
     def label(self) -> str:
-        return "delete (dry run)" if self.dry_run else "delete"
+        return "delete (dry run)" if self.dry_run else ("delete (retry)" if self.retry_of else "delete")
 
 
 class ExportRequest(OperationRequest):
@@ -216,6 +228,7 @@ class ReprocessRequest(OperationRequest):
     chunk_target: int = 80
     chunk_overlap: int = 16
     chunk_unit: str = "words"
+    retry_of: str | None = None  # an earlier reprocess whose retryable failures this one takes again
 
     def check_options(self) -> None:
         chunking_config(self.chunk_target, self.chunk_overlap, self.chunk_unit)
@@ -245,7 +258,7 @@ class ReprocessRequest(OperationRequest):
         return self.embedder or get_settings().embedder
 
     def flow_parameters(self) -> dict[str, Any]:
-        return {**self.model_dump(), "embedder": self.embedder_name}
+        return {**self._dump(), "embedder": self.embedder_name}
 
 
 class SearchRequest(BaseModel):

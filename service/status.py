@@ -25,7 +25,7 @@ from flows.result import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
 from videolib.ids import RequestError
 from videolib.operation import OperationResult, describe_not_selected
 
-__all__ = ["FINAL", "describe_not_selected", "read_status", "state_status", "status_of"]
+__all__ = ["FINAL", "build_status", "describe_not_selected", "read_status", "state_status", "status_of"]
 
 FINAL = {"completed", "partial", "failed", "cancelled"}
 
@@ -76,6 +76,11 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         response = client.request("POST", "/artifacts/filter", json={
             "artifacts": {"flow_run_id": {"any_": [str(run_id)]}}, "sort": "CREATED_DESC", "limit": 200, "offset": 0})
         artifacts = Artifact.model_validate_list(response.json())
+    return build_status(run, operation, artifacts)
+
+
+def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, Any]:
+    """The status document of a flow run of ``operation`` from its artifacts (newest first)."""
     state_type = run.state.type.value if run.state else "PENDING"
     status = state_status(state_type, run.state.name if run.state else None)
     result = _result(artifacts)
@@ -100,7 +105,7 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         eta = None
     percent = 100.0 if total == 0 and status in FINAL else (round(100.0 * current / total, 2) if total else 0.0)
     return {
-        "operation_id": str(run_id),
+        "operation_id": str(run.id),
         "operation": operation,
         "creator_id": (run.parameters or {}).get("creator_id"),
         "status": status,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jwt
 
 from config import get_settings
-from videolib.ids import RequestError, is_valid_creator_id
+from videolib.ids import RequestError, check_creator_id, is_valid_creator_id
 
 ALGORITHM = "HS256"
 SERVICE_ROLE = "service"
@@ -41,7 +41,7 @@ class Principal:
         if self.service:
             if named is None:
                 raise RequestError("creator_required", "a service token must name `creator_id`")
-            return named
+            return check_creator_id(named)
         if named is not None and named != self.subject:
             raise RequestError("forbidden", "this token acts for its own creator only; leave out `creator_id` "
                                             "or use a service token")

@@ -223,6 +223,7 @@ class OperationResult:
     not_selected: dict[str, int] | None = None
     manifest_path: str | None = None
     message: str | None = None
+    retry_of: str | None = None  # the operation whose retryable failures this one takes again
     cancelled: bool = False
     aborted: bool = False
     duration_s: float = 0.0
@@ -285,4 +286,5 @@ class OperationResult:
             "duration_s": round(self.duration_s, 3),
             "manifest_path": self.manifest_path,
             "message": self.message,
+            **({"retry_of": self.retry_of} if self.retry_of else {}),
         }

@@ -8,15 +8,18 @@ calls one ``service/`` function, and returns its document; auth is a dependency.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api.bodies import DeleteBody, ExportBody, ReprocessBody
 from api.deps import principal
 from api.errors import error_responses
+from api.watch import events, shared_status
 from service.launch import confirm_whole_library_delete
 from service.requests import DeleteRequest, ExportRequest, OperationRequest, ReprocessRequest
 from service.tokens import Principal
@@ -27,11 +30,26 @@ router = APIRouter(prefix="/bulk", tags=["operations"])
 TRIGGER_ERRORS = error_responses(401, 403, 413, 422, 429, 503)
 
 
-def _launch(kind: type[OperationRequest], body, who: Principal, request: Request,
-            response: Response) -> dict[str, Any]:
-    from service.launch import submit
+def _launch(kind: type[OperationRequest], body, who: Principal, request: Request, response: Response,
+            idempotency_key: str | None) -> dict[str, Any]:
+    from service.idempotency import fingerprint, idempotent
 
     creator_id = who.creator_for(body.creator_id)
+    if idempotency_key is None:
+        answer = _start(kind, body, creator_id, request)
+    else:
+        with idempotent(creator_id, idempotency_key,
+                        fingerprint(request.url.path, body.model_dump(mode="json"))) as memo:
+            if memo.answer is None:
+                memo.answer = _start(kind, body, creator_id, request)
+            answer = memo.answer
+    response.headers["Location"] = answer["status_url"]
+    return answer
+
+
+def _start(kind: type[OperationRequest], body, creator_id: str, request: Request) -> dict[str, Any]:
+    from service.launch import submit
+
     body.check_selection()
     try:
         operation = kind.build(creator_id=creator_id, **body.options())
@@ -40,45 +58,74 @@ def _launch(kind: type[OperationRequest], body, who: Principal, request: Request
         raise RequestError("usage", f"the request does not validate: {problems}") from None
     if isinstance(operation, DeleteRequest) and isinstance(body, DeleteBody):
         confirm_whole_library_delete(operation, body.confirm)
-    answer = submit(operation)
-    operation_id = answer["operation_id"]
+    operation_id = submit(operation)["operation_id"]
     status_url = str(request.url_for("operation_status", operation_id=operation_id))
-    response.headers["Location"] = status_url
     return {"operation_id": operation_id, "status_url": status_url,
-            "events_url": status_url.replace(f"/status/{operation_id}", f"/{operation_id}/events")}
+            "events_url": str(request.url_for("operation_events", operation_id=operation_id))}
+
+
+IdempotencyKey = Header(None, alias="Idempotency-Key", description=(
+    "the same key and body within 24 h answer the first request's operation (no second run)"))
 
 
 @router.post("/delete", status_code=202, responses=TRIGGER_ERRORS,
              summary="Delete videos: rows, files, thumbnails and chunks (tombstone first)")
 def trigger_delete(body: DeleteBody, request: Request, response: Response,
-                   who: Principal = Depends(principal)) -> dict[str, Any]:
-    return _launch(DeleteRequest, body, who, request, response)
+                   who: Principal = Depends(principal),
+                   idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
+    return _launch(DeleteRequest, body, who, request, response, idempotency_key)
 
 
 @router.post("/export", status_code=202, responses=TRIGGER_ERRORS,
              summary="Export video metadata to Parquet or CSV, with an expiring download link")
 def trigger_export(body: ExportBody, request: Request, response: Response,
-                   who: Principal = Depends(principal)) -> dict[str, Any]:
-    return _launch(ExportRequest, body, who, request, response)
+                   who: Principal = Depends(principal),
+                   idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
+    return _launch(ExportRequest, body, who, request, response, idempotency_key)
 
 
 @router.post("/reprocess", status_code=202, responses=TRIGGER_ERRORS,
              summary="Re-chunk transcripts and recompute embeddings")
 def trigger_reprocess(body: ReprocessBody, request: Request, response: Response,
-                      who: Principal = Depends(principal)) -> dict[str, Any]:
-    return _launch(ReprocessRequest, body, who, request, response)
+                      who: Principal = Depends(principal),
+                   idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
+    return _launch(ReprocessRequest, body, who, request, response, idempotency_key)
 
 
-def visible_status(operation_id: str, who: Principal) -> dict[str, Any]:
+@router.get("/operations", responses=error_responses(401, 403, 422, 503),
+            summary="The caller's operations, newest first (status documents), with a cursor to page on")
+def list_operations(who: Principal = Depends(principal),
+                    status: str | None = Query(None, description="pending, in_progress, completed, partial, "
+                                                                 "failed or cancelled"),
+                    operation: str | None = Query(None, description="delete, export or reprocess"),
+                    limit: str | None = Query(None, description="1-100 (default 20)"),
+                    cursor: str | None = Query(None, description="`next_cursor` of the page before"),
+                    creator_id: str | None = Query(None, description="whose (a service token must say)")
+                    ) -> dict[str, Any]:
+    from service.listing import list_operations as listing
+
+    creator = who.creator_for(creator_id)
+    if limit is None:
+        count: object = 20
+    else:
+        try:
+            count = int(limit)
+        except ValueError:
+            count = limit
+    return listing(creator_id=creator, status=status, operation=operation, limit=count, cursor=cursor)
+
+
+def visible_status(operation_id: str, who: Principal, *, fresh: bool = False) -> dict[str, Any]:
     """The operation's status document, if the caller may see it; else ``not_found``
-    (an unknown id and another creator's operation answer the same)."""
+    (an unknown id and another creator's operation answer the same). Read through the
+    shared cache (``api/watch.py``) unless ``fresh``."""
     from service.status import read_status
 
     try:
         uuid.UUID(operation_id)
     except ValueError:
         raise RequestError("not_found", f"{operation_id[:80]!r} is not an operation id (a UUID)") from None
-    document = read_status(operation_id)
+    document = read_status(operation_id) if fresh else shared_status(operation_id)
     if document is None or not who.may_see(document.get("creator_id")):
         raise RequestError("not_found", f"no operation {operation_id}")
     return document
@@ -96,11 +143,49 @@ def cancel_operation(operation_id: str, who: Principal = Depends(principal)) -> 
     from service.control import cancel
     from service.status import FINAL
 
-    document = visible_status(operation_id, who)
+    document = visible_status(operation_id, who, fresh=True)
     if document["status"] not in FINAL:
         answer = cancel(operation_id, by="the HTTP API")
         if answer["cancel_requested"]:
             return answer
-        document = visible_status(operation_id, who)
+        document = visible_status(operation_id, who, fresh=True)
     raise RequestError("already_finished", f"operation {operation_id} has already ended {document['status']}",
                    status=document["status"])
+
+
+@router.post("/{operation_id}/retry", status_code=202, responses=error_responses(401, 404, 409, 429, 503),
+             summary="Take again exactly the retryable failed items of a finished delete or reprocess")
+def retry_operation(operation_id: str, request: Request, response: Response,
+                    who: Principal = Depends(principal)) -> dict[str, Any]:
+    from service.control import retry_request
+    from service.launch import submit
+
+    document = visible_status(operation_id, who, fresh=True)
+    new_id = submit(retry_request(operation_id, document))["operation_id"]
+    answer = {"operation_id": new_id, "retry_of": operation_id,
+              "status_url": str(request.url_for("operation_status", operation_id=new_id)),
+              "events_url": str(request.url_for("operation_events", operation_id=new_id))}
+    response.headers["Location"] = answer["status_url"]
+    return answer
+
+
+@router.get("/{operation_id}/events", responses={**error_responses(401, 404, 503), 200: {
+    "description": "Server-Sent Events: `progress` and `state` while it runs, `result` when it ends (each "
+                   "`data:` is the status document; `id:` resumes with `Last-Event-ID`)",
+    "content": {"text/event-stream": {}}}},
+            summary="Follow an operation as it runs (Server-Sent Events)", response_class=StreamingResponse)
+def operation_events(operation_id: str, request: Request, who: Principal = Depends(principal),
+                     last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
+    visible_status(operation_id, who)  # 404 before the stream starts
+
+    async def stream():
+        yield "retry: 2000\n\n"
+        async for eid, name, document in events(operation_id, last_event_id=last_event_id,
+                                                  disconnected=request.is_disconnected):
+            if name is None:
+                yield ": keep-alive\n\n"
+                continue
+            yield f"id: {eid}\nevent: {name}\ndata: {json.dumps(document, separators=(',', ':'))}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

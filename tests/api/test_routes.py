@@ -146,3 +146,53 @@ def test_unreachable_dependencies_are_503_and_readyz_names_them(api, api_url_env
     get_settings.cache_clear()
     answer = api.post("/bulk/delete", json={"all": True}, headers=api.bearer())
     assert answer.status_code == 503 and answer.json()["error"] == "storage_unavailable"
+
+
+def test_the_operations_list_is_the_callers_newest_first_filtered_and_paged(api):
+    from service.launch import run
+    from service.requests import DeleteRequest, ExportRequest
+
+    api.lib.seed(20, creators=2)
+    mine = api.lib.ids("creator-001")
+    made = [
+        run(DeleteRequest.build(creator_id="creator-001", video_ids=mine[:1] + ["junk"]))["operation_id"],  # partial
+        run(ExportRequest.build(creator_id="creator-001", format="csv"))["operation_id"],
+        run(DeleteRequest.build(creator_id="creator-001", video_ids=mine[1:3], dry_run=True))["operation_id"],
+    ]
+    theirs = run(ExportRequest.build(creator_id="creator-002", format="parquet"))["operation_id"]
+
+    def listed(headers=None, **params):
+        answer = api.get("/bulk/operations", params=params, headers=headers or api.bearer())
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    page = listed()
+    assert [d["operation_id"] for d in page["items"]] == made[::-1] and page["next_cursor"] is None
+    assert all(d["creator_id"] == "creator-001" and d["result"] for d in page["items"])
+    assert [d["operation_id"] for d in listed(status="partial")["items"]] == [made[0]]
+    assert [d["operation_id"] for d in listed(status="completed")["items"]] == [made[2], made[1]]
+    assert [d["operation_id"] for d in listed(operation="export")["items"]] == [made[1]]
+    assert listed(status="cancelled")["items"] == []
+    # one at a time, by the cursor: each once, in order
+    seen, cursor = [], None
+    while True:
+        page = listed(limit=1, **({"cursor": cursor} if cursor else {}))
+        seen += [d["operation_id"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == made[::-1]
+    # the other creator sees only theirs; the service names whose
+    assert [d["operation_id"] for d in listed(api.bearer("creator-002"))["items"]] == [theirs]
+    service = api.bearer("backend", service=True)
+    assert [d["operation_id"] for d in listed(service, creator_id="creator-002")["items"]] == [theirs]
+    for params, code, status in (({}, "creator_required", 422), ({"creator_id": "bad/creator"}, "invalid_creator", 422)):
+        answer = api.get("/bulk/operations", params=params, headers=service)
+        assert (answer.status_code, answer.json()["error"]) == (status, code)
+    answer = api.get("/bulk/operations", params={"creator_id": "creator-002"}, headers=api.bearer())
+    assert answer.status_code == 403
+    for params, code in (({"limit": "0"}, "bad_limit"), ({"limit": "101"}, "bad_limit"), ({"limit": "ten"}, "bad_limit"),
+                         ({"status": "done"}, "bad_filter"), ({"operation": "purge"}, "bad_filter"),
+                         ({"cursor": "garbage"}, "bad_cursor"), ({"cursor": "eyJiIjogMX0"}, "bad_cursor")):
+        answer = api.get("/bulk/operations", params=params, headers=api.bearer())
+        assert (answer.status_code, answer.json()["error"]) == (422, code), (params, answer.text)

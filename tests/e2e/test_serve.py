@@ -180,6 +180,43 @@ def test_the_cli_uses_the_served_prefect_server(served):
     assert "bulkops-crash-silent-runs" in {a["name"] for a in found.json()}
 
 
+def test_repeated_posts_with_one_idempotency_key_start_one_run_and_events_follow_it(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = served.lib.ids("creator-001")[-2:]
+    headers = {"Authorization": f"Bearer {served.token()}", "Idempotency-Key": "nightly-2026-12-05"}
+    body = {"video_ids": ids, "dry_run": True}
+
+    def post(_):
+        return requests.post(f"{served.url}/bulk/delete", json=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(post, range(10)))
+    assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+    assert len({a.json()["operation_id"] for a in answers}) == 1
+    first = answers[0].json()
+    conflict = requests.post(f"{served.url}/bulk/delete", json={**body, "dry_run": False}, headers=headers,
+                             timeout=60)
+    assert conflict.status_code == 422 and conflict.json()["error"] == "idempotency_conflict"
+    # Follow it over Server-Sent Events until its result.
+    names, last = [], None
+    with requests.get(first["events_url"], headers={"Authorization": headers["Authorization"]}, stream=True,
+                      timeout=120) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                names.append(line[len("event: "):])
+            elif line.startswith("data: "):
+                last = json.loads(line[len("data: "):])
+    assert names and names[-1] == "result", names
+    assert last["operation_id"] == first["operation_id"] and last["result"]["dry_run"] is True
+    # One run was made for the ten requests.
+    listed = served.call("GET", "/bulk/operations?limit=100").json()["items"]
+    assert sum(1 for item in listed if item["operation_id"] == first["operation_id"]) == 1
+    assert sum(1 for item in listed if item["result"] and item["result"].get("dry_run")
+               and item["result"]["requested"] == 2) == 1
+
+
 def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
     """Last in this module: it stops the served process tree."""
     lib = served.lib

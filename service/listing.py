@@ -1,0 +1,139 @@
+"""A creator's operations, newest first, read from Prefect: the bulkops flows' runs that
+carry the creator's tag (``flows.creator_tag``), each as its status document.
+
+    page = list_operations(creator_id="creator-001", status="failed", limit=20)
+    page = list_operations(creator_id="creator-001", cursor=page["next_cursor"])
+
+Pages are cut by the runs' expected start time (keyset, not offsets), so runs created
+while someone pages through never repeat or shift an item. The cursor is opaque.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from flows import FLOW_OPERATIONS, creator_tag
+from service.status import build_status, state_status
+from videolib.ids import RequestError
+
+STATES = {  # status -> the Prefect state types it comes from (Crashed is failed)
+    "pending": ["SCHEDULED", "PENDING"],
+    "in_progress": ["RUNNING", "CANCELLING", "PAUSED"],
+    "completed": ["COMPLETED"],
+    "partial": ["COMPLETED"],
+    "failed": ["FAILED", "CRASHED"],
+    "cancelled": ["CANCELLED"],
+}
+OPERATIONS = sorted(set(FLOW_OPERATIONS.values()))
+MAX_LIMIT = 100
+_PAGE = 200  # Prefect's own most per filter call
+
+
+def check_listing(*, status: str | None, operation: str | None, limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise RequestError("bad_limit", f"`limit` must be a whole number from 1 to {MAX_LIMIT}; got {str(limit)[:40]!r}")
+    if status is not None and status not in STATES:
+        raise RequestError("bad_filter", f"`status` must be one of {', '.join(STATES)}; got {status[:40]!r}")
+    if operation is not None and operation not in OPERATIONS:
+        raise RequestError("bad_filter", f"`operation` must be one of {', '.join(OPERATIONS)}; "
+                                         f"got {operation[:40]!r}")
+    return limit
+
+
+def _encode(before: str, seen: list[str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"b": before, "s": seen}).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[str, set[str]]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        before, seen = data["b"], data["s"]
+        datetime.fromisoformat(before)
+        if not isinstance(seen, list) or not all(isinstance(i, str) for i in seen) or len(seen) > _PAGE:
+            raise ValueError
+        return before, set(seen)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise RequestError("bad_cursor", "`cursor` is not one this API gave: pass `next_cursor` as it came") from None
+
+
+def list_operations(*, creator_id: str | None, status: str | None = None, operation: str | None = None,
+                    limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    """``{"items": [status documents], "next_cursor": str | None}``, newest first."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import Artifact, FlowRun
+
+    limit = check_listing(status=status, operation=operation, limit=limit)
+    before, seen = _decode(cursor) if cursor else (None, set())
+    flows = [name for name, op in FLOW_OPERATIONS.items() if operation in (None, op)]
+    runs_filter: dict[str, Any] = {}
+    if creator_id is not None:
+        runs_filter["tags"] = {"all_": [creator_tag(creator_id)]}
+    if status is not None:
+        runs_filter["state"] = {"type": {"any_": STATES[status]}}
+    items: list[dict[str, Any]] = []
+    with get_client(sync_client=True) as client:
+        names = {flow["id"]: flow["name"] for flow in client.request(
+            "POST", "/flows/filter", json={"flows": {"name": {"any_": flows}}, "limit": _PAGE}).json()}
+        while len(items) <= limit:  # one more than asked: whether there is a next page
+            window = dict(runs_filter)
+            if before is not None:
+                window["expected_start_time"] = {"before_": before}  # inclusive: `seen` drops the ties
+            # Completed and partial share a state type (the name tells them apart): read
+            # wider windows for those; otherwise exactly what the page still needs.
+            # (plus the ties at the window's edge that were listed already, which come back)
+            size = _PAGE if status in ("completed", "partial") else min(_PAGE, limit + 1 - len(items) + len(seen))
+            batch = FlowRun.model_validate_list(client.request("POST", "/flow_runs/filter", json={
+                "flows": {"name": {"any_": flows}}, "flow_runs": window, "sort": "EXPECTED_START_TIME_DESC",
+                "limit": size}).json())
+            fresh = [run for run in batch if str(run.id) not in seen]
+            kept = [run for run in fresh if status is None or _state_status(run) == status]
+            items.extend(_documents(client, Artifact, kept[: limit + 1 - len(items)], names))
+            if len(batch) < size or not fresh:
+                break
+            last = _when(fresh[-1])
+            seen = ({i for i in seen if before == last} | {str(run.id) for run in fresh if _when(run) == last})
+            before = last
+    page = items[:limit]
+    next_cursor = None
+    if len(items) > limit:
+        when = page[-1]["_expected"]
+        next_cursor = _encode(when, [d["operation_id"] for d in page if d["_expected"] == when])
+    for document in page:
+        document.pop("_expected", None)
+    return {"items": page, "next_cursor": next_cursor}
+
+
+def _when(run) -> str:
+    return (run.expected_start_time or run.created).isoformat()
+
+
+def _state_status(run) -> str:
+    return state_status(run.state.type.value, run.state.name) if run.state else "pending"
+
+
+def _documents(client, artifact_type, runs, names) -> list[dict[str, Any]]:
+    """The runs' status documents, in their order, with all their artifacts read in a
+    few calls (not one per run)."""
+    if not runs:
+        return []
+    ids = [str(run.id) for run in runs]
+    artifacts: dict[str, list] = {i: [] for i in ids}
+    offset = 0
+    while True:
+        chunk = artifact_type.model_validate_list(client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": ids}}, "sort": "CREATED_DESC", "limit": _PAGE,
+            "offset": offset}).json())
+        for artifact in chunk:
+            artifacts[str(artifact.flow_run_id)].append(artifact)
+        if len(chunk) < _PAGE:
+            break
+        offset += _PAGE
+    documents = []
+    for run in runs:
+        document = build_status(run, FLOW_OPERATIONS[names[str(run.flow_id)]], artifacts[str(run.id)])
+        document["_expected"] = _when(run)
+        documents.append(document)
+    return documents
