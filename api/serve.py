@@ -220,6 +220,10 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
     limit = options.limit or settings.serve_limit
     if not 1 <= limit <= 64:
         raise RequestError("usage", "--limit must be between 1 and 64")
+    if bool(settings.webhook_url) != bool(settings.webhook_secret and settings.webhook_secret.get_secret_value()):
+        missing = "BULKOPS_WEBHOOK_SECRET" if settings.webhook_url else "BULKOPS_WEBHOOK_URL"
+        raise RequestError("bad_settings", f"webhooks need both BULKOPS_WEBHOOK_URL and BULKOPS_WEBHOOK_SECRET: "
+                                           f"set {missing}, or unset the other")
     own_prefect = not os.environ.get("PREFECT_API_URL")
     check_port_free(options.host, options.port, "the API", "--port")
     if own_prefect:
@@ -239,6 +243,7 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
     logs = Path(settings.data_dir)
     logs.mkdir(parents=True, exist_ok=True)
     children: dict[str, subprocess.Popen] = {}
+    deliveries = None
     state_file = serve_file()
     try:
         env = dict(os.environ)
@@ -258,6 +263,11 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
         children["runner"] = start_runner(limit, env, logs)
         if stopping:
             return 0
+        if settings.webhook_url:
+            from service.webhooks import DeliveryLoop
+
+            deliveries = DeliveryLoop()
+            deliveries.start()
         api_url = f"http://{options.host}:{options.port}"
         served = Served(api_url=api_url, prefect_api_url=prefect_api, ui_url=ui_url(), children=children)
         state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +279,8 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
         drain_runs(children["runner"], settings.shutdown_grace, say)
         return 0
     finally:
+        if deliveries is not None:
+            deliveries.stop()
         try:
             if state_file.exists() and json.loads(state_file.read_text()).get("pid") == os.getpid():
                 state_file.unlink()

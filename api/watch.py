@@ -48,7 +48,9 @@ def shared_status(operation_id: str) -> dict[str, Any] | None:
                 return hit[1]
         document = read_status(operation_id)
         with _lock:
-            if document is not None and document["status"] in FINAL and document.get("result") is not None:
+            settled = document is not None and document["status"] in FINAL and document.get("result") is not None
+            # (a webhook still being retried changes the document: not settled yet)
+            if settled and (document.get("webhook") or {"delivered": True})["delivered"]:
                 _final[operation_id] = document
                 _fresh.pop(operation_id, None)
                 while len(_final) > _FINAL_KEPT:

@@ -98,7 +98,11 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 secret of the API's bearer tokens (`sub` = creator id); `serve` needs it"
     )
-    webhook_url: str | None = None
+    webhook_url: str | None = Field(None, description="where finished operations are POSTed (Standard Webhooks)")
+    webhook_secret: SecretStr | None = Field(None, description="`whsec_…` secret signing those POSTs")
+    webhook_retry_window: Duration = Field(
+        24 * 3600.0, description="how long failed webhook deliveries are retried (with backoff)"
+    )
 
     # The HTTP API and `bulkops serve`
     max_body_bytes: Size = Field(1024**2, ge=1, description="larger API request bodies get 413")
@@ -130,6 +134,20 @@ class Settings(BaseSettings):
         if value not in {"hashing", "minilm"}:
             raise ValueError("`BULKOPS_EMBEDDER` must be 'hashing' or 'minilm'")
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_form(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("`BULKOPS_WEBHOOK_SECRET` must be a Standard Webhooks secret: whsec_ and base64")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_form(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("`BULKOPS_WEBHOOK_URL` must be an http:// or https:// URL")
+        return value or None
 
     @property
     def is_sqlite(self) -> bool:

@@ -44,7 +44,8 @@ from config import get_settings
 from flows import creator_tag
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from flows.progress import Progress, ProgressEvent, notify
-from flows.result import final_state, publish
+from flows.result import final_state, publish, stored_document
+from tasks import webhook
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
 from tasks.ticks import forget, forget_remote, in_flight, remote_in_flight, watch
@@ -393,6 +394,7 @@ class Operation:
                 self.logger.exception("could not write the error report %s", key)
         document = result.to_dict()
         publish(document)
+        webhook.send(stored_document(document))  # one attempt, bounded; `serve` retries
         try:
             self.stop.clear(result.operation_id)
         except Exception:

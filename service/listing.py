@@ -63,7 +63,7 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
                     limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
     """``{"items": [status documents], "next_cursor": str | None}``, newest first."""
     from prefect import get_client
-    from prefect.client.schemas.objects import Artifact, FlowRun
+    from prefect.client.schemas.objects import FlowRun
 
     limit = check_listing(status=status, operation=operation, limit=limit)
     before, seen = _decode(cursor) if cursor else (None, set())
@@ -90,7 +90,7 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
                 "limit": size}).json())
             fresh = [run for run in batch if str(run.id) not in seen]
             kept = [run for run in fresh if status is None or _state_status(run) == status]
-            items.extend(_documents(client, Artifact, kept[: limit + 1 - len(items)], names))
+            items.extend(_documents(client, kept[: limit + 1 - len(items)], names))
             if len(batch) < size or not fresh:
                 break
             last = _when(fresh[-1])
@@ -114,26 +114,33 @@ def _state_status(run) -> str:
     return state_status(run.state.type.value, run.state.name) if run.state else "pending"
 
 
-def _documents(client, artifact_type, runs, names) -> list[dict[str, Any]]:
+def _documents(client, runs, names) -> list[dict[str, Any]]:
     """The runs' status documents, in their order, with all their artifacts read in a
     few calls (not one per run)."""
     if not runs:
         return []
-    ids = [str(run.id) for run in runs]
-    artifacts: dict[str, list] = {i: [] for i in ids}
-    offset = 0
-    while True:
-        chunk = artifact_type.model_validate_list(client.request("POST", "/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": ids}}, "sort": "CREATED_DESC", "limit": _PAGE,
-            "offset": offset}).json())
-        for artifact in chunk:
-            artifacts[str(artifact.flow_run_id)].append(artifact)
-        if len(chunk) < _PAGE:
-            break
-        offset += _PAGE
+    artifacts = artifacts_of(client, [str(run.id) for run in runs])
     documents = []
     for run in runs:
         document = build_status(run, FLOW_OPERATIONS[names[str(run.flow_id)]], artifacts[str(run.id)])
         document["_expected"] = _when(run)
         documents.append(document)
     return documents
+
+
+def artifacts_of(client, run_ids: list[str]) -> dict[str, list]:
+    """Every artifact of these runs, newest first per run, in as few calls as Prefect allows."""
+    from prefect.client.schemas.objects import Artifact
+
+    artifacts: dict[str, list] = {i: [] for i in run_ids}
+    offset = 0
+    while run_ids:
+        chunk = Artifact.model_validate_list(client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"flow_run_id": {"any_": run_ids}}, "sort": "CREATED_DESC", "limit": _PAGE,
+            "offset": offset}).json())
+        for artifact in chunk:
+            artifacts[str(artifact.flow_run_id)].append(artifact)
+        if len(chunk) < _PAGE:
+            break
+        offset += _PAGE
+    return artifacts

@@ -22,6 +22,7 @@ from prefect.exceptions import ObjectNotFound
 from flows import FLOW_OPERATIONS
 from flows.progress import PROGRESS_KEY
 from flows.result import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
+from tasks import webhook
 from videolib.ids import RequestError
 from videolib.operation import OperationResult, describe_not_selected
 
@@ -104,7 +105,7 @@ def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, An
     if status in FINAL:
         eta = None
     percent = 100.0 if total == 0 and status in FINAL else (round(100.0 * current / total, 2) if total else 0.0)
-    return {
+    document = {
         "operation_id": str(run.id),
         "operation": operation,
         "creator_id": (run.parameters or {}).get("creator_id"),
@@ -113,6 +114,19 @@ def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, An
         "eta_seconds": eta,
         "result": result if status in FINAL else None,
     }
+    if webhook.configured():
+        state = webhook_state(artifacts) or {}
+        document["webhook"] = {"attempts": int(state.get("attempts", 0)), "last_status": state.get("last_status"),
+                               "delivered": bool(state.get("delivered", False))}
+    return document
+
+
+def webhook_state(artifacts: list[Artifact]) -> dict[str, Any] | None:
+    """How the run's webhook delivery went (``tasks/webhook.py``), if it was tried."""
+    for artifact in artifacts:
+        if artifact.type == webhook.WEBHOOK_ARTIFACT_TYPE and isinstance(artifact.data, dict):
+            return artifact.data
+    return None
 
 
 def _result(artifacts: list[Artifact]) -> dict[str, Any] | None:

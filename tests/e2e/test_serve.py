@@ -29,6 +29,9 @@ SECRET = "e2e-secret-for-bulkops-serve-0123456789abcdef"
 FINAL = {"completed", "partial", "failed", "cancelled"}
 
 
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
 def _env(lib: Library, home: Path, **extra) -> dict[str, str]:
     env = dict(os.environ, **lib.env(), PREFECT_HOME=str(home), BULKOPS_JWT_SECRET=SECRET,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
@@ -37,14 +40,14 @@ def _env(lib: Library, home: Path, **extra) -> dict[str, str]:
 
 
 class Served:
-    def __init__(self, lib: Library, home: Path, port: int, prefect_port: int):
+    def __init__(self, lib: Library, home: Path, port: int, prefect_port: int, webhook_url: str):
         self.lib, self.home, self.port, self.prefect_port = lib, home, port, prefect_port
         self.url = f"http://127.0.0.1:{port}"
         self.log = lib.data_dir / "serve-stderr.txt"
         lib.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [BULKOPS, "serve", "--port", str(port), "--prefect-port", str(prefect_port), "--limit", "2"],
-            env=_env(lib, home), stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
+            env=_env(lib, home, BULKOPS_WEBHOOK_URL=webhook_url, BULKOPS_WEBHOOK_SECRET=WEBHOOK_SECRET), stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
             start_new_session=True)
         deadline = time.monotonic() + 240
         while True:
@@ -102,9 +105,14 @@ def served(tmp_path_factory):
 
     upgrade(lib.engine)
     lib.seed(240, creators=2, transcript_ratio=1.0)
-    server = Served(lib, root / "prefect-home", free_port(), free_port())
+    from tests.api.test_webhooks import Receiver
+
+    receiver = Receiver(fail_first=2)  # the first operation's webhook fails twice
+    server = Served(lib, root / "prefect-home", free_port(), free_port(), receiver.url)
+    server.receiver = receiver
     yield server
     server.stop()
+    receiver.close()
 
 
 def test_serve_refuses_to_start_without_a_secret_or_on_a_used_port(tmp_path):
@@ -215,6 +223,70 @@ def test_repeated_posts_with_one_idempotency_key_start_one_run_and_events_follow
     assert sum(1 for item in listed if item["operation_id"] == first["operation_id"]) == 1
     assert sum(1 for item in listed if item["result"] and item["result"].get("dry_run")
                and item["result"]["requested"] == 2) == 1
+
+
+def test_retry_over_http_and_from_the_cli_takes_the_retryable_failures_again(served):
+    lib = served.lib
+    with lib.engine.connect() as conn:
+        busy = conn.execute(select(Video.id).where(Video.creator_id == "creator-001", Video.status == "processing",
+                                                   Video.processing_by.is_(None))).scalars().all()
+        free = conn.execute(select(Video.id).where(Video.creator_id == "creator-001",
+                                                   Video.status == "ready")).scalars().all()
+    assert busy, "the seed leaves some videos held by another pipeline"
+    answer = served.call("POST", "/bulk/reprocess", {"video_ids": busy + free[:3]})
+    first = served.wait_final(answer.json()["operation_id"])
+    assert first["status"] == "partial" and "busy" in {e["error"] for e in first["result"]["errors"]}
+    retried = served.call("POST", f"/bulk/{first['operation_id']}/retry")
+    assert retried.status_code == 202, retried.text
+    second = served.wait_final(retried.json()["operation_id"])
+    assert second["result"]["retry_of"] == first["operation_id"]
+    assert second["result"]["requested"] == len(busy)  # exactly the busy ones, not the three that succeeded
+    # From the CLI (on serve's Prefect server), the same: still busy, so busy again.
+    proc = subprocess.run([BULKOPS, "retry", second["operation_id"], "--json"], env=_env(lib, served.home),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    third = json.loads(proc.stdout)
+    assert third["retry_of"] == second["operation_id"] and third["requested"] == len(busy)
+    # Nothing to retry: a completed export over HTTP, and an unknown id from the CLI.
+    export = served.call("POST", "/bulk/export", {"format": "parquet", "video_ids": free[:2]})
+    done = served.wait_final(export.json()["operation_id"])
+    refused = served.call("POST", f"/bulk/{done['operation_id']}/retry")
+    assert refused.status_code == 409 and refused.json()["error"] == "nothing_to_retry"
+    proc = subprocess.run([BULKOPS, "retry", "0b0b0b0b-0000-4000-8000-000000000000", "--json"],
+                          env=_env(lib, served.home), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"] == "unknown_operation"
+    # Another creator's operation is not even there for them.
+    assert served.call("POST", f"/bulk/{first['operation_id']}/retry", creator="creator-002").status_code == 404
+
+
+def test_every_finished_operation_is_posted_signed_and_a_failing_receiver_gets_it_later(served):
+    """The first operation's webhook met a receiver that failed twice: serve's delivery
+    loop sent it again (same webhook-id) until it took it; every other operation's came
+    at once. Each verifies with the standardwebhooks package."""
+    from standardwebhooks.webhooks import Webhook
+
+    receiver = served.receiver
+    listed = served.call("GET", "/bulk/operations?limit=100").json()["items"]
+    listed += requests.get(f"{served.url}/bulk/operations?limit=100&creator_id=creator-002", timeout=60,
+                           headers={"Authorization": f"Bearer {served.token('backend', service=True)}"}).json()["items"]
+    finished = {item["operation_id"] for item in listed if item["status"] in FINAL}
+    deadline = time.monotonic() + 120
+    while True:
+        delivered = {body["operation_id"] for (_h, body), code in zip(receiver.received, range(len(receiver.received)))
+                     if code >= receiver.fail_first}
+        if finished <= delivered or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert finished <= delivered, (finished - delivered, served.stderr())
+    hook = Webhook(WEBHOOK_SECRET)
+    for (headers, _body), raw in zip(receiver.received, receiver.raw):
+        payload = hook.verify(raw, {k.lower(): v for k, v in headers.items()})
+        assert headers["webhook-id"] == f"msg_{payload['operation_id']}"
+    first = receiver.received[0][1]["operation_id"]
+    assert [body["operation_id"] for _h, body in receiver.received].count(first) == 3
+    status = served.call("GET", f"/bulk/status/{first}").json()
+    assert status["webhook"] == {"attempts": 3, "last_status": 200, "delivered": True}
+    assert status["status"] in FINAL
 
 
 def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
