@@ -289,6 +289,34 @@ def test_every_finished_operation_is_posted_signed_and_a_failing_receiver_gets_i
     assert status["status"] in FINAL
 
 
+def test_no_request_the_schema_allows_gets_a_server_error(served):
+    """Property-based (schemathesis strategies from /openapi.json, run by Hypothesis)
+    with a valid token of a creator who has no videos: whatever the bodies, ids,
+    cursors and headers, no route answers 5xx. (Driven here rather than through
+    schemathesis' pytest plugin, whose fixture loader does not run under pytest 9.)"""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    headers = {"Authorization": f"Bearer {served.token('creator-fuzz')}"}
+    checked, codes = [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def no_server_error(case):
+            response = case.call(headers=headers, timeout=60)
+            codes.append(response.status_code)
+            assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.status_code,
+                                                response.text[:500])
+
+        no_server_error()
+        checked.append(f"{operation.method.upper()} {operation.path}")
+    assert len(checked) >= 10, checked
+    assert len(codes) >= 5 * len(checked) and any(code < 300 for code in codes), sorted(set(codes))
+
+
 def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
     """Last in this module: it stops the served process tree."""
     lib = served.lib
@@ -300,7 +328,7 @@ def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
         assert time.monotonic() < deadline, served.stderr()
         time.sleep(0.2)
     assert served.stop() == 0, served.stderr()
-    assert "cancelling 1 running operation" in served.stderr()
+    assert "cancelling" in served.stderr() and operation_id in served.stderr()
     assert not (lib.data_dir / "serve.json").exists()
     assert held_by(lib, operation_id) == 0, "every claim was given back"
     with lib.engine.connect() as conn:
