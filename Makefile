@@ -24,9 +24,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The quick loop: the domain and flow tests on SQLite, local files and Prefect's test
-# harness; no PostgreSQL, S3, CLI processes or `prefect server` (`make test` runs all).
+# harness, and the API in-process; no PostgreSQL, S3, CLI processes or `prefect server`
+# (`make test` runs all).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/domain tests/flows -m "not postgres and not s3 and not slow"
+	$(BIN)/python -m pytest -q tests/domain tests/flows tests/api -m "not postgres and not s3 and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/delete.py
