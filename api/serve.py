@@ -49,6 +49,7 @@ class ServeOptions:
     port: int = 8000
     prefect_port: int = 4200
     limit: int | None = None
+    runner: bool = True  # False: workers of the deployments' work pool execute the runs
 
 
 @dataclass
@@ -259,8 +260,11 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
         from service.environment import ui_url
 
         ensure_automations()
-        say(f"starting the runner (at most {limit} runs at once) ...")
-        children["runner"] = start_runner(limit, env, logs)
+        if options.runner:
+            say(f"starting the runner (at most {limit} runs at once) ...")
+            children["runner"] = start_runner(limit, env, logs)
+        else:
+            _check_workers(say)
         if stopping:
             return 0
         if settings.webhook_url:
@@ -276,7 +280,8 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
             "started_at": datetime.now(UTC).isoformat()}))
         _run_api(options, served, say, stopping)
         say("stopping: no new requests; waiting for the running operations ...")
-        drain_runs(children["runner"], settings.shutdown_grace, say)
+        if "runner" in children:
+            drain_runs(children["runner"], settings.shutdown_grace, say)
         return 0
     finally:
         if deliveries is not None:
@@ -290,6 +295,18 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
         stop_process(children.get("prefect"))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _check_workers(say: Callable[[str], None]) -> None:
+    """Without a runner of its own, the deployments' workers execute the runs: say so
+    now if nothing would (the API still answers; triggers are 503 ``no_runner`` meanwhile)."""
+    from service.launch import ready_deployment, served_flows
+
+    for name in served_flows():
+        try:
+            ready_deployment(name)
+        except RequestError as exc:
+            say(f"warning: {exc.message}")
 
 
 def _run_api(options: ServeOptions, served: Served, say: Callable[[str], None], stopping: list[int]) -> None:

@@ -43,12 +43,14 @@ def serve(
         "The Prefect server's port (and UI), when PREFECT_API_URL is unset."))] = 4200,
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=64, help=(
         "Runs executed at once [default: BULKOPS_SERVE_LIMIT, 4]."))] = None,
+    runner: Annotated[bool, typer.Option("--runner/--no-runner", help=(
+        "Execute the runs here; --no-runner when workers of the bulkops pool do (PREFECT_API_URL)."))] = True,
 ) -> None:
     """Serve the HTTP API, a runner for the deployments and (without PREFECT_API_URL) a Prefect server with its UI."""
     from api.serve import ServeOptions
     from api.serve import serve as run_serve
     from cli.app import err
 
-    code = run_serve(ServeOptions(host=host, port=port, prefect_port=prefect_port, limit=limit),
+    code = run_serve(ServeOptions(host=host, port=port, prefect_port=prefect_port, limit=limit, runner=runner),
                      say=lambda text: err.print(text, markup=False))
     raise typer.Exit(code)

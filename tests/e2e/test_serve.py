@@ -356,3 +356,45 @@ def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
     assert status["status"] == "cancelled", status
     result = status["result"]
     assert result["requested"] == result["succeeded"] + result["failed"] + result["skipped"] and result["skipped"] > 0
+
+
+def test_serve_without_a_runner_hands_the_runs_to_the_pools_workers(sqlite_library, prefect_server, tmp_path):
+    """A separate Prefect server with a work pool, the deployments and a worker (the
+    README's steps), and `bulkops serve --no-runner` on it: an operation triggered over
+    HTTP is executed by the worker."""
+    from tests.e2e.test_cancel_worker import BIN, Operators
+
+    sqlite_library.seed(20, creators=1, files=False)
+    ops = Operators(sqlite_library, prefect_server, tmp_path)
+    ops.prefect("work-pool", "create", "bulkops", "--type", "process", "--overwrite")
+    ops.prefect("deploy", "--all")
+    ops.start(str(BIN / "prefect"), "worker", "start", "--pool", "bulkops", "--limit", "1", name="worker")
+    port = free_port()
+    env = {**ops.env, "BULKOPS_JWT_SECRET": SECRET}
+    log = tmp_path / "serve.txt"
+    serve = subprocess.Popen([BULKOPS, "serve", "--port", str(port), "--no-runner"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert serve.poll() is None, log.read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        token = subprocess.run([BULKOPS, "token", "--creator", "creator-001"], env=env, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        ids = sqlite_library.ids("creator-001")[:3]
+        answer = requests.post(f"http://127.0.0.1:{port}/bulk/delete", json={"video_ids": ids}, timeout=60,
+                               headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 202, answer.text
+        state = ops.wait_final(answer.json()["operation_id"], timeout=180)
+        assert state["type"] == "COMPLETED", state
+        assert not set(ids) & set(sqlite_library.ids("creator-001"))
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+        ops.stop()
