@@ -329,10 +329,10 @@ def results_table(title: str, columns: list[str], rows: list[list[str]], *, left
 
 
 def library_fingerprint() -> str:
-    """A hash of the library's Python sources (config, videolib, tasks, flows): which
+    """A hash of the library's Python sources (config, videolib, tasks, flows, service, api): which
     version of the library these numbers belong to."""
     digest = hashlib.sha256()
-    for package in ("config", "videolib", "tasks", "flows"):
+    for package in ("config", "videolib", "tasks", "flows", "service", "api"):
         for path in sorted((REPO / package).rglob("*.py")):
             digest.update(str(path.relative_to(REPO)).encode())
             digest.update(path.read_bytes())

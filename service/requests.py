@@ -27,11 +27,18 @@ from sqlalchemy import Engine
 from config import get_settings
 from videolib.chunking import chunking_config
 from videolib.embedders import check_embedder
-from videolib.export import ExportFilter, check_format, count_selected, parse_timestamp, resolve_columns
+# videolib.export (pyarrow) loads when an export is asked for: a delete or a reprocess
+# from the command line does not pay for it (``_export``).
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import describe_not_selected, parse_video_ids
 from videolib.reprocess import any_reprocessable, select_reprocessable
 from videolib.search import check_query
+
+
+def _export():
+    import videolib.export as export
+
+    return export
 from videolib.selection import check_selection, count_creator_videos
 
 __all__ = ["CommandLineIds", "DeleteRequest", "ExportRequest", "OperationRequest", "ReprocessRequest",
@@ -185,37 +192,39 @@ class ExportRequest(OperationRequest):
     def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
         """Also from a command line's text: ``columns`` comma-separated, times ISO 8601."""
         check_creator_id(creator_id)
-        check_format(options.get("format"))
+        _export().check_format(options.get("format"))
         columns = options.get("columns")
         if isinstance(columns, str):
             options["columns"] = [c for c in columns.split(",") if c.strip()] or None
         for name in ("created_after", "created_before"):
             if isinstance(options.get(name), str):
-                options[name] = parse_timestamp(options[name], name=name.replace("_", "-"))
+                options[name] = _export().parse_timestamp(options[name], name=name.replace("_", "-"))
         return super().build(creator_id=creator_id, selection=selection, **options)
 
     def check_options(self) -> None:
-        check_format(self.format)
-        resolve_columns(self.columns)
+        _export().check_format(self.format)
+        _export().resolve_columns(self.columns)
         self.export_filter()
 
     @property
     def filtered(self) -> bool:
-        return self.export_filter() != ExportFilter()
+        return self.export_filter() != _export().ExportFilter()
 
     def check_library(self, engine: Engine) -> None:
         if self.video_ids is None:
             with engine.connect() as conn:
-                if count_selected(conn, self.creator_id, self.export_filter()) == 0:
+                if _export().count_selected(conn, self.creator_id, self.export_filter()) == 0:
                     raise RequestError("empty_selection",
                                        f"no videos of creator {self.creator_id!r} match: nothing to export")
 
-    def export_filter(self) -> ExportFilter:
-        return ExportFilter(status=self.status, created_after=self.created_after, created_before=self.created_before)
+    def export_filter(self):
+        return _export().ExportFilter(status=self.status, created_after=self.created_after,
+                                      created_before=self.created_before)
 
     def flow_parameters(self) -> dict[str, Any]:
         flt = self.export_filter()
-        return {**self.model_dump(), "columns": resolve_columns(self.columns), "created_after": flt.created_after,
+        return {**self.model_dump(), "columns": _export().resolve_columns(self.columns),
+                "created_after": flt.created_after,
                 "created_before": flt.created_before}
 
 
