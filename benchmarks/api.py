@@ -98,6 +98,8 @@ def measure_trigger(session, url: str, ids: list[str], calls: int) -> dict:
     from service.launch import submit
     from service.requests import DeleteRequest
 
+    from service.control import cancel
+
     http, local = [], []
     for i in range(calls):
         one = [ids[i % len(ids)]]
@@ -107,9 +109,11 @@ def measure_trigger(session, url: str, ids: list[str], calls: int) -> dict:
                 answer = session.post(f"{url}/bulk/delete", json={"video_ids": one, "dry_run": True}, timeout=60)
                 assert answer.status_code == 202, answer.text
                 http.append(time.perf_counter() - began)
+                made = answer.json()["operation_id"]
             else:
-                submit(DeleteRequest.build(creator_id=common.CREATOR, video_ids=one, dry_run=True))
+                made = submit(DeleteRequest.build(creator_id=common.CREATOR, video_ids=one, dry_run=True))["operation_id"]
                 local.append(time.perf_counter() - began)
+            cancel(made, by="the benchmark")  # (untimed) the runner is not left with a queue of them
     return {"a_median_s": statistics.median(http), "b_median_s": statistics.median(local),
             "ratio": statistics.median(http) / statistics.median(local), "calls": calls,
             "a_max_s": max(http), "b_max_s": max(local)}
@@ -237,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         common.note(f"seeded {args.videos} videos; starting bulkops serve ...")
         serve = Serve(root, env)
         results: dict = {}
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # (prefect was imported already: its settings take the URL from here, not from os.environ)
+        pointed = temporary_settings(updates={PREFECT_API_URL: serve.prefect_api})
         try:
+            pointed.__enter__()
             os.environ["PREFECT_API_URL"] = serve.prefect_api
             bearer = token(env)
             session = requests.Session()
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             cli_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
             with_serve = [cli_delete(cli_env, ids[i]) for i in range(cli_runs)]
         finally:
+            pointed.__exit__(None, None, None)
             serve.stop()
             os.environ.pop("PREFECT_API_URL", None)
         common.note(f"CLI: {cli_runs} one-id deletes without serve (a temporary Prefect server each) ...")

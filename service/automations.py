@@ -18,8 +18,8 @@ AUTOMATIONS_FILE = Path(__file__).resolve().parent.parent / "prefect-automations
 
 
 def ensure_automations(path: Path = AUTOMATIONS_FILE) -> list[str]:
-    """Create every automation of ``path`` that the Prefect server lacks (by name); the
-    names created."""
+    """Create every automation of ``path`` that the Prefect server lacks (by name), and
+    bring the ones it has up to the file's definition; the names created or updated."""
     import yaml
     from prefect import get_client
     from prefect.events.schemas.automations import AutomationCore
@@ -29,7 +29,13 @@ def ensure_automations(path: Path = AUTOMATIONS_FILE) -> list[str]:
     with get_client(sync_client=True) as client:
         for spec in specs:
             automation = AutomationCore.model_validate(spec)
-            if client.read_automations_by_name(automation.name):
+            existing = client.read_automations_by_name(automation.name)
+            if existing:
+                current = AutomationCore.model_validate(existing[0].model_dump(include=set(AutomationCore.model_fields)))
+                if current.model_dump(mode="json") == automation.model_dump(mode="json"):
+                    continue
+                client.update_automation(existing[0].id, automation)
+                created.append(automation.name)
                 continue
             client.create_automation(automation)
             created.append(automation.name)
