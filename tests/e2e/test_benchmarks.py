@@ -57,3 +57,11 @@ def test_reprocess_benchmark_smoke(tmp_path):
     doc = json.loads((tmp_path / "out.json").read_text())
     assert {r["ratio"] for r in doc["ratios"]} >= {"a/b", "c/a", "a/d"}
     assert all(v["verified"] for v in doc["results"].values())
+
+
+def test_api_benchmark_smoke(tmp_path):
+    run_smoke("api.py", "--json", str(tmp_path / "api.json"), timeout=600,
+              rows=("trigger a/b", "status a/b", "pollers", "SSE delay", "CLI one-id delete"))
+    results = json.loads((tmp_path / "api.json").read_text())["results"]
+    assert results["pollers"]["errors"] == 0 and results["pollers"]["requests"] > 0
+    assert results["trigger"]["calls"] > 0 and results["cli"]["with_serve_s"] > 0
