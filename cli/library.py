@@ -109,3 +109,5 @@ def demo(
             out.print(f"(searched {found['searched_chunks']} chunks embedded with {found['model']}; "
                       f"try: bulkops search --creator {plan.creator} \"your words\")", markup=False)
     out.print(f"\nDone. Check a run: bulkops status {document['operation_id']}")
+    out.print("The download links work while the API runs: BULKOPS_JWT_SECRET=$(openssl rand -hex 32) "
+              ".venv/bin/bulkops serve", markup=False)

@@ -203,6 +203,11 @@ def print_status(document: dict[str, Any]) -> None:
     )
     if document["result"]:
         print_result(document["result"])
+    hook = document.get("webhook")
+    if hook:
+        last = f", last answer HTTP {hook['last_status']}" if hook["last_status"] is not None else ""
+        out.print(f"Webhook: {'delivered' if hook['delivered'] else 'not delivered yet'} "
+                  f"({hook['attempts']} attempt{'s' if hook['attempts'] != 1 else ''}{last})", markup=False)
 
 
 def print_operations(page: dict[str, Any]) -> None:

@@ -67,3 +67,15 @@ def test_the_announcement_names_the_operation_and_how_to_follow_or_stop_it():
     assert "http://127.0.0.1:4200/runs/flow-run/0f4be77e-4102-42dd-8a1e-8f94a4ef73cd" in text
     assert "bulkops status 0f4be77e" in text and "bulkops cancel 0f4be77e" in text
     assert "http" not in announcement("0f4be77e-4102-42dd-8a1e-8f94a4ef73cd", None)
+
+
+def test_status_says_how_the_webhook_went(capsys):
+    from cli.render import print_status
+
+    document = {"operation_id": "op-1", "operation": "delete", "creator_id": "creator-001", "status": "completed",
+                "progress": {"current": 2, "total": 2, "percent": 100.0}, "eta_seconds": None, "result": None,
+                "webhook": {"attempts": 3, "last_status": 200, "delivered": True}}
+    print_status(document)
+    assert "Webhook: delivered (3 attempts, last answer HTTP 200)" in capsys.readouterr().out
+    print_status({**document, "webhook": {"attempts": 1, "last_status": None, "delivered": False}})
+    assert "Webhook: not delivered yet (1 attempt)" in capsys.readouterr().out
