@@ -58,9 +58,13 @@ def _start(kind: type[OperationRequest], body, creator_id: str, request: Request
         raise RequestError("usage", f"the request does not validate: {problems}") from None
     if isinstance(operation, DeleteRequest) and isinstance(body, DeleteBody):
         confirm_whole_library_delete(operation, body.confirm)
-    operation_id = submit(operation)["operation_id"]
-    status_url = str(request.url_for("operation_status", operation_id=operation_id))
-    return {"operation_id": operation_id, "status_url": status_url,
+    return _started(request, submit(operation)["operation_id"])
+
+
+def _started(request: Request, operation_id: str) -> dict[str, Any]:
+    """What a POST that started an operation answers (its ``status_url`` is the Location)."""
+    return {"operation_id": operation_id,
+            "status_url": str(request.url_for("operation_status", operation_id=operation_id)),
             "events_url": str(request.url_for("operation_events", operation_id=operation_id))}
 
 
@@ -161,10 +165,8 @@ def retry_operation(operation_id: str, request: Request, response: Response,
     from service.launch import submit
 
     document = visible_status(operation_id, who, fresh=True)
-    new_id = submit(retry_request(operation_id, document))["operation_id"]
-    answer = {"operation_id": new_id, "retry_of": operation_id,
-              "status_url": str(request.url_for("operation_status", operation_id=new_id)),
-              "events_url": str(request.url_for("operation_events", operation_id=new_id))}
+    answer = {**_started(request, submit(retry_request(operation_id, document))["operation_id"]),
+              "retry_of": operation_id}
     response.headers["Location"] = answer["status_url"]
     return answer
 
