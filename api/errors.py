@@ -55,8 +55,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict]:
             410: "the link has expired", 413: "body over BULKOPS_MAX_BODY_BYTES",
             422: "refused: the same codes as the CLI's exit 2", 429: "too many operations running",
             503: "a dependency (database, storage, Prefect) does not answer"}
-    return {status: {"description": text.get(status, "error"),
-                     "content": {"application/json": {"schema": ERROR_SCHEMA}}} for status in statuses}
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        responses[status] = {"description": text.get(status, "error"),
+                             "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        if status == 429:
+            responses[status]["headers"] = {"Retry-After": {
+                "description": "seconds until a slot is likely free", "schema": {"type": "integer"}}}
+    return responses
 
 
 def status_for(code: str) -> int:
@@ -81,7 +87,10 @@ class ApiError(RequestError):
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def refused(_request: Request, exc: RequestError) -> JSONResponse:
-        return error_response(exc.code, exc.message, headers=getattr(exc, "headers", None), **exc.extra)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.code == "too_many_running":
+            headers.setdefault("Retry-After", str(int(exc.extra.get("retry_after") or 30)))
+        return error_response(exc.code, exc.message, headers=headers or None, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def unparsable(_request: Request, exc: RequestValidationError) -> JSONResponse:

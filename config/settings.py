@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     confirm_over: int = Field(
         1000, ge=0, description="an API delete with `all` above this many videos needs `confirm` = a dry run's count"
     )
+    max_running_per_creator: int = Field(
+        2, ge=0, le=1000, description="operations pending or running per creator, however started (0: no limit)"
+    )
+    slot_lease: Duration = Field(
+        15 * 60.0, ge=60.0, le=24 * 3600.0,
+        description="longest a per-creator slot outlives a run that died (Prefect's lease: 60s to 24h)",
+    )
+    slot_wait: Duration = Field(
+        3600.0, ge=0.0, description="how long a run started over the per-creator limit waits for a slot, then ends "
+                                    "Cancelled (too_many_running)",
+    )
 
     # Operation tuning
     batch_size: int = Field(1000, ge=1, description="default videos per delete batch")

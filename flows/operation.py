@@ -45,6 +45,7 @@ from flows import creator_tag
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish, stored_document
+from flows.slots import CreatorSlot
 from tasks import webhook
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
@@ -214,7 +215,14 @@ class Operation:
         """
         monitor = _Monitor(self)
         monitor.start()
+        # Tagged first: a run waiting for its creator's slot is one of the creator's runs.
+        tag_run(self.operation_id, self.logger, creator_id=self.result.creator_id, dry_run=self.result.dry_run)
+        slot = CreatorSlot.configured(self.operation_id, self.result.creator_id, logger=self.logger)
         try:
+            if slot is not None:
+                taken = self._take_slot(slot)
+                if taken is not None:
+                    return taken
             with bulk_gc():  # the collector skips Prefect's heap while the batches allocate
                 return self._run(prepare, batch_task, task_kwargs, batch_size, on_outcome, finish)
         except INTERRUPTS as exc:
@@ -227,12 +235,27 @@ class Operation:
             self.result.message = self.result.message or f"stopped on request ({self.stopped_by}) before it finished"
             return self.finalize()
         finally:
+            if slot is not None:
+                slot.release()
             monitor.stop()
             if cleanup is not None:
                 try:
                     cleanup()
                 except Exception:
                     self.logger.exception("cleanup after the operation failed")
+
+    def _take_slot(self, slot: CreatorSlot) -> State | None:
+        """Take the creator's slot (``flows/slots.py``): None once it is held (or when
+        Prefect cannot count slots); the final state of a run that was cancelled while it
+        waited, or waited ``BULKOPS_SLOT_WAIT`` in vain."""
+        ended = slot.take(stopped=lambda: self.stopped_by is not None or self.stop.requested(self.operation_id))
+        if ended is None:
+            return None
+        self.result.cancelled = True
+        self.result.error, self.result.message = ended
+        if self.result.error is None:
+            self.result.message = f"stopped on request ({self.stopped_by or 'the stop flag'}) {self.result.message}"
+        return self.finalize()
 
     def _run(self, prepare, batch_task, task_kwargs, batch_size, on_outcome, finish) -> State:
         result = self.result
@@ -241,7 +264,6 @@ class Operation:
         self.stop.prefetch(self.operation_id)
         if result.dry_run:
             result.plan = {"videos": 0, "objects": 0, "bytes": 0}
-        tag_run(self.operation_id, self.logger, creator_id=result.creator_id, dry_run=result.dry_run)
         try:
             # Storage that cannot be used would fail every batch (or the export's file, or
             # the report) one by one: refuse the run at once instead, naming what is wrong.
@@ -252,6 +274,7 @@ class Operation:
             prepared = prepare(result)
         except RequestError as exc:
             self.logger.error("request refused: %s", exc.message)
+            self.result.error = exc.code
             return self.abort(exc.message)
         except Exception as exc:  # the run cannot proceed (database unreachable, ...)
             self.logger.exception("could not resolve the selection")

@@ -50,6 +50,9 @@ def ready_database():
     return engine
 
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def prefect_defaults() -> None:
     """Prefect's settings for a process that runs flows, unless the user set them.
 
@@ -65,6 +68,11 @@ def prefect_defaults() -> None:
     # in prefect-automations.yaml the server then marks it Crashed, and what it held is
     # free at once (videolib/takeover.py). Prefect's minimum is 30 s.
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    # The leases of the per-creator slots (flows/slots.py) on disk, under PREFECT_HOME:
+    # in the server's memory (Prefect's default) a lease is lost when the server stops,
+    # and the slot it held stays taken for good. A temporary server stops with every CLI
+    # command.
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
 
 
 def hold_temporary_server() -> str | None:

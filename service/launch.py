@@ -93,11 +93,16 @@ def submit(request: OperationRequest) -> dict[str, Any]:
                            "worker (prefect worker start --pool bulkops); without one, run without --no-wait")
     prefect_defaults()
     store = check(request)  # what the request is refused for comes before what the set-up lacks
-    deployment = ready_deployment(request.flow_name)
-    parameters = prepare(request, store=store)
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters=parameters, timeout=0, tags=run_tags(request, parameters))
+    from service.slots import admission
+
+    # Counted and created under the creator's lock: concurrent requests start exactly
+    # the limit (service/slots.py); a refusal touches nothing.
+    with admission(request.creator_id):
+        deployment = ready_deployment(request.flow_name)
+        parameters = prepare(request, store=store)
+        run = run_deployment(deployment, parameters=parameters, timeout=0, tags=run_tags(request, parameters))
     return {"operation_id": str(run.id), "status": "pending"}
 
 
@@ -140,9 +145,17 @@ def run(request: OperationRequest, *, listener: Listener | None = None,
 
     ``listener`` gets the flow's progress events as batches finish (the last one carries
     the result). ``parameters`` are :func:`prepare`'s, when the caller prepared already.
+    Refused with ``too_many_running`` when the creator is at its limit (``service/slots.py``).
     """
-    parameters = prepare(request) if parameters is None else parameters
     prefect_defaults()
+    from service.slots import admit
+
+    if parameters is None:
+        store = check(request)
+        admit(request.creator_id)  # over the limit: refused before anything is staged
+        parameters = prepare(request, store=store)
+    else:
+        admit(request.creator_id)
     from prefect import tags
 
     from flows import FLOWS

@@ -20,7 +20,7 @@ from service.status import build_status, state_status
 from videolib.ids import RequestError
 
 STATES = {  # status -> the Prefect state types it comes from (Crashed is failed)
-    "pending": ["SCHEDULED", "PENDING"],
+    "pending": ["SCHEDULED", "PENDING", "RUNNING"],  # Running "AwaitingConcurrencySlot" is pending
     "in_progress": ["RUNNING", "CANCELLING", "PAUSED"],
     "completed": ["COMPLETED"],
     "partial": ["COMPLETED"],
@@ -81,10 +81,11 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
             window = dict(runs_filter)
             if before is not None:
                 window["expected_start_time"] = {"before_": before}  # inclusive: `seen` drops the ties
-            # Completed and partial share a state type (the name tells them apart): read
+            # Completed and partial share a state type, and so do pending and in progress
+            # (the name tells them apart): read
             # wider windows for those; otherwise exactly what the page still needs.
             # (plus the ties at the window's edge that were listed already, which come back)
-            size = _PAGE if status in ("completed", "partial") else min(_PAGE, limit + 1 - len(items) + len(seen))
+            size = _PAGE if status in ("completed", "partial", "pending") else min(_PAGE, limit + 1 - len(items) + len(seen))
             batch = FlowRun.model_validate_list(client.request("POST", "/flow_runs/filter", json={
                 "flows": {"name": {"any_": flows}}, "flow_runs": window, "sort": "EXPECTED_START_TIME_DESC",
                 "limit": size}).json())

@@ -21,6 +21,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows import FLOW_OPERATIONS
 from flows.progress import PROGRESS_KEY
+from flows.slots import AWAITING
 from flows.result import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
 from tasks import webhook
 from videolib.ids import RequestError
@@ -32,13 +33,16 @@ FINAL = {"completed", "partial", "failed", "cancelled"}
 
 
 def state_status(state_type: str, state_name: str | None) -> str:
-    """The status of a run in a Prefect state; Crashed is ``failed``."""
+    """The status of a run in a Prefect state; Crashed is ``failed``; a run waiting for
+    its creator's slot is still ``pending``."""
     if state_type == "COMPLETED":
         return "partial" if state_name == "Partial" else "completed"
     if state_type in {"FAILED", "CRASHED"}:
         return "failed"
     if state_type == "CANCELLED":
         return "cancelled"
+    if state_type == "RUNNING" and state_name == AWAITING:
+        return "pending"  # started over its creator's limit, waiting for a slot (flows/slots.py)
     if state_type in {"RUNNING", "CANCELLING", "PAUSED"}:
         return "in_progress"
     return "pending"  # SCHEDULED, PENDING

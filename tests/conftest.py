@@ -108,6 +108,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # The harness's server takes ~10 s to start here; Prefect's default timeout is tighter.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# The suite runs hundreds of operations for a handful of creators, some killed on purpose
+# (their slots hold until the lease runs out): the per-creator limit (default 2) is tested
+# where it is the subject (tests/flows/test_slots.py, tests/api, tests/e2e/test_serve.py),
+# with creators of their own.
+os.environ.setdefault("BULKOPS_MAX_RUNNING_PER_CREATOR", "50")
+# The leases of those slots on disk, as every Prefect server bulkops starts keeps them.
+os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
 
 
 @dataclass

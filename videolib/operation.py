@@ -224,6 +224,7 @@ class OperationResult:
     manifest_path: str | None = None
     message: str | None = None
     retry_of: str | None = None  # the operation whose retryable failures this one takes again
+    error: str | None = None  # the refusal code of a run that could not proceed (``too_many_running``, ...)
     cancelled: bool = False
     aborted: bool = False
     duration_s: float = 0.0
@@ -287,4 +288,5 @@ class OperationResult:
             "manifest_path": self.manifest_path,
             "message": self.message,
             **({"retry_of": self.retry_of} if self.retry_of else {}),
+            **({"error": self.error} if self.error else {}),
         }

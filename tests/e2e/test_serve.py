@@ -47,7 +47,11 @@ class Served:
         lib.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [BULKOPS, "serve", "--port", str(port), "--prefect-port", str(prefect_port), "--limit", "2"],
-            env=_env(lib, home, BULKOPS_WEBHOOK_URL=webhook_url, BULKOPS_WEBHOOK_SECRET=WEBHOOK_SECRET), stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
+            env=_env(lib, home, BULKOPS_WEBHOOK_URL=webhook_url, BULKOPS_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                     # the product's limit (the suite's default is higher), and the
+                     # shortest lease Prefect takes, for the SIGKILL test
+                     BULKOPS_MAX_RUNNING_PER_CREATOR="2", BULKOPS_SLOT_LEASE="60s"),
+            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
             start_new_session=True)
         deadline = time.monotonic() + 240
         while True:
@@ -288,6 +292,102 @@ def test_every_finished_operation_is_posted_signed_and_a_failing_receiver_gets_i
     status = served.call("GET", f"/bulk/status/{first}").json()
     assert status["webhook"] == {"attempts": 3, "last_status": 200, "delivered": True}
     assert status["status"] in FINAL
+
+
+def test_twenty_concurrent_posts_for_one_creator_start_exactly_the_limit(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = {"Authorization": f"Bearer {served.token('creator-002')}"}
+
+    def post(_):  # long enough that none ends while the twenty are answered
+        return requests.post(f"{served.url}/bulk/reprocess", json={"all": True, "embedder": "minilm",
+                                                                    "batch_size": 20}, headers=headers, timeout=120)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [202] * 2 + [429] * 18, (codes, served.stderr())
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["error"] == "too_many_running"
+            assert 5 <= int(answer.headers["Retry-After"]) <= 300
+    started = [a.json()["operation_id"] for a in answers if a.status_code == 202]
+    for operation_id in started:
+        assert requests.post(f"{served.url}/bulk/{operation_id}/cancel", headers=headers, timeout=60).status_code \
+            in (202, 409)
+    for operation_id in started:
+        assert served.wait_final(operation_id)["status"] in FINAL
+    # Both ended: the creator may start again at once.
+    again = requests.post(f"{served.url}/bulk/delete", json={"all": True, "dry_run": True}, headers=headers,
+                          timeout=120)
+    assert again.status_code == 202, again.text
+    served.wait_final(again.json()["operation_id"])
+
+
+def _kill_run(operation_id: str) -> int:
+    """SIGKILL every process of a run (its flow process and what it started)."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"PREFECT__FLOW_RUN_ID={operation_id}".encode() in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+            except OSError:
+                continue
+    return killed
+
+
+def test_a_killed_run_does_not_lock_its_creator_out(served):
+    """A run SIGKILLed while it holds its creator's slot: the runner marks it Crashed, so
+    the count lets new operations in at once; the slot its lease still holds (60 s here,
+    BULKOPS_SLOT_LEASE) makes one of the next two wait, saying so, until the Prefect server
+    revokes the lease; then it runs. Nobody is locked out."""
+    lib = served.lib
+    answer = served.call("POST", "/bulk/reprocess", {"all": True, "embedder": "minilm", "batch_size": 20},
+                         creator="creator-002")
+    assert answer.status_code == 202, answer.text
+    victim = answer.json()["operation_id"]
+    deadline = time.monotonic() + 240
+    while not held_by(lib, victim):
+        assert time.monotonic() < deadline, served.stderr()
+        time.sleep(0.2)
+    assert _kill_run(victim) >= 1
+    killed_at = time.monotonic()
+    assert served.wait_final(victim, timeout=120)["status"] == "failed"  # Crashed
+    limit = requests.get(f"http://127.0.0.1:{served.prefect_port}/api/v2/concurrency_limits/"
+                         "bulkops-creator-creator-002", timeout=30).json()
+    assert (limit["limit"], limit["active_slots"]) == (2, 1), limit  # the dead run's lease
+    started = []
+    for _ in range(2):  # each long enough to hold its slot while the other asks
+        answer = served.call("POST", "/bulk/reprocess", {"all": True, "embedder": "minilm", "batch_size": 20},
+                             creator="creator-002")
+        assert answer.status_code == 202, answer.text
+        started.append(answer.json()["operation_id"])
+    # One of them waits for the dead run's slot, and its state says so.
+    waiting = None
+    deadline = time.monotonic() + 60
+    while waiting is None and time.monotonic() < deadline:
+        for operation_id in started:
+            run = requests.get(f"http://127.0.0.1:{served.prefect_port}/api/flow_runs/{operation_id}",
+                               timeout=30).json()
+            if (run.get("state") or {}).get("name") == "AwaitingConcurrencySlot":
+                waiting = operation_id
+                assert "creator-002" in run["state"]["message"]
+                assert served.call("GET", f"/bulk/status/{operation_id}", creator="creator-002").json()["status"] \
+                    == "pending"
+        time.sleep(0.5)
+    assert waiting is not None, served.stderr()
+    deadline = time.monotonic() + 180
+    while not held_by(lib, waiting):  # it got the slot and works
+        assert time.monotonic() < deadline, served.stderr()
+        time.sleep(0.5)
+    # The lease (60 s) and the server's check for expired ones (every 15 s) bound the wait.
+    assert time.monotonic() - killed_at < 60 + 15 + 45
+    for operation_id in started:
+        served.call("POST", f"/bulk/{operation_id}/cancel", creator="creator-002")
+    for operation_id in started:
+        assert served.wait_final(operation_id, timeout=180)["status"] in FINAL
 
 
 def test_no_request_the_schema_allows_gets_a_server_error(served):

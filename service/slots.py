@@ -1,0 +1,180 @@
+"""Admission: a front door (the API's POSTs, the CLI) refuses an operation with
+``too_many_running`` (HTTP 429 + ``Retry-After``, exit 2) when its creator already has
+``BULKOPS_MAX_RUNNING_PER_CREATOR`` operations pending or running, counted over every
+bulkops run of that creator however it was started: the runs tagged ``creator:<id>``
+(``flows.tag_run``) of the three bulk flows in a state that has not ended (a run still
+scheduled for later does not count until it is due).
+
+:func:`admission` holds a per-creator lock from the count to the run's creation, so
+concurrent requests to one process start exactly the limit. What no lock here covers (two
+processes, a run from the Prefect UI) the flow's own slot catches (``flows/slots.py``):
+such a run waits for a slot instead of running over the limit.
+
+A run whose process died without a word (a SIGKILLed CLI on its temporary Prefect server,
+where no automation marks it) would hold its creator's count forever: a run that sent
+heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``) and has sent none for
+:data:`SILENT_AFTER_S` is not counted, and is marked ``Crashed``, as the heartbeat
+automation of ``bulkops serve`` would (its claims are then free, ``videolib/takeover.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from config import get_settings
+from videolib.ids import RequestError
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]
+DUE_WITHIN = dt.timedelta(minutes=1)  # a scheduled run counts once it is due
+RETRY_AFTER_DEFAULT_S = 30
+RETRY_AFTER_RANGE_S = (5, 300)
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def silent_after_s() -> float:
+    """How long a running run may go without a heartbeat before it counts as dead:
+    three heartbeats (at least 90 s)."""
+    try:
+        every = float(os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or 30)
+    except ValueError:
+        every = 30.0
+    return max(90.0, 3 * every)
+
+
+def _lock(creator_id: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(creator_id, threading.Lock())
+
+
+@contextlib.contextmanager
+def admission(creator_id: str) -> Iterator[None]:
+    """Refuse with ``too_many_running`` when the creator is at the limit; otherwise hold
+    the creator's lock while the caller creates the run (so the next count sees it)."""
+    limit = get_settings().max_running_per_creator
+    if limit <= 0:
+        yield
+        return
+    with _lock(creator_id):
+        admit(creator_id, limit=limit)
+        yield
+
+
+def admit(creator_id: str, *, limit: int | None = None) -> None:
+    """Refuse with ``too_many_running`` when the creator is at the limit (no lock: for a
+    caller that cannot hold one until its run exists, the CLI running a flow in-process;
+    the flow's slot covers the rest)."""
+    limit = get_settings().max_running_per_creator if limit is None else limit
+    if limit <= 0:
+        return
+    runs = running_runs(creator_id)
+    if len(runs) < limit:
+        return
+    retry_after = _retry_after(runs)
+    raise RequestError(
+        "too_many_running",
+        f"creator {creator_id!r} already has {len(runs)} operations pending or running (at most {limit}, "
+        f"BULKOPS_MAX_RUNNING_PER_CREATOR): wait for one to end (bulkops list --creator {creator_id} --status "
+        f"in_progress) and try again in about {retry_after}s",
+        retry_after=retry_after, running=[str(run.id) for run in runs],
+    )
+
+
+def running_runs(creator_id: str) -> list[Any]:
+    """The creator's bulkops runs that have not ended (the ones that count), without the
+    dead (no heartbeat for :func:`silent_after_s`, which are marked Crashed)."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import FlowRun
+
+    from flows import FLOW_OPERATIONS, creator_tag
+
+    now = dt.datetime.now(dt.timezone.utc)
+    with get_client(sync_client=True) as client:
+        runs = FlowRun.model_validate_list(client.request("POST", "/flow_runs/filter", json={
+            "flows": {"name": {"any_": sorted(FLOW_OPERATIONS)}},
+            "flow_runs": {"tags": {"all_": [creator_tag(creator_id)]},
+                          "state": {"type": {"any_": ACTIVE_STATES}}},
+            "limit": 200}).json())
+        runs = [run for run in runs if not _later(run, now)]
+        dead = _dead(client, runs, now)
+        for run in dead:
+            _mark_crashed(client, run)
+    return [run for run in runs if run not in dead]
+
+
+def _later(run, now: dt.datetime) -> bool:
+    state = run.state
+    if state is None or state.type.value != "SCHEDULED":
+        return False
+    when = run.next_scheduled_start_time or run.expected_start_time
+    return when is not None and when > now + DUE_WITHIN
+
+
+def _dead(client, runs: list[Any], now: dt.datetime) -> list[Any]:
+    """The running runs that sent heartbeats and have sent none for a while."""
+    grace = dt.timedelta(seconds=silent_after_s())
+    suspects = [run for run in runs if run.state is not None and run.state.type.value in {"RUNNING", "CANCELLING"}
+                and run.start_time is not None and run.start_time < now - grace]
+    if not suspects:
+        return []
+    recent = _with_heartbeats(client, suspects, since=now - grace)
+    quiet = [run for run in suspects if run.id not in recent]
+    if not quiet:
+        return []
+    ever = _with_heartbeats(client, quiet, since=min(run.start_time for run in quiet) - dt.timedelta(seconds=5))
+    return [run for run in quiet if run.id in ever]  # never a heartbeat: nothing to judge it by
+
+
+def _with_heartbeats(client, runs: list[Any], *, since: dt.datetime) -> set[uuid.UUID]:
+    """Which of ``runs`` sent a heartbeat since ``since`` (Prefect's events)."""
+    found: set[uuid.UUID] = set()
+    for run in runs:  # one small question per run: a few runs at most reach this
+        response = client.request("POST", "/events/filter", json={
+            "filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                       "resource": {"id": [f"prefect.flow-run.{run.id}"]},
+                       "occurred": {"since": since.isoformat(), "until": (dt.datetime.now(dt.timezone.utc)
+                                                                          + dt.timedelta(minutes=1)).isoformat()}},
+            "limit": 1})
+        if response.json().get("events"):
+            found.add(run.id)
+    return found
+
+
+def _mark_crashed(client, run) -> None:
+    from prefect.states import Crashed
+
+    message = (f"no heartbeat for {silent_after_s():.0f}s: the process running it is gone (found by bulkops "
+               "when it counted the creator's running operations)")
+    try:
+        client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+        log.warning("run %s: %s", run.id, message)
+    except Exception as exc:  # noqa: BLE001 - it is not counted either way
+        log.warning("could not mark run %s crashed: %s", run.id, exc)
+
+
+def _retry_after(runs: list[Any]) -> int:
+    """Seconds until a slot is likely free: the soonest end the running operations'
+    progress predicts, within 5 s .. 5 min; 30 s when none can say."""
+    from service.status import read_status
+
+    etas = []
+    for run in runs[:10]:
+        try:
+            document = read_status(str(run.id))
+        except Exception:  # noqa: BLE001 - a hint, not a rule
+            continue
+        eta = (document or {}).get("eta_seconds")
+        if isinstance(eta, (int, float)):
+            etas.append(eta)
+    low, high = RETRY_AFTER_RANGE_S
+    return int(min(max(min(etas), low), high)) if etas else RETRY_AFTER_DEFAULT_S
