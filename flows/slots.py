@@ -16,7 +16,9 @@ the operation ends, whatever way it ends, and, when the run's process dies witho
 word, revoked by the Prefect server once the lease runs out, so a killed run cannot lock
 its creator out. The leases live in the server's lease storage: ``bulkops`` starts its
 Prefect servers with the file-system one (``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE``),
-so they outlive a restart of the server.
+so they outlive a restart of the server; and since Prefect's temporary server revokes no
+expired lease, a waiting run gives back the expired ones of its own limit itself
+(:func:`release_expired_leases`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 SLOT_PREFIX = "bulkops-creator-"
 AWAITING = "AwaitingConcurrencySlot"
 POLL_S = 2.0  # how often a waiting run asks for its slot again
+SWEEP_S = 15.0  # how often a waiting run looks for expired leases of its limit (the repossessor's period)
 TOO_MANY_RUNNING = "too_many_running"
 
 
@@ -45,20 +48,50 @@ def slot_name(creator_id: str) -> str:
     return f"{SLOT_PREFIX}{creator_id}"
 
 
-def ensure_limit(client, name: str, limit: int) -> None:
-    """The limit ``name`` exists with ``limit`` slots (created, or its size set anew)."""
+def ensure_limit(client, name: str, limit: int) -> uuid.UUID:
+    """The limit ``name`` exists with ``limit`` slots (created, or its size set anew); its id."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 
     try:
         existing = client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return
+            return client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
         except ObjectAlreadyExists:  # another run created it just now
             existing = client.read_global_concurrency_limit_by_name(name)
     if existing.limit != limit or not existing.active:
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+    return existing.id
+
+
+def release_expired_leases(client, limit_id: uuid.UUID) -> int:
+    """Give back the slots of ``limit_id`` whose leases ran out, as the Prefect server's
+    repossessor does, when the leases are on this machine's disk: Prefect's temporary
+    server (a CLI call without ``PREFECT_API_URL``) runs no repossessor, so the slot of a
+    run killed on one would otherwise stay taken. Through the API (``decrement-with-lease``
+    takes an expired lease too), only leases past their expiry; how many."""
+    import datetime as dt
+    import json
+    import os
+    from pathlib import Path
+
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    now = dt.datetime.now(dt.timezone.utc)
+    released = 0
+    for path in (home / "concurrency_leases").glob("*.json"):
+        try:
+            lease = json.loads(path.read_text())
+            expired = dt.datetime.fromisoformat(lease["expiration"]) < now
+            mine = str(limit_id) in lease.get("resource_ids", [])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # the index, a lease being written, or one just revoked
+        if expired and mine:
+            try:
+                client.release_concurrency_slots_with_lease(uuid.UUID(lease["id"]))
+                released += 1
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.debug("could not release expired lease %s: %s", lease.get("id"), exc)
+    return released
 
 
 class CreatorSlot:
@@ -100,14 +133,19 @@ class CreatorSlot:
         holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(self.operation_id))
         started = time.monotonic()
         waiting = False
+        swept = 0.0
         with get_client(sync_client=True) as client:
-            ensure_limit(client, self.name, self.limit)
+            limit_id = ensure_limit(client, self.name, self.limit)
             try:
                 while True:
                     lease_id = self._try(client, holder)
                     if lease_id is not None:
                         self.lease_id = lease_id
                         break
+                    if time.monotonic() - swept >= SWEEP_S:
+                        swept = time.monotonic()
+                        if release_expired_leases(client, limit_id):
+                            continue  # a dead run's slot came free: ask again at once
                     if not waiting:
                         waiting = True
                         self._say_waiting(client)

@@ -25,10 +25,10 @@ from videolib.db.models import Video
 REPROCESS = ["reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm", "--batch-size", "40", "--json"]
 
 
-def _start(lib, args, *, prefect=None, home: Path | None = None) -> tuple[subprocess.Popen, Path]:
+def _start(lib, args, *, prefect=None, home: Path | None = None, **extra: str) -> tuple[subprocess.Popen, Path]:
     """Start `bulkops ARGS` in its own process group (as a terminal runs a command);
     returns the process and the file its stderr goes to."""
-    env = dict(os.environ, **lib.env())
+    env = dict(os.environ, **lib.env(), **extra)
     env.pop("PREFECT_API_URL", None)
     if prefect is not None:
         env["PREFECT_API_URL"] = prefect.api_url
@@ -163,6 +163,33 @@ def test_a_killed_cli_leaves_no_server_behind(seeded_for_minilm, tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     _assert_no_server_left(home)
+
+
+def test_a_killed_cli_run_does_not_hold_its_creator_back(seeded_for_minilm, tmp_path):
+    """SIGKILL mid-run on a temporary server: the run is left Running in that server's
+    database, holding its creator's slot, and nothing watched it die. Once it has sent no
+    heartbeat for three periods (90 s), the next command's count marks it Crashed, and its
+    slot's lease (60 s here), kept on disk, is revoked by the next temporary server: at a
+    limit of one, the creator's next operation runs."""
+    lib, home = seeded_for_minilm, tmp_path / "prefect-home"
+    proc, stderr = _start(lib, REPROCESS, home=home, BULKOPS_SLOT_LEASE="60s")
+    victim = _operation_id(stderr, proc)
+    _wait_until_working(lib, victim)
+    proc.kill()
+    proc.communicate(timeout=30)
+    killed_at = time.monotonic()
+    _assert_no_server_left(home)
+    with lib.engine.connect() as conn:
+        free = conn.execute(select(Video.id).where(Video.creator_id == "creator-001", Video.status == "ready",
+                                                   Video.processing_by.is_(None))).scalars().first()
+    time.sleep(max(0.0, 95 - (time.monotonic() - killed_at)))
+    limit = {"PREFECT_HOME": str(home), "BULKOPS_MAX_RUNNING_PER_CREATOR": "1", "BULKOPS_SLOT_LEASE": "60s"}
+    delete, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", free, "--json", env_extra=limit)
+    assert delete.returncode == 0, delete.stderr[-3000:]
+    assert doc["status"] == "completed" and doc["succeeded"] == 1
+    status_proc, status = run_cli(lib, "status", victim, "--json", env_extra=limit)
+    assert status_proc.returncode == 0 and status["status"] == "failed", status
+    assert f"run {victim}: no heartbeat for 90s" in delete.stderr  # what the count found, said once
 
 
 def test_bulkops_cancel_from_another_terminal(seeded_for_minilm, prefect_server):
