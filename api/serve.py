@@ -39,6 +39,7 @@ from service.requests import RequestError
 
 log = logging.getLogger(__name__)
 
+LOCAL_TOKEN_TTL_S = 30 * 24 * 3600.0  # the CLI's token in serve.json (gone when serve stops)
 PREFECT_START_S = 120.0  # a cold `prefect server start` (migrations, UI build) here: ~10-25 s
 RUNNER_READY_S = 90.0
 
@@ -167,13 +168,35 @@ def runs_executed_by(runner_pid: int) -> list[str]:
     return sorted(runs)
 
 
-def drain_runs(runner: subprocess.Popen, grace: float, say: Callable[[str], None]) -> None:
-    """Cancel the runs the runner executes, softly, and wait for them to end (at most
-    ``grace`` seconds): each writes its result document and ends Cancelled."""
+def write_serve_file(path: Path, served: dict) -> None:
+    """``.data/serve.json``, readable by its owner only (it holds a service token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(json.dumps(served))
+
+
+def local_access(options: ServeOptions, inline: bool) -> dict:
+    """What the CLI on this machine needs to hand its runs to this serve
+    (``service/remote.py``): a service token for the API, and which library it serves."""
+    from service.remote import library_fingerprint
+    from service.tokens import issue_token
+
+    if not inline:
+        return {}
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+    return {"local_api_url": f"http://{host}:{options.port}", "library": library_fingerprint(),
+            "token": issue_token("bulkops-cli", service=True, ttl_s=LOCAL_TOKEN_TTL_S)}
+
+
+def drain_runs(runner: subprocess.Popen, grace: float, say: Callable[[str], None], here=None) -> None:
+    """Cancel the runs the runner executes (and those executed ``here``, in this
+    process), softly, and wait for them to end (at most ``grace`` seconds): each writes
+    its result document and ends Cancelled."""
     from service.control import cancel
     from service.status import FINAL, read_status
 
-    runs = runs_executed_by(runner.pid)
+    runs = runs_executed_by(runner.pid) + (here.running() if here is not None else [])
     if not runs:
         return
     say(f"cancelling {len(runs)} running operation(s) softly: {', '.join(runs)}")
@@ -194,6 +217,8 @@ def drain_runs(runner: subprocess.Popen, grace: float, say: Callable[[str], None
                 waiting.discard(run_id)
         if waiting:
             time.sleep(0.5)
+    if here is not None:
+        here.join(max(0.0, deadline - time.monotonic()))
     if waiting:
         say(f"{len(waiting)} run(s) had not ended after {grace:.0f}s (BULKOPS_SHUTDOWN_GRACE): "
             f"{', '.join(sorted(waiting))}; the runner stops them now")
@@ -260,9 +285,13 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
         from service.environment import ui_url
 
         ensure_automations()
+        inline = None
         if options.runner:
             say(f"starting the runner (at most {limit} runs at once) ...")
             children["runner"] = start_runner(limit, env, logs)
+            from service.inline import enable
+
+            inline = enable(limit)  # the CLI's runs, executed warm in this process
         else:
             _check_workers(say)
         if stopping:
@@ -274,14 +303,13 @@ def serve(options: ServeOptions, *, say: Callable[[str], None]) -> int:
             deliveries.start()
         api_url = f"http://{options.host}:{options.port}"
         served = Served(api_url=api_url, prefect_api_url=prefect_api, ui_url=ui_url(), children=children)
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({
+        write_serve_file(state_file, {
             "pid": os.getpid(), "api_url": api_url, "prefect_api_url": prefect_api, "ui_url": served.ui_url,
-            "started_at": datetime.now(UTC).isoformat()}))
+            "started_at": datetime.now(UTC).isoformat(), **local_access(options, inline is not None)})
         _run_api(options, served, say, stopping)
         say("stopping: no new requests; waiting for the running operations ...")
         if "runner" in children:
-            drain_runs(children["runner"], settings.shutdown_grace, say)
+            drain_runs(children["runner"], settings.shutdown_grace, say, here=inline)
         return 0
     finally:
         if deliveries is not None:
@@ -314,9 +342,16 @@ def _run_api(options: ServeOptions, served: Served, say: Callable[[str], None], 
 
     from api import create_app
 
+    from api.watch import STOPPING
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            STOPPING.set()  # event streams end now: the stop does not wait for their clients
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(create_app(), host=options.host, port=options.port, log_level="warning",
                             lifespan="off", timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = Server(config)
     ui = f", Prefect UI {served.ui_url}" if served.ui_url else ""
     say(f"bulkops serve: API {served.api_url} (docs {served.api_url}/docs){ui}; Prefect API "
         f"{served.prefect_api_url}. Ctrl-C or SIGTERM stops it.")

@@ -23,6 +23,10 @@ POLL_S = 0.25  # how often an event stream looks again (Prefect's progress is wr
 KEEPALIVE_S = 15.0
 _FINAL_KEPT = 10_000
 
+# Set when the server stops: open streams end (a client reconnects with Last-Event-ID),
+# so that the server does not wait for them.
+STOPPING = threading.Event()
+
 _lock = threading.Lock()
 _fresh: dict[str, tuple[float, dict[str, Any] | None]] = {}
 _final: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -76,7 +80,7 @@ async def events(operation_id: str, *, last_event_id: str | None, disconnected) 
 
     last_id, last_status = last_event_id, (last_event_id or "").split(".")[0] or None
     quiet_since = time.monotonic()
-    while not await disconnected():
+    while not await disconnected() and not STOPPING.is_set():
         document = await run_in_threadpool(shared_status, operation_id)
         if document is None:
             return

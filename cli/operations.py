@@ -104,10 +104,63 @@ def submit_operation(request, *, json_out: bool) -> None:
 
 
 def launch(request, *, no_wait: bool, verbose: bool, json_out: bool) -> None:
-    """Run the request here and wait (the bar, then the result), or hand it to a worker."""
+    """Run the request and wait (the bar, then the result): on the `bulkops serve` of
+    this machine when one serves this library (warm, ``service/inline.py``), else here;
+    or hand it to a worker (``--no-wait``)."""
     if no_wait:
         submit_operation(request, json_out=json_out)
-    finish(run_operation(request, json_out=json_out, verbose=verbose), json_out=json_out)
+    # --verbose shows the batches' lines, which only a run here has; a retry reads the
+    # earlier run from Prefect here anyway.
+    handed = not verbose and getattr(request, "retry_of", None) is None
+    document = run_on_serve(request, json_out=json_out) if handed else None
+    if document is None:
+        document = run_operation(request, json_out=json_out, verbose=verbose)
+    finish(document, json_out=json_out)
+
+
+def run_on_serve(request, *, json_out: bool) -> dict[str, Any] | None:
+    """Have the running `bulkops serve` execute the request, following it over its API
+    with the same bar, announcement, Ctrl-C and result as a run here; None when there is
+    no such serve (or it does not answer): the caller runs it itself."""
+    from types import SimpleNamespace
+
+    from service.remote import Remote, Unreachable, serve_for_cli
+
+    served = serve_for_cli()
+    if served is None:
+        return None
+    remote = Remote(served)
+    try:
+        try:
+            operation_id = remote.start(request)
+        except Unreachable:
+            return None
+        if not json_out:
+            err.print(f"[dim]Running on bulkops serve ({served['local_api_url']}, Prefect "
+                      f"{served.get('prefect_api_url')})…[/dim]")
+        with OperationBar(enabled=not json_out, label=request.label) as bar:
+            bar.note(announcement(operation_id, served.get("ui_url")))
+
+            def show(document: dict[str, Any]) -> None:
+                progress = document["progress"]
+                bar.update(SimpleNamespace(result=None, current=progress["current"], total=progress["total"] or None,
+                                           eta_seconds=document.get("eta_seconds"), batches_done=None, batches=None))
+
+            stopping = False
+            while True:
+                try:
+                    return remote.follow(operation_id, show)["result"]
+                except KeyboardInterrupt as exc:
+                    if stopping:
+                        bar.note(f"Left at once: operation {operation_id} is being cancelled by bulkops serve; "
+                                 f"`bulkops status {operation_id}` shows how far it got.")
+                        raise typer.Exit(LEFT_AT_ONCE) from exc
+                    stopping = True
+                    remote.cancel(operation_id)
+                    bar.note("Stopping: no new batch starts; the ones in flight finish or roll back "
+                             "(Ctrl-C again to leave at once).")
+    finally:
+        remote.close()
 
 
 def finish(document: dict[str, Any], *, json_out: bool) -> None:

@@ -114,7 +114,8 @@ class OperationBar:
     def update(self, event) -> None:
         if event.result is not None:
             return
-        self._batches = f"{event.batches_done}/{event.batches} batches"
+        # (a run followed through `bulkops serve` knows no batches: ``batches`` None)
+        self._batches = f"{event.batches_done}/{event.batches} batches" if event.batches is not None else ""
         if self._progress is not None:
             self._progress.update(self._task, total=event.total, completed=event.current, batches=self._fields())
         elif self.plain:
@@ -122,10 +123,8 @@ class OperationBar:
             if event.batches_done in (0, 1, event.batches) or now - self._last_plain >= 5.0:
                 self._last_plain = now
                 eta = "" if event.eta_seconds is None else f", ETA {event.eta_seconds:.0f}s"
-                err.print(
-                    f"{self.label}: {event.current}/{event.total} videos, "
-                    f"{event.batches_done}/{event.batches} batches{eta}"
-                )
+                batches = f", {self._batches}" if self._batches else ""
+                err.print(f"{self.label}: {event.current}/{event.total} videos{batches}{eta}")
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from api.bodies import DeleteBody, ExportBody, ReprocessBody
 from api.deps import principal
 from api.errors import error_responses
 from api.watch import events, shared_status
+from service.inline import HEADER as INLINE_HEADER
 from service.launch import confirm_whole_library_delete
 from service.requests import DeleteRequest, ExportRequest, OperationRequest, ReprocessRequest
 from service.tokens import Principal
@@ -35,19 +36,23 @@ def _launch(kind: type[OperationRequest], body, who: Principal, request: Request
     from service.idempotency import fingerprint, idempotent
 
     creator_id = who.creator_for(body.creator_id)
+    # The CLI on serve's machine asks serve to run it here, warm (service/inline.py).
+    here = who.service and request.headers.get(INLINE_HEADER) == "1"
     if idempotency_key is None:
-        answer = _start(kind, body, creator_id, request)
+        answer = _start(kind, body, creator_id, request, here=here)
     else:
         with idempotent(creator_id, idempotency_key,
                         fingerprint(request.url.path, body.model_dump(mode="json"))) as memo:
             if memo.answer is None:
-                memo.answer = _start(kind, body, creator_id, request)
+                memo.answer = _start(kind, body, creator_id, request, here=here)
             answer = memo.answer
     response.headers["Location"] = answer["status_url"]
     return answer
 
 
-def _start(kind: type[OperationRequest], body, creator_id: str, request: Request) -> dict[str, Any]:
+def _start(kind: type[OperationRequest], body, creator_id: str, request: Request, *, here: bool = False
+           ) -> dict[str, Any]:
+    from service.inline import executor
     from service.launch import submit
 
     body.check_selection()
@@ -56,7 +61,12 @@ def _start(kind: type[OperationRequest], body, creator_id: str, request: Request
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise RequestError("usage", f"the request does not validate: {problems}") from None
-    if isinstance(operation, DeleteRequest) and isinstance(body, DeleteBody):
+    inline = executor() if here else None
+    if inline is not None:  # the CLI's own request: it keeps its --dry-run habit, no `confirm`
+        operation_id = inline.start(operation)
+        if operation_id is not None:
+            return _started(request, operation_id)
+    elif isinstance(operation, DeleteRequest) and isinstance(body, DeleteBody):
         confirm_whole_library_delete(operation, body.confirm)
     return _started(request, submit(operation)["operation_id"])
 

@@ -187,6 +187,78 @@ def test_the_cli_uses_the_served_prefect_server(served):
     assert proc.returncode == 0, proc.stderr
     assert f"127.0.0.1:{served.prefect_port}" in proc.stderr
     assert not (served.home / "bulkops-temporary-server.log").exists(), "no temporary server was started"
+
+
+def _flow_run(served, operation_id: str) -> dict:
+    return requests.get(f"http://127.0.0.1:{served.prefect_port}/api/flow_runs/{operation_id}", timeout=30).json()
+
+
+def test_the_cli_hands_its_runs_to_serve_which_runs_them_warm(served, tmp_path):
+    """With serve running on the same library, `bulkops delete` is executed in serve's
+    process (no deployment, no runner process): the same result document, exit codes and
+    refusals as a run of its own, and the run on serve's Prefect server with its tags."""
+    env = _env(served.lib, served.home)
+    assert oct((served.lib.data_dir / "serve.json").stat().st_mode & 0o777) == "0o600"
+    ids = served.lib.ids("creator-001")[:2]
+    proc = subprocess.run([BULKOPS, "delete", "--creator", "creator-001", "--ids", ids[0], "--ids", "junk", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr  # partial: one malformed id
+    document = json.loads(proc.stdout)
+    assert (document["status"], document["succeeded"], document["failed"]) == ("partial", 1, 1)
+    assert document["errors"][0]["error"] == "invalid_id" and document["report_path"]
+    assert ids[0] not in served.lib.ids("creator-001")
+    run = _flow_run(served, document["operation_id"])
+    assert run["deployment_id"] is None, "executed by serve itself, not by its runner"
+    assert "creator:creator-001" in run["tags"]
+    status = served.call("GET", f"/bulk/status/{document['operation_id']}").json()
+    assert status["result"] == document
+    # Human output: where it runs, the operation line, the summary.
+    human = subprocess.run([BULKOPS, "delete", "--creator", "creator-001", "--ids", ids[1], "--dry-run"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert human.returncode == 0 and "Running on bulkops serve" in human.stderr and "Operation " in human.stderr
+    # A refusal of serve's is the CLI's exit 2 with the same code.
+    refused = subprocess.run([BULKOPS, "delete", "--creator", "creator-nobody", "--all", "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and json.loads(refused.stdout)["error"] == "empty_selection", refused.stdout
+    # Another library (another database): not handed to serve; it runs here, on serve's Prefect server.
+    other = Library(database_url=f"sqlite:///{tmp_path / 'other.db'}", storage_url=str(tmp_path / "storage"),
+                    endpoint_url=None, data_dir=served.lib.data_dir)
+    from videolib.db.migrate import upgrade
+
+    upgrade(other.engine)
+    other.seed(3, creators=1, files=False)
+    mine = subprocess.run([BULKOPS, "delete", "--creator", "creator-001", "--ids", other.ids("creator-001")[0],
+                           "--json"], env=_env(other, served.home), capture_output=True, text=True, timeout=180)
+    assert mine.returncode == 0, mine.stderr
+    assert _flow_run(served, json.loads(mine.stdout)["operation_id"])["deployment_id"] is None
+    assert len(other.ids("creator-001")) == 2 and ids[1] in served.lib.ids("creator-001")
+
+
+def test_ctrl_c_on_a_run_handed_to_serve_stops_it_softly(served):
+    lib = served.lib
+    env = _env(lib, served.home)
+    log = lib.data_dir / "ctrl-c-stderr.txt"
+    proc = subprocess.Popen([BULKOPS, "reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm",
+                             "--batch-size", "20", "--json"], env=env, stdout=subprocess.PIPE, stderr=log.open("w"),
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    operation_id = None
+    while operation_id is None:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        for line in log.read_text().splitlines():
+            if line.startswith("Operation ") and " started" in line:
+                operation_id = line.split()[1]
+        time.sleep(0.1)
+    while not held_by(lib, operation_id):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, log.read_text()
+    document = json.loads(out)
+    assert document["operation_id"] == operation_id and document["status"] == "cancelled"
+    assert document["requested"] == document["succeeded"] + document["failed"] + document["skipped"]
+    assert held_by(lib, operation_id) == 0 and _flow_run(served, operation_id)["deployment_id"] is None
     # the heartbeat automation was created on the served server
     found = requests.post(f"http://127.0.0.1:{served.prefect_port}/api/automations/filter", json={}, timeout=30)
     assert "bulkops-crash-silent-runs" in {a["name"] for a in found.json()}
@@ -424,12 +496,23 @@ def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
     answer = served.call("POST", "/bulk/reprocess", {"all": True, "embedder": "minilm", "batch_size": 20})
     assert answer.status_code == 202, answer.text
     operation_id = answer.json()["operation_id"]
+    # and one the CLI handed to serve, running in serve's own process
+    log = lib.data_dir / "handed-stderr.txt"
+    cli = subprocess.Popen([BULKOPS, "reprocess", "--creator", "creator-002", "--all", "--embedder", "minilm",
+                            "--batch-size", "20", "--json"], env=_env(lib, served.home), stdout=subprocess.DEVNULL,
+                           stderr=log.open("w"), start_new_session=True)
     deadline = time.monotonic() + 240
-    while not held_by(lib, operation_id):
-        assert time.monotonic() < deadline, served.stderr()
+    handed = None
+    while handed is None or not held_by(lib, operation_id) or not held_by(lib, handed):
+        assert time.monotonic() < deadline, (served.stderr(), log.read_text())
+        handed = handed or next((line.split()[1] for line in log.read_text().splitlines()
+                                 if line.startswith("Operation ") and " started" in line), None)
         time.sleep(0.2)
     assert served.stop() == 0, served.stderr()
-    assert "cancelling" in served.stderr() and operation_id in served.stderr()
+    assert "cancelling" in served.stderr() and operation_id in served.stderr() and handed in served.stderr()
+    cli.kill()
+    cli.wait()
+    assert held_by(lib, handed) == 0
     assert not (lib.data_dir / "serve.json").exists()
     assert held_by(lib, operation_id) == 0, "every claim was given back"
     with lib.engine.connect() as conn:
@@ -454,6 +537,9 @@ def test_sigterm_cancels_the_runs_softly_and_leaves_nothing_running(served):
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["status"] == "cancelled", status
+    handed_status = subprocess.run([BULKOPS, "status", handed, "--json"], env=_env(lib, served.home),
+                                   capture_output=True, text=True, timeout=180)
+    assert json.loads(handed_status.stdout)["status"] == "cancelled", handed_status.stdout
     result = status["result"]
     assert result["requested"] == result["succeeded"] + result["failed"] + result["skipped"] and result["skipped"] > 0
 
