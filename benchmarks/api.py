@@ -12,8 +12,9 @@ pollers   50 clients, each polling the status of a running operation once a seco
 SSE       GET /bulk/{id}/events on a delete of many small batches: the delay from each
           progress write (the progress artifact's `updated` time in Prefect) to the event
           reaching the client; target p95 <= 1 s
-CLI       `bulkops delete --ids ONE` with `serve` running (its Prefect server) against
-          without it (a temporary server each time); target >= 4x faster
+CLI       `bulkops delete --ids ONE` with `serve` running (the CLI hands the run to serve,
+          which runs it warm) against without it (a temporary server each time); target
+          >= 4x faster
 
     python benchmarks/api.py              # ~3 min here
     python benchmarks/api.py --smoke      # ~1 min: fewer calls, 10 pollers for 10 s
