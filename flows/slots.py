@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from prefect import get_client
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -243,6 +242,3 @@ class CreatorSlot:
         except Exception as exc:  # noqa: BLE001 - the lease runs out by itself
             self.logger.warning("could not release the creator slot now (it frees itself within %ss): %s",
                                 int(self.lease_s), exc)
-
-    def describe(self) -> dict[str, Any]:
-        return {"limit": self.name, "slots": self.limit, "waited_s": round(self.waited_s, 3)}
