@@ -53,6 +53,7 @@ from tasks.ticks import forget, forget_remote, in_flight, remote_in_flight, watc
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids, plan_batches
+from videolib.records import record_key, write_record
 from videolib.report import read_retryable_ids, render_error_report, report_key
 from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
 from videolib.storage import StorageUnavailable
@@ -417,6 +418,10 @@ class Operation:
                 self.logger.exception("could not write the error report %s", key)
         document = result.to_dict()
         publish(document)
+        try:  # the record that outlives Prefect's history (status reads it once the run is pruned)
+            write_record(store(), stored_document(document))
+        except Exception:
+            self.logger.exception("could not write the operation's record %s", record_key(result.operation_id))
         webhook.send(stored_document(document))  # one attempt, bounded; `serve` retries
         try:
             self.stop.clear(result.operation_id)

@@ -1,7 +1,8 @@
 """An operation's status document (CONTRACT.md), read from its Prefect flow run: the
 run's state, the progress artifact's counts and the result artifact's document, all
 stored as JSON by the flow (``flows/progress.py``, ``flows/result.py``). No table of
-our own holds status.
+our own holds status. Once Prefect no longer has the run (pruned), the record the
+operation left in storage as it ended answers (``operations/{id}.json``).
 
 Runs recorded before the counts and the document were stored as JSON kept them only
 in the text of their artifacts: :func:`_old_result` and :func:`_old_progress` read that
@@ -71,7 +72,7 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         try:
             run = client.read_flow_run(run_id)
         except ObjectNotFound:
-            return None
+            return status_from_record(str(run_id))  # pruned from Prefect: its record in storage
         operation = FLOW_OPERATIONS.get(client.read_flow(run.flow_id).name)
         if operation is None:
             return None
@@ -123,6 +124,27 @@ def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, An
         document["webhook"] = {"attempts": int(state.get("attempts", 0)), "last_status": state.get("last_status"),
                                "delivered": bool(state.get("delivered", False))}
     return document
+
+
+def status_from_record(operation_id: str) -> dict[str, Any] | None:
+    """The status document of an operation Prefect no longer has, from the record it
+    left in storage as it ended (``videolib/records.py``); None without one."""
+    from service.environment import ready_store
+    from videolib.records import read_record
+
+    result = read_record(ready_store(), operation_id)
+    if result is None:
+        return None
+    total = int(result.get("requested", 0))
+    current = int(result.get("succeeded", 0)) + int(result.get("failed", 0))
+    return {
+        "operation_id": result["operation_id"], "operation": result["operation"], "creator_id": result["creator_id"],
+        "status": result["status"],
+        "progress": {"current": current, "total": total,
+                     "percent": 100.0 if total == 0 else round(100.0 * current / total, 2)},
+        "eta_seconds": None,
+        "result": result,
+    }
 
 
 def webhook_state(artifacts: list[Artifact]) -> dict[str, Any] | None:
