@@ -61,7 +61,7 @@ class InlineRuns:
 
         def go() -> None:
             try:
-                run(request, listener=listener, parameters=box.pop("parameters"))
+                run(request, listener=listener, parameters=box.pop("parameters"), admitted=True)
             except BaseException as exc:  # noqa: BLE001 - before the run exists: the caller raises it
                 box.setdefault("error", exc)
                 if "id" in box:

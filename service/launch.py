@@ -140,12 +140,13 @@ def _status(obj) -> str | None:
 
 
 def run(request: OperationRequest, *, listener: Listener | None = None,
-        parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        parameters: dict[str, Any] | None = None, admitted: bool = False) -> dict[str, Any]:
     """Run the operation's flow in this process and wait for it; its result document.
 
     ``listener`` gets the flow's progress events as batches finish (the last one carries
     the result). ``parameters`` are :func:`prepare`'s, when the caller prepared already.
-    Refused with ``too_many_running`` when the creator is at its limit (``service/slots.py``).
+    Refused with ``too_many_running`` when the creator is at its limit (``service/slots.py``),
+    unless the caller ``admitted`` it already.
     """
     prefect_defaults()
     from service.slots import admit
@@ -154,7 +155,7 @@ def run(request: OperationRequest, *, listener: Listener | None = None,
         store = check(request)
         admit(request.creator_id)  # over the limit: refused before anything is staged
         parameters = prepare(request, store=store)
-    else:
+    elif not admitted:
         admit(request.creator_id)
     from prefect import tags
 

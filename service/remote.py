@@ -21,6 +21,7 @@ from typing import Any
 from config import get_settings
 from videolib.ids import RequestError
 
+# service.status.FINAL, without importing Prefect (which service.status does)
 FINAL = {"completed", "partial", "failed", "cancelled"}
 RECONNECTS = 5
 
@@ -74,8 +75,10 @@ class Remote:
     def __init__(self, served: dict[str, Any]):
         import httpx
 
+        from service.inline import HEADER
+
         self.base = served["local_api_url"].rstrip("/")
-        self.headers = {"Authorization": f"Bearer {served['token']}", "X-Bulkops-Run-Here": "1"}
+        self.headers = {"Authorization": f"Bearer {served['token']}", HEADER: "1"}
         self.client = httpx.Client(timeout=httpx.Timeout(60.0, read=None))
 
     def start(self, request) -> str:

@@ -109,7 +109,7 @@ def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, An
         total = result["requested"]
     if status in FINAL:
         eta = None
-    percent = 100.0 if total == 0 and status in FINAL else (round(100.0 * current / total, 2) if total else 0.0)
+    percent = _percent(current, total, status)
     document = {
         "operation_id": str(run.id),
         "operation": operation,
@@ -126,6 +126,13 @@ def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, An
     return document
 
 
+def _percent(current: int, total: int, status: str) -> float:
+    """Done of all, in percent; an ended operation with nothing to do is 100."""
+    if total == 0:
+        return 100.0 if status in FINAL else 0.0
+    return round(100.0 * current / total, 2)
+
+
 def status_from_record(operation_id: str) -> dict[str, Any] | None:
     """The status document of an operation Prefect no longer has, from the record it
     left in storage as it ended (``videolib/records.py``); None without one."""
@@ -140,8 +147,7 @@ def status_from_record(operation_id: str) -> dict[str, Any] | None:
     return {
         "operation_id": result["operation_id"], "operation": result["operation"], "creator_id": result["creator_id"],
         "status": result["status"],
-        "progress": {"current": current, "total": total,
-                     "percent": 100.0 if total == 0 else round(100.0 * current / total, 2)},
+        "progress": {"current": current, "total": total, "percent": _percent(current, total, result["status"])},
         "eta_seconds": None,
         "result": result,
     }

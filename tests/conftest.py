@@ -114,7 +114,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # with creators of their own.
 os.environ.setdefault("BULKOPS_MAX_RUNNING_PER_CREATOR", "50")
 # The leases of those slots on disk, as every Prefect server bulkops starts keeps them.
-os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
+from service.environment import LEASE_STORAGE  # noqa: E402 - no Prefect import
+
+os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
 
 
 @dataclass
