@@ -88,3 +88,12 @@ class ReprocessBody(_Body):
     chunk_overlap: int = Field(16, description="words (or tokens) of overlap")
     chunk_unit: str = Field("words", description="words or tokens")
     batch_size: int | None = Field(None, ge=1, le=100_000, description="videos per batch")
+
+
+class CleanupBody(BaseModel):
+    """``POST /bulk/cleanup``: the whole library's cleanup (a service token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = Field(False, description="report what would be done (counts and bytes); change nothing")
+    batch_size: int | None = Field(None, ge=1, le=100_000, description="items per batch")

@@ -267,3 +267,14 @@ def retry(
     from service.control import retry_request
 
     launch(retry_request(operation_id), no_wait=no_wait, verbose=verbose, json_out=json_out)
+
+
+def cleanup(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be done (counts, bytes); change nothing.")] = False,
+    no_wait: NoWaitOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove what crashed, expired or forgotten work left (the daily cleanup, now); one at a time."""
+    from service.requests import CleanupRequest
+
+    launch(CleanupRequest.build(dry_run=dry_run), no_wait=no_wait, verbose=False, json_out=json_out)

@@ -157,7 +157,9 @@ def print_result(document: dict[str, Any]) -> None:
     if document.get("not_selected") and any(document["not_selected"].values()):
         out.print(f"Not selected (left out on purpose, not failures): {describe_not_selected(document['not_selected'])}",
                   markup=False)
-    if document.get("plan"):
+    if document.get("cleanup") is not None:
+        _print_cleanup(document)
+    elif document.get("plan"):
         plan = document["plan"]
         out.print(
             f"Would delete {plan.get('videos', 0)} videos: {plan.get('objects', 0)} objects, "
@@ -178,6 +180,31 @@ def print_result(document: dict[str, Any]) -> None:
         out.print(document["message"], markup=False)
     if "duration_s" in document:
         out.print(f"Took {document['duration_s']:.1f}s")
+
+
+_CLEANUP_WORDS = {
+    "tombstones_finished": "videos left 'deleting' by a crashed delete, finished",
+    "claims_released": "reprocess claims of ended runs, released",
+    "exports_expired": "expired export files, removed", "parts_removed": "leftover parts and temporary files, removed",
+    "reports_expired": "old reports and audit manifests, removed", "orphans_found": "orphaned videos found",
+    "orphans_deleted": "orphaned videos, removed", "runs_archived": "runs archived to storage (they had no record)",
+    "runs_pruned": "old runs removed from Prefect (their records stay)",
+}
+
+
+def _print_cleanup(document: dict[str, Any]) -> None:
+    """What a cleanup did (or, on a dry run, would do), kind by kind."""
+    counts = document["cleanup"]
+    would = document.get("dry_run")
+    lines = [f"  {n:>8}  {_CLEANUP_WORDS[name]}" for name, n in counts.items() if n and name in _CLEANUP_WORDS]
+    out.print(("Would do:" if would else "Done:") if lines else "Nothing to clean.", markup=False)
+    for line in lines:
+        out.print(line, markup=False)
+    if counts.get("orphans_found") and not counts.get("orphans_deleted") and not would:
+        out.print("Orphans are kept: set BULKOPS_CLEANUP_DELETE_ORPHANS=true to remove them.", markup=False)
+    if would and document.get("plan"):
+        plan = document["plan"]
+        out.print(f"{plan.get('objects', 0)} objects, {human_bytes(plan.get('bytes', 0))}. Nothing was changed.")
 
 
 def _print_errors(errors: list[dict[str, Any]]) -> None:

@@ -58,6 +58,38 @@ def parse_size(value: object) -> int:
     return size
 
 
+_CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_NAMES = re.compile(r"^(?:\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/\d+)?$")
+
+
+def check_cron(value: object) -> str:
+    """A five-field cron expression (``0 3 * * *``): minute hour day month weekday, with
+    ``*``, lists, ranges, steps and month/day names; its numbers within their ranges."""
+    text = str(value).strip().lower()
+    if text in ("", "off"):
+        return ""  # no schedule
+    fields = text.split()
+    problem = None
+    if len(fields) != 5:
+        problem = f"has {len(fields)} fields"
+    else:
+        for field_text, (low, high) in zip(fields, _CRON_FIELDS):
+            for part in field_text.split(","):
+                if not _CRON_NAMES.match(part):
+                    problem = f"{part!r} is not a cron field"
+                    break
+                numbers = [int(n) for n in re.findall(r"\d+", part.split("/")[0])]
+                if any(not low <= n <= high for n in numbers):
+                    problem = f"{part!r} is out of range {low}-{high}"
+                    break
+            if problem:
+                break
+    if problem:
+        raise ValueError(f"{str(value)[:60]!r} is not a cron schedule ({problem}): five fields, minute hour "
+                         "day month weekday, e.g. '0 3 * * *'")
+    return " ".join(fields)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
@@ -123,6 +155,20 @@ class Settings(BaseSettings):
                                     "Cancelled (too_many_running)",
     )
 
+    # Scheduled cleanup (flows/cleanup.py)
+    cleanup_cron: str = Field("0 3 * * *", description="the cleanup deployment's schedule (cron, UTC; `off`: none)")
+    cleanup_tombstone_grace: Duration = Field(
+        3600.0, description="age after which cleanup finishes a video left 'deleting' by a crashed delete")
+    cleanup_export_grace: Duration = Field(
+        86400.0, description="age past its link's expiry after which cleanup removes an export file")
+    cleanup_report_retention: Duration = Field(
+        90 * 86400.0, description="age after which cleanup removes error reports and audit manifests")
+    cleanup_orphan_grace: Duration = Field(
+        86400.0, description="age after which an object under videos/ with no row is an orphan")
+    cleanup_delete_orphans: bool = Field(False, description="cleanup deletes orphans (otherwise reports them)")
+    history_retention: Duration = Field(
+        30 * 86400.0, description="Prefect run history kept; older runs live on as records in storage")
+
     # Operation tuning
     batch_size: int = Field(1000, ge=1, description="default videos per delete batch")
     max_batches: int = Field(
@@ -159,6 +205,11 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("`BULKOPS_WEBHOOK_URL` must be an http:// or https:// URL")
         return value or None
+
+    @field_validator("cleanup_cron")
+    @classmethod
+    def _cron_form(cls, value: str) -> str:
+        return check_cron(value)
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,14 +18,14 @@ from contextlib import ExitStack
 from datetime import datetime
 from typing import Annotated, Literal
 
-from prefect import flow, get_client, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
 from flows.operation import Operation, Plan, listed_ids
-from tasks.resources import engine, store
+from tasks.resources import HOLDERS, engine, store
 from tasks.export import read_export_batch
 from videolib.export import (
     DEFAULT_COLUMNS,
@@ -260,7 +260,7 @@ def clear_leftovers(listing: dict[str, float], *, current: str) -> int:
     leftovers.pop(current, None)
     if not leftovers:
         return 0
-    states = _run_states(list(leftovers))
+    states = HOLDERS.states(list(leftovers))
     now = time.time()
     doomed = [key for operation, (keys, newest) in leftovers.items()
               if states.get(operation) in FINAL_STATE_TYPES or now - newest > LEFTOVER_IDLE_S for key in keys]
@@ -269,18 +269,6 @@ def clear_leftovers(listing: dict[str, float], *, current: str) -> int:
         get_run_logger().info("removed %s objects that ended exports left behind (%s could not be removed)",
                               len(doomed) - len(failures), len(failures))
     return len(doomed)
-
-
-def _run_states(operation_ids: list[str]) -> dict[str, str]:
-    """``{operation id: Prefect state type}`` of the runs Prefect knows."""
-    states: dict[str, str] = {}
-    with get_client(sync_client=True) as client:
-        for start in range(0, len(operation_ids), 200):  # the API's page size
-            response = client.request("POST", "/flow_runs/filter", json={
-                "flow_runs": {"id": {"any_": operation_ids[start:start + 200]}}, "limit": 200, "offset": 0})
-            for run in response.json():
-                states[run["id"]] = (run.get("state") or {}).get("type") or "PENDING"
-    return states
 
 
 def _failed_items(creator_id: str, batch: ExportBatch, flt: ExportFilter, detail: str) -> list[ItemError]:

@@ -45,7 +45,7 @@ from flows import creator_tag
 from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow engine (see the module)
 from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish, stored_document
-from flows.slots import CreatorSlot
+from flows.slots import CreatorSlot, slot_for
 from tasks import webhook
 from tasks.resources import engine, store
 from tasks.stop import VARIABLES, StopFlag
@@ -171,7 +171,7 @@ class Operation:
     """One bulk operation in the current flow run: its result, its progress, its stop
     flag, and the final state it ends in however it ends."""
 
-    def __init__(self, operation: str, creator_id: str, *, dry_run: bool = False, stop: StopFlag | None = None):
+    def __init__(self, operation: str, creator_id: str | None, *, dry_run: bool = False, stop: StopFlag | None = None):
         self.operation_id = current_operation_id()
         self.stop = stop or _stop_flag.get()
         self.result = OperationResult(operation_id=self.operation_id, operation=operation, creator_id=creator_id,
@@ -218,7 +218,7 @@ class Operation:
         monitor.start()
         # Tagged first: a run waiting for its creator's slot is one of the creator's runs.
         tag_run(self.operation_id, self.logger, creator_id=self.result.creator_id, dry_run=self.result.dry_run)
-        slot = CreatorSlot.configured(self.operation_id, self.result.creator_id, logger=self.logger)
+        slot = slot_for(self.operation_id, self.result.operation, self.result.creator_id, logger=self.logger)
         try:
             if slot is not None:
                 taken = self._take_slot(slot)
@@ -439,12 +439,12 @@ class Operation:
         return final_state(document)
 
 
-def tag_run(operation_id: str, logger, *, creator_id: str, dry_run: bool) -> None:
+def tag_run(operation_id: str, logger, *, creator_id: str | None, dry_run: bool) -> None:
     """Give the run its creator's tag (``creator:<id>``, how runs are listed per creator)
     and, for a dry run, the ``dry-run`` tag, however it was started (the CLI and the API
     set them when they create it; a run from the UI gets them here)."""
     tags = list(flow_run.tags or [])
-    wanted = [creator_tag(creator_id)] + ([DRY_RUN_TAG] if dry_run else [])
+    wanted = ([creator_tag(creator_id)] if creator_id else []) + ([DRY_RUN_TAG] if dry_run else [])
     missing = [tag for tag in wanted if tag not in tags]
     if not missing:
         return

@@ -25,7 +25,8 @@ from typing import Any
 from prefect import get_client
 from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 
-PROGRESS_KEY = "bulkops_progress"  # the progress artifact's metadata key holding the JSON
+from tasks.history import PROGRESS_KEY  # the progress artifact's metadata key holding the JSON
+
 PROGRESS_UNIT = "videos"
 PROGRESS_MIN_INTERVAL_S = 1.0
 

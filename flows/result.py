@@ -18,10 +18,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.states import Cancelled, Completed, Failed, State
 
+from tasks.history import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
 from videolib.operation import describe_not_selected
 
-RESULT_ARTIFACT_TYPE = "bulkops-result"
-RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
 ARTIFACT_ERROR_ROWS = 1000  # rows of the errors table artifact (the UI renders it)
 # Errors kept in the stored result document, which `bulkops status` and the API read
 # back. Enough for every error of a request listing ids (BULKOPS_MAX_IDS, at most

@@ -145,6 +145,8 @@ class CreatorSlot:
                         swept = time.monotonic()
                         if release_expired_leases(client, limit_id):
                             continue  # a dead run's slot came free: ask again at once
+                    if self.wait_s <= 0:
+                        return "timeout"  # not waited for (an exclusive slot)
                     if not waiting:
                         waiting = True
                         self._say_waiting(client)
@@ -242,3 +244,39 @@ class CreatorSlot:
         except Exception as exc:  # noqa: BLE001 - the lease runs out by itself
             self.logger.warning("could not release the creator slot now (it frees itself within %ss): %s",
                                 int(self.lease_s), exc)
+
+
+class ExclusiveSlot(CreatorSlot):
+    """At most one run of an operation of the whole library at once (cleanup): a limit
+    named ``bulkops-<operation>`` of one slot, taken with a lease like a creator's, and
+    not waited for: a second run ends ``Cancelled`` with ``<operation>_running``."""
+
+    def __init__(self, operation_id: str, operation: str, *, lease_s: float,
+                 logger: logging.Logger | logging.LoggerAdapter | None = None):
+        super().__init__(operation_id, operation, limit=1, lease_s=lease_s, wait_s=0.0, logger=logger)
+        self.name = f"bulkops-{operation}"
+        self.operation = operation
+
+    def take(self, stopped: Callable[[], bool]) -> tuple[str | None, str] | None:
+        try:
+            outcome = self.acquire(stopped)
+        except Exception as exc:  # noqa: BLE001 - as for a creator's slot: run rather than not at all
+            self.logger.warning("could not take the %s slot (%s: %s); running without it", self.operation,
+                                type(exc).__name__, exc)
+            return None
+        if outcome == "acquired":
+            return None
+        code = f"{self.operation}_running"
+        ended = (code, f"{code}: another {self.operation} is running (one at a time); this one touched nothing")
+        self.logger.warning(ended[1])
+        return ended
+
+
+def slot_for(operation_id: str, operation: str, creator_id: str | None, logger=None) -> CreatorSlot | None:
+    """The slot a run takes: its creator's, or for an operation of the whole library
+    (no creator: cleanup) the one slot of that operation."""
+    if creator_id is None:
+        from config import get_settings
+
+        return ExclusiveSlot(operation_id, operation, lease_s=get_settings().slot_lease, logger=logger)
+    return CreatorSlot.configured(operation_id, creator_id, logger=logger)

@@ -75,7 +75,8 @@ def run_tags(request: OperationRequest, parameters: dict[str, Any]) -> list[str]
     """The tags a run is created with: its creator's, and ``dry-run`` for a dry run."""
     from flows import creator_tag
 
-    return [creator_tag(request.creator_id)] + (["dry-run"] if parameters.get("dry_run") else [])
+    return ([creator_tag(request.creator_id)] if request.creator_id else []) + (
+        ["dry-run"] if parameters.get("dry_run") else [])
 
 
 def submit(request: OperationRequest) -> dict[str, Any]:

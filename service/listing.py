@@ -17,6 +17,7 @@ from typing import Any
 
 from flows import FLOW_OPERATIONS, creator_tag
 from service.status import build_status, state_status
+from tasks.history import artifacts_of
 from videolib.ids import RequestError
 
 STATES = {  # status -> the Prefect state types it comes from (Crashed is failed)
@@ -127,21 +128,3 @@ def _documents(client, runs, names) -> list[dict[str, Any]]:
         document["_expected"] = _when(run)
         documents.append(document)
     return documents
-
-
-def artifacts_of(client, run_ids: list[str]) -> dict[str, list]:
-    """Every artifact of these runs, newest first per run, in as few calls as Prefect allows."""
-    from prefect.client.schemas.objects import Artifact
-
-    artifacts: dict[str, list] = {i: [] for i in run_ids}
-    offset = 0
-    while run_ids:
-        chunk = Artifact.model_validate_list(client.request("POST", "/artifacts/filter", json={
-            "artifacts": {"flow_run_id": {"any_": run_ids}}, "sort": "CREATED_DESC", "limit": _PAGE,
-            "offset": offset}).json())
-        for artifact in chunk:
-            artifacts[str(artifact.flow_run_id)].append(artifact)
-        if len(chunk) < _PAGE:
-            break
-        offset += _PAGE
-    return artifacts

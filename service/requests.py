@@ -289,3 +289,32 @@ class SearchRequest(BaseModel):
     @property
     def embedder_name(self) -> str:
         return self.embedder or get_settings().embedder
+
+
+class CleanupRequest(BaseModel):
+    """A cleanup of the whole library (``flows/cleanup.py``): no creator, no selection.
+    Refused with ``cleanup_running`` while another has not ended (``service/slots.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    operation: ClassVar[str] = "cleanup"
+    flow_name: ClassVar[str] = "cleanup"
+
+    dry_run: bool = False
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+    creator_id: ClassVar[None] = None
+    video_ids: ClassVar[None] = None
+    all_videos: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, **options: Any) -> CleanupRequest:
+        return cls(**options)
+
+    def check_library(self, engine: Engine) -> None:
+        """The schema is current (the steps read and write the videos table)."""
+
+    @property
+    def label(self) -> str:
+        return "cleanup (dry run)" if self.dry_run else "cleanup"
+
+    def flow_parameters(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)

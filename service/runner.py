@@ -1,6 +1,7 @@
 """The runner ``bulkops serve`` starts: Prefect's ``serve()`` over a deployment of every
 bulkops flow (``{flow}/{flow}``, as prefect.yaml names them), executing at most
-``--limit`` runs at once, each in its own process.
+``--limit`` runs at once, each in its own process; ``cleanup`` on its daily cron
+(``BULKOPS_CLEANUP_CRON``, UTC).
 
     python -m service.runner --limit 4
 
@@ -28,12 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     # would wait up to that long to start. One cheap query every 2 s instead.
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
     from prefect import serve
+    from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
-    from flows import FLOWS
+    from config import get_settings
+    from flows import CLEANUP, FLOWS
 
-    deployments = [FLOWS[name]().to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH)
-                   for name in sorted(FLOWS)]
+    cron = get_settings().cleanup_cron  # the daily cleanup, unless BULKOPS_CLEANUP_CRON=off
+    deployments = [FLOWS[name]().to_deployment(
+        name=name, entrypoint_type=EntrypointType.MODULE_PATH,
+        **({"schedule": Cron(cron, timezone="UTC")} if name == CLEANUP and cron else {})) for name in sorted(FLOWS)]
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 

@@ -58,10 +58,15 @@ def _lock(creator_id: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def admission(creator_id: str) -> Iterator[None]:
+def admission(creator_id: str | None) -> Iterator[None]:
     """Refuse with ``too_many_running`` when the creator is at the limit; otherwise hold
     the creator's lock while the caller creates the run (so the next count sees it)."""
     limit = get_settings().max_running_per_creator
+    if creator_id is None:  # the whole library's operation (cleanup): one at a time
+        with _lock(""):
+            admit(None)
+            yield
+        return
     if limit <= 0:
         yield
         return
@@ -70,10 +75,13 @@ def admission(creator_id: str) -> Iterator[None]:
         yield
 
 
-def admit(creator_id: str, *, limit: int | None = None) -> None:
+def admit(creator_id: str | None, *, limit: int | None = None) -> None:
     """Refuse with ``too_many_running`` when the creator is at the limit (no lock: for a
     caller that cannot hold one until its run exists, the CLI running a flow in-process;
     the flow's slot covers the rest)."""
+    if creator_id is None:
+        refuse_a_second_cleanup()
+        return
     limit = get_settings().max_running_per_creator if limit is None else limit
     if limit <= 0:
         return
@@ -90,19 +98,30 @@ def admit(creator_id: str, *, limit: int | None = None) -> None:
     )
 
 
-def running_runs(creator_id: str) -> list[Any]:
+def refuse_a_second_cleanup() -> None:
+    """Cleanup runs one at a time: ``cleanup_running`` (HTTP 409) while one has not ended."""
+    runs = running_runs(None)
+    if runs:
+        running = str(runs[0].id)
+        raise RequestError("cleanup_running", f"cleanup {running} is still running (one at a time): follow it with "
+                                              f"`bulkops status {running} --watch`, or stop it with `bulkops cancel "
+                                              f"{running}`", running=[str(run.id) for run in runs])
+
+
+def running_runs(creator_id: str | None) -> list[Any]:
     """The creator's bulkops runs that have not ended (the ones that count), without the
-    dead (no heartbeat for :func:`silent_after_s`, which are marked Crashed)."""
+    dead (no heartbeat for :func:`silent_after_s`, which are marked Crashed); with
+    ``creator_id`` None, the cleanup runs that have not ended."""
     from prefect import get_client
     from prefect.client.schemas.objects import FlowRun
 
-    from flows import FLOW_OPERATIONS, creator_tag
+    from flows import CLEANUP, FLOW_OPERATIONS, creator_tag
 
     now = dt.datetime.now(dt.timezone.utc)
     with get_client(sync_client=True) as client:
         runs = FlowRun.model_validate_list(client.request("POST", "/flow_runs/filter", json={
-            "flows": {"name": {"any_": sorted(FLOW_OPERATIONS)}},
-            "flow_runs": {"tags": {"all_": [creator_tag(creator_id)]},
+            "flows": {"name": {"any_": [CLEANUP] if creator_id is None else sorted(set(FLOW_OPERATIONS) - {CLEANUP})}},
+            "flow_runs": {**({"tags": {"all_": [creator_tag(creator_id)]}} if creator_id is not None else {}),
                           "state": {"type": {"any_": ACTIVE_STATES}}},
             "limit": 200}).json())
         runs = [run for run in runs if not _later(run, now)]

@@ -4,15 +4,11 @@ stored as JSON by the flow (``flows/progress.py``, ``flows/result.py``). No tabl
 our own holds status. Once Prefect no longer has the run (pruned), the record the
 operation left in storage as it ended answers (``operations/{id}.json``).
 
-Runs recorded before the counts and the document were stored as JSON kept them only
-in the text of their artifacts: :func:`_old_result` and :func:`_old_progress` read that
-form (and nothing else parses artifact text).
+The artifacts are read by ``tasks/history.py`` (which also reads their older, text form).
 """
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from typing import Any
 
@@ -21,10 +17,10 @@ from prefect.client.schemas.objects import Artifact
 from prefect.exceptions import ObjectNotFound
 
 from flows import FLOW_OPERATIONS
-from flows.progress import PROGRESS_KEY
 from flows.slots import AWAITING
-from flows.result import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
 from tasks import webhook
+from tasks.history import progress_of as _progress
+from tasks.history import result_of as _result
 from videolib.ids import RequestError
 from videolib.operation import OperationResult, describe_not_selected
 
@@ -161,21 +157,6 @@ def webhook_state(artifacts: list[Artifact]) -> dict[str, Any] | None:
     return None
 
 
-def _result(artifacts: list[Artifact]) -> dict[str, Any] | None:
-    for artifact in artifacts:
-        if artifact.type == RESULT_ARTIFACT_TYPE and isinstance(artifact.data, dict):
-            return artifact.data
-    return _old_result(artifacts)
-
-
-def _progress(artifacts: list[Artifact]) -> dict[str, Any] | None:
-    for artifact in artifacts:  # newest first: the run's only progress artifact
-        if artifact.type == "progress":
-            raw = (artifact.metadata_ or {}).get(PROGRESS_KEY)
-            return json.loads(raw) if raw is not None else _old_progress(artifact)
-    return None
-
-
 def _not_started(run, operation: str, status: str) -> dict[str, Any]:
     parameters = run.parameters or {}
     state = run.state
@@ -188,31 +169,3 @@ def _not_started(run, operation: str, status: str) -> dict[str, Any]:
     ).to_dict()
     document["status"] = status
     return document
-
-
-# ----------------------------------------------------------------------------- runs of the old form
-
-_OLD_PROGRESS = re.compile(r"^(\d+)/(\d+) ")
-_OLD_ETA = re.compile(r"ETA (\d+)s")
-
-
-def _old_result(artifacts: list[Artifact]) -> dict[str, Any] | None:
-    """The document of a run that kept it only inside its markdown summary, as a
-    fenced JSON block (runs before the ``bulkops-result`` artifact)."""
-    for artifact in artifacts:
-        if artifact.description == RESULT_ARTIFACT_DESCRIPTION and isinstance(artifact.data, str):
-            start, end = artifact.data.rfind("```json\n"), artifact.data.rfind("\n```")
-            if 0 <= start < end:
-                return json.loads(artifact.data[start + len("```json\n"):end])
-    return None
-
-
-def _old_progress(artifact: Artifact) -> dict[str, Any] | None:
-    """The counts of a progress artifact that kept them only in its description
-    (``"12/40 videos · 1/4 batches · ETA 3s"``)."""
-    match = _OLD_PROGRESS.match(artifact.description or "")
-    if match is None:
-        return None
-    eta = _OLD_ETA.search(artifact.description or "")
-    return {"current": int(match.group(1)), "total": int(match.group(2)),
-            "eta_seconds": float(eta.group(1)) if eta else None}

@@ -40,26 +40,37 @@ class PrefectHolders:
     FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
     def finished(self, run_ids):
+        """The runs among ``run_ids`` in a final state."""
+        return {run_id for run_id, state in self.states(run_ids).items() if state in self.FINAL}
+
+    def alive(self, run_ids):
+        """The runs among ``run_ids`` Prefect knows in a state that has not ended."""
+        return {run_id for run_id, state in self.states(run_ids).items() if state not in self.FINAL}
+
+    def states(self, run_ids) -> dict[str, str]:
+        """``{run id: Prefect state type}`` of the runs Prefect knows among ``run_ids``
+        (nothing when it cannot be asked: then the lease decides)."""
         import uuid
 
         from prefect import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         ids = []
         for run_id in run_ids:
             try:
-                ids.append(uuid.UUID(str(run_id)))
+                ids.append(str(uuid.UUID(str(run_id))))
             except ValueError:
                 continue
-        if not ids:
-            return set()
+        states: dict[str, str] = {}
         try:
             with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                             limit=len(ids))
+                for start in range(0, len(ids), 200):  # the API's page size
+                    response = client.request("POST", "/flow_runs/filter", json={
+                        "flow_runs": {"id": {"any_": ids[start:start + 200]}}, "limit": 200, "offset": 0})
+                    for run in response.json():
+                        states[run["id"]] = (run.get("state") or {}).get("type") or "PENDING"
         except Exception:  # noqa: BLE001 - without an answer, the lease decides
-            return set()
-        return {str(run.id) for run in runs if run.state is not None and run.state.type.value in self.FINAL}
+            return {}
+        return states
 
 
 HOLDERS = PrefectHolders()

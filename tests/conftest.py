@@ -243,49 +243,12 @@ def prefect_harness():
         yield
 
 
-@dataclass
-class PrefectServer:
-    api_url: str
-    process: subprocess.Popen
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server` for CLI processes: concurrent CLI calls share it instead of
     each starting an ephemeral server on the same database."""
-    from tests.servers import _stop_process, free_port
+    from tests.servers import start_prefect_server, stop_prefect_server
 
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    import urllib.request
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            tail = (home / "server.log").read_text(errors="replace")[-3000:]
-            _stop_process(proc)
-            raise RuntimeError(f"prefect server did not start:\n{tail}")
-        time.sleep(0.5)
-    yield PrefectServer(api_url=f"http://127.0.0.1:{port}/api", process=proc)
-    _stop_process(proc)
-    log.close()
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-home"))
+    yield server
+    stop_prefect_server(server)

@@ -435,3 +435,50 @@ def _wait_pg_ready(server: PgServer, *, timeout: float) -> None:
         f"PostgreSQL on port {server.port} not accepting connections after {timeout:.0f}s "
         f"(last error: {last!r}); log tail ({server.log_path}):\n{_tail(server.log_path)}"
     )
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    process: subprocess.Popen
+    home: Path
+
+
+def start_prefect_server(home: Path, **env_extra: str) -> PrefectServer:
+    """A real `prefect server` on a free loopback port, its home and log in ``home``."""
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        **env_extra,
+    )
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()  # the child holds its own descriptor
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = (home / "server.log").read_text(errors="replace")[-3000:]
+            _stop_process(proc)
+            raise RuntimeError(f"prefect server did not start:\n{tail}")
+        time.sleep(0.5)
+    return PrefectServer(api_url=f"http://127.0.0.1:{port}/api", process=proc, home=home)
+
+
+def stop_prefect_server(server: PrefectServer) -> None:
+    _stop_process(server.process)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from videolib.ids import RequestError, normalize_video_id
 
-OPERATIONS = ("delete", "export", "reprocess")
+OPERATIONS = ("delete", "export", "reprocess", "cleanup")
 
 # Per-item error names. The first four count as failed items (CONTRACT.md).
 NOT_FOUND = "not_found"
@@ -210,7 +210,7 @@ class OperationResult:
 
     operation_id: str
     operation: str
-    creator_id: str
+    creator_id: str | None  # None: an operation of the whole library (cleanup)
     dry_run: bool = False
     requested: int = 0
     succeeded: int = 0
@@ -224,6 +224,7 @@ class OperationResult:
     manifest_path: str | None = None
     message: str | None = None
     retry_of: str | None = None  # the operation whose retryable failures this one takes again
+    cleanup: dict[str, int] | None = None  # cleanup's counts (videolib/cleanup.py COUNTS)
     error: str | None = None  # the refusal code of a run that could not proceed (``too_many_running``, ...)
     cancelled: bool = False
     aborted: bool = False
@@ -252,8 +253,12 @@ class OperationResult:
             for reason, n in outcome.not_selected.items():
                 self.not_selected[reason] = self.not_selected.get(reason, 0) + n
                 self.requested -= n
+        if self.cleanup is not None:
+            for name, n in outcome.extra.get("cleanup", {}).items():
+                self.cleanup[name] = self.cleanup.get(name, 0) + int(n)
         if self.plan is not None:
-            self.plan["videos"] = self.plan.get("videos", 0) + outcome.n_succeeded
+            unit = "items" if "items" in self.plan else "videos"  # cleanup plans items of every kind
+            self.plan[unit] = self.plan.get(unit, 0) + outcome.n_succeeded
             self.plan["objects"] = self.plan.get("objects", 0) + outcome.objects
             self.plan["bytes"] = self.plan.get("bytes", 0) + outcome.bytes
 
@@ -288,5 +293,6 @@ class OperationResult:
             "manifest_path": self.manifest_path,
             "message": self.message,
             **({"retry_of": self.retry_of} if self.retry_of else {}),
+            **({"cleanup": dict(self.cleanup)} if self.cleanup is not None else {}),
             **({"error": self.error} if self.error else {}),
         }

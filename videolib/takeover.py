@@ -68,16 +68,17 @@ class Takeover:
         )
 
 
-def decide_takeover(conn: Connection, *, creator_id: str, operation_id: str, lease_s: int,
+def decide_takeover(conn: Connection, *, creator_id: str | None, operation_id: str, lease_s: int,
                     holders: Holders | None = None, now: datetime | None = None) -> Takeover:
     """The takeover rule for ``operation_id`` on ``creator_id``'s videos now: asks
     ``holders`` about the runs that hold any of them within their lease (one query for
-    the distinct holders, one question to the orchestrator)."""
+    the distinct holders, one question to the orchestrator). ``creator_id`` None: every
+    creator's (cleanup)."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=lease_s)
     if holders is None:
         return Takeover(operation_id, cutoff)
     query = select(Video.processing_by).distinct().where(
-        Video.creator_id == creator_id,
+        *([Video.creator_id == creator_id] if creator_id is not None else []),
         Video.status == "processing",
         Video.processing_by.is_not(None),
         Video.processing_by != operation_id,

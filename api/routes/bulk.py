@@ -4,6 +4,7 @@ calls one ``service/`` function, and returns its document; auth is a dependency.
     POST /bulk/delete|export|reprocess   202 {"operation_id", "status_url", "events_url"} + Location
     GET  /bulk/status/{id}               the status document (CONTRACT.md)
     POST /bulk/{id}/cancel               202 {"operation_id", "status", "cancel_requested"}; finished: 409
+    POST /bulk/cleanup                   202 as the triggers (a service token); one running already: 409
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.bodies import DeleteBody, ExportBody, ReprocessBody
+from api.bodies import CleanupBody, DeleteBody, ExportBody, ReprocessBody
 from api.deps import principal
 from api.errors import error_responses
 from api.watch import events, shared_status
 from service.inline import HEADER as INLINE_HEADER
 from service.launch import confirm_whole_library_delete
-from service.requests import DeleteRequest, ExportRequest, OperationRequest, ReprocessRequest
+from service.requests import CleanupRequest, DeleteRequest, ExportRequest, OperationRequest, ReprocessRequest
 from service.tokens import Principal
 from service.requests import RequestError
 
@@ -104,6 +105,26 @@ def trigger_reprocess(body: ReprocessBody, request: Request, response: Response,
                       who: Principal = Depends(principal),
                    idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
     return _launch(ReprocessRequest, body, who, request, response, idempotency_key)
+
+
+@router.post("/cleanup", status_code=202, responses=error_responses(401, 403, 409, 413, 422, 503),
+             summary="Clean the whole library now (as the daily cleanup): a service token; one at a time")
+def trigger_cleanup(request: Request, response: Response, body: CleanupBody | None = None,
+                    who: Principal = Depends(principal)) -> dict[str, Any]:
+    from service.inline import executor
+    from service.launch import submit
+
+    if not who.service:
+        raise RequestError("forbidden", "cleanup acts on every creator's library: it needs a service token "
+                                        "(bulkops token --service)")
+    operation = CleanupRequest.build(**(body or CleanupBody()).model_dump(exclude_none=True))
+    inline = executor() if request.headers.get(INLINE_HEADER) == "1" else None
+    operation_id = inline.start(operation) if inline is not None else None
+    if operation_id is None:
+        operation_id = submit(operation)["operation_id"]
+    answer = _started(request, operation_id)
+    response.headers["Location"] = answer["status_url"]
+    return answer
 
 
 @router.get("/operations", responses=error_responses(401, 403, 422, 503),

@@ -94,6 +94,19 @@ class S3Calls:
                 keys[prefix] = mtime(head)
         return keys
 
+    async def _s3_children(self, prefix: str) -> list[str]:
+        s3_prefix = self._s3_key(prefix) + "/" if prefix else self._key_prefix
+        names: set[str] = set()
+        token: str | None = None
+        while True:
+            kwargs = {"ContinuationToken": token} if token else {}
+            page = await self.fs._call_s3("list_objects_v2", Bucket=self._bucket, Prefix=s3_prefix,
+                                          Delimiter="/", **kwargs)
+            names.update(item["Prefix"][len(s3_prefix):].rstrip("/") for item in page.get("CommonPrefixes", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sorted(name for name in names if name)
+
     def _s3_delete_many(self, keys: list[str], *, max_in_flight: int) -> dict[str, str]:
         errors = self._run(
             self._s3_delete_objects,

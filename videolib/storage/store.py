@@ -291,6 +291,26 @@ class ObjectStore(LocalCalls, S3Calls):
         }
         return {k: t for k, t in found.items() if not prefix or k == prefix or k.startswith(prefix + "/")}
 
+    def list_children(self, prefix: str) -> list[str]:
+        """Sorted names of the "directories" right under ``prefix`` (``videos`` ->
+        ``["creator-001", ...]``): one level, without walking what lies below."""
+        prefix = validate_prefix(prefix)
+        if self._local:
+            base = self._local_path(prefix) if prefix else self.root
+            try:
+                with os.scandir(base) as entries:
+                    return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        if self.is_s3:
+            return self._run(self._s3_children, prefix)
+        base = f"{self.root}/{prefix}" if prefix else self.root
+        try:
+            return sorted(info["name"].rstrip("/").rsplit("/", 1)[-1]
+                          for info in self.fs.ls(base, detail=True) if info.get("type") == "directory")
+        except FileNotFoundError:
+            return []
+
     # ------------------------------------------------------------------ whole objects
 
     def staging_key(self, key: str) -> str:

@@ -1,0 +1,325 @@
+"""The cleanup flow under Prefect's real test harness, on a prepared mess of every kind it
+removes, beside what it must leave (a fresh upload inside its grace, a video held by a
+running reprocess, a tombstone of a running delete, a fresh export, a young report): a
+dry run counts and changes nothing; the run removes exactly what is due, with exact
+counts; a second run does nothing. On SQLite and PostgreSQL with local files, and the
+object kinds on the S3 endpoint. Pruned runs are read back from their records; two
+cleanups never run at once.
+
+The harness's Prefect server is shared by the session: each test starts from an empty
+run history (cleanup acts on every bulkops run the server has)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from videolib.db.models import Video
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+HOUR, DAY = 3600, 86400
+EXPECTED = {"tombstones_finished": 2, "claims_released": 2, "exports_expired": 1, "parts_removed": 2,
+            "reports_expired": 3, "manifests_expired": 0, "orphans_found": 1, "orphans_deleted": 0, "runs_archived": 1,
+            "runs_pruned": 0, "trash_purged": 0}
+NOTHING = dict.fromkeys(EXPECTED, 0)
+
+
+@pytest.fixture(autouse=True)
+def empty_history(monkeypatch):
+    """No run of an earlier test in the shared harness; no limits of theirs."""
+    from prefect import get_client
+
+    from config import get_settings
+
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.request("POST", "/flow_runs/filter", json={"limit": 200}).json()
+            if not runs:
+                break
+            for run in runs:
+                client.delete_flow_run(uuid.UUID(run["id"]))
+    monkeypatch.setenv("BULKOPS_CLEANUP_CRON", "off")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def _run_cleanup(**parameters) -> dict:
+    from service.launch import run
+    from service.requests import CleanupRequest
+
+    return run(CleanupRequest.build(**parameters))
+
+
+def _age(store, key: str, seconds: float) -> None:
+    path = store.path(key)
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def _put(store, key: str, *, age: float = 0.0, data: bytes = b"x" * 10) -> str:
+    store.put(key, data)
+    if age:
+        _age(store, key, age)
+    return key
+
+
+def _prefect_run(flow_name: str, state: str, parameters: dict | None = None) -> str:
+    """A run of ``flow_name`` in ``state`` (as another process would have left it)."""
+    from prefect import get_client
+    from prefect.states import Completed, Crashed, Running
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.request("POST", "/flows/", json={"name": flow_name}).json()["id"]
+        run = client.request("POST", "/flow_runs/", json={"flow_id": flow_id, "parameters": parameters or {},
+                                                          "name": f"test-{state.lower()}"}).json()
+        run_id = uuid.UUID(run["id"])
+        client.set_flow_run_state(run_id, Running(), force=True)
+        if state == "COMPLETED":
+            client.set_flow_run_state(run_id, Completed(), force=True)
+        elif state == "CRASHED":
+            client.set_flow_run_state(run_id, Crashed(message="the process was killed"), force=True)
+    return str(run_id)
+
+
+def _set(engine, vid: str, *, age: float = 0.0, **values) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id == vid).values(
+            updated_at=datetime.now(UTC) - timedelta(seconds=age), **values))
+
+
+def _prepare_mess(lib) -> dict:
+    """Every kind of item cleanup removes, beside what it must keep. Returns the names."""
+    lib.seed(24, creators=2)
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    engine, store = lib.engine, lib.store
+    m: dict = {"mine": mine, "theirs": theirs}
+    alive = _prefect_run("bulk-reprocess", "RUNNING", {"creator_id": "creator-001"})
+    ended = _prefect_run("bulk-reprocess", "COMPLETED", {"creator_id": "creator-001"})
+    _prefect_run("bulk-delete", "RUNNING", {"creator_id": "creator-002"})  # finishing its own tombstones
+    m["crashed"] = _prefect_run("bulk-delete", "CRASHED", {"creator_id": "creator-001"})
+    # Tombstones: two old ones go; a young one, and an old one of a creator whose delete runs, stay.
+    m["doomed"] = mine[:2]
+    for vid in mine[:2]:
+        _set(engine, vid, age=2 * HOUR, status="deleting")
+    m["young_tombstone"] = mine[2]
+    _set(engine, mine[2], age=10 * 60, status="deleting")
+    m["held_tombstone"] = theirs[0]
+    _set(engine, theirs[0], age=2 * HOUR, status="deleting")
+    with engine.connect() as conn:
+        m["doomed_keys"] = [k for vid in mine[:2] for k in conn.execute(
+            select(Video.storage_key, Video.thumbnail_key).where(Video.id == vid)).one() if k]
+    # Claims: past the lease with an unknown holder, and an ended run's, are released; a
+    # running reprocess's (even past the lease) and another pipeline's stay.
+    m["released"] = [mine[3], mine[4]]
+    _set(engine, mine[3], age=2 * HOUR, status="processing", processing_by=str(uuid.uuid4()))
+    _set(engine, mine[4], status="processing", processing_by=ended)
+    m["held"] = [mine[5], mine[6]]
+    _set(engine, mine[5], age=2 * HOUR, status="processing", processing_by=alive)
+    _set(engine, mine[6], status="processing", processing_by=alive)
+    m["pipeline"] = mine[7]
+    _set(engine, mine[7], age=2 * HOUR, status="processing", processing_by=None)
+    # Exports: an old file without a record goes; a fresh one, and an old one whose record
+    # says its link is still valid, stay.
+    old_op, fresh_op, valid_op = (str(uuid.uuid4()) for _ in range(3))
+    m["expired_export"] = _put(store, f"exports/creator-001/{old_op}.parquet", age=3 * DAY)
+    m["fresh_export"] = _put(store, f"exports/creator-001/{fresh_op}.csv")
+    m["valid_export"] = _put(store, f"exports/creator-002/{valid_op}.csv", age=3 * DAY)
+    store.put(f"operations/{valid_op}.json", json.dumps({
+        "operation_id": valid_op, "operation": "export", "creator_id": "creator-002", "status": "completed",
+        "output": {"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat().replace("+00:00", "Z")}}).encode())
+    # Leftovers: parts of an export that ended long ago and a crashed write's temporary file
+    # go; a file being written right now stays.
+    m["leftovers"] = [_put(store, f"exports/creator-001/{uuid.uuid4()}.parts/part-00000.arrow", age=HOUR),
+                      _put(store, "reports/.x.csv.123.456.tmp", age=HOUR)]
+    m["writing"] = _put(store, f"exports/creator-001/.{uuid.uuid4()}.csv.partial", age=60)
+    # Reports, audit manifests and set-aside ids past 90 days go; a young report stays.
+    old_delete = str(uuid.uuid4())
+    m["old_reports"] = [_put(store, f"reports/{uuid.uuid4()}.csv", age=100 * DAY),
+                        _put(store, f"audit/delete/{old_delete}/batch-00000.jsonl", age=100 * DAY),
+                        _put(store, f"audit/delete/{old_delete}/manifest.json", age=100 * DAY),
+                        _put(store, f"requests/creator-001/invalid-ids-{uuid.uuid4().hex}.json", age=100 * DAY)]
+    m["young_report"] = _put(store, f"reports/{uuid.uuid4()}.csv", age=10 * DAY)
+    # Orphans: objects of a video with no row, two days old, are found (and kept: deleting
+    # them is a setting); a fresh upload is not one yet; a seeded video's old files are no orphans.
+    orphan = str(uuid.uuid4())
+    m["orphan"] = [_put(store, f"videos/creator-001/{orphan}/video.mp4", age=2 * DAY),
+                   _put(store, f"videos/creator-001/{orphan}/thumb.jpg", age=2 * DAY)]
+    m["upload"] = _put(store, f"videos/creator-002/{uuid.uuid4()}/video.mp4", age=60)
+    with engine.connect() as conn:
+        key = conn.execute(select(Video.storage_key).where(Video.id == mine[8])).scalar()
+    _age(store, key, 2 * DAY)
+    return m
+
+
+def _snapshot(lib) -> tuple:
+    with lib.engine.connect() as conn:
+        rows = sorted(conn.execute(select(Video.id, Video.status, Video.processing_by)).all())
+    return rows, lib.store.list_keys("")
+
+
+def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(library):
+    from service.status import status_of
+    from videolib.delete import read_manifest_records
+
+    m = _prepare_mess(library)
+    before = _snapshot(library)
+    dry = _run_cleanup(dry_run=True)
+    assert dry["status"] == "completed" and dry["dry_run"] is True, dry
+    assert dry["cleanup"] == EXPECTED, dry["cleanup"]
+    assert dry["plan"]["items"] == dry["requested"] == 11 and dry["plan"]["bytes"] > 0
+    after_dry = _snapshot(library)
+    assert after_dry[0] == before[0]
+    assert [k for k in after_dry[1] if not k.startswith("operations/")] == [
+        k for k in before[1] if not k.startswith("operations/")]
+
+    done = _run_cleanup()
+    assert done["status"] == "completed", done
+    assert done["operation"] == "cleanup" and done["creator_id"] is None
+    assert done["cleanup"] == EXPECTED, done["cleanup"]
+    assert done["requested"] == done["succeeded"] == 11 and done["failed"] == 0
+    assert status_of(done["operation_id"])["result"] == done
+
+    store, keys = library.store, set(library.store.list_keys(""))
+    with library.engine.connect() as conn:
+        rows = {row.id: row for row in conn.execute(select(Video.id, Video.status, Video.processing_by))}
+    # Tombstones finished as a delete would: rows, objects, and the audit manifest.
+    assert not set(m["doomed"]) & set(rows) and not set(m["doomed_keys"]) & keys
+    assert sorted(r["video_id"] for r in read_manifest_records(store, done["operation_id"])) == sorted(m["doomed"])
+    assert rows[m["young_tombstone"]].status == rows[m["held_tombstone"]].status == "deleting"
+    for vid in m["released"]:
+        assert rows[vid].status in {"ready", "failed"} and rows[vid].processing_by is None
+    for vid in m["held"] + [m["pipeline"]]:
+        assert rows[vid].status == "processing"
+    gone = [m["expired_export"], *m["leftovers"], *m["old_reports"]]
+    kept = [m["fresh_export"], m["valid_export"], m["writing"], m["young_report"], *m["orphan"], m["upload"]]
+    assert not set(gone) & keys and set(kept) <= keys
+    # The crashed run got its record (failed, saying why); status reads it.
+    record = json.loads(store.get(f"operations/{m['crashed']}.json"))
+    assert record["status"] == "failed" and "Crashed" in record["message"] and record["operation"] == "delete"
+    assert status_of(m["crashed"])["status"] == "failed"
+    # Nothing else changed: every other video as it was.
+    untouched = {vid for vid in m["mine"] + m["theirs"]} - set(m["doomed"]) - set(m["released"])
+    assert {vid: (rows[vid].status, rows[vid].processing_by) for vid in untouched} == {
+        row.id: (row.status, row.processing_by) for row in before[0] if row.id in untouched}
+
+    again = _run_cleanup()
+    assert again["status"] == "completed" and again["requested"] == 0
+    assert again["cleanup"] == {**NOTHING, "orphans_found": 1}
+
+    # Deleting orphans is a setting.
+    os.environ["BULKOPS_CLEANUP_DELETE_ORPHANS"] = "true"
+    try:
+        from config import get_settings
+
+        get_settings.cache_clear()
+        purge = _run_cleanup()
+    finally:
+        del os.environ["BULKOPS_CLEANUP_DELETE_ORPHANS"]
+        get_settings.cache_clear()
+    assert purge["cleanup"] == {**NOTHING, "orphans_found": 1, "orphans_deleted": 1}, purge["cleanup"]
+    keys = set(store.list_keys(""))
+    assert not set(m["orphan"]) & keys and m["upload"] in keys
+
+
+def test_pruned_runs_are_read_back_from_their_records(sqlite_library, monkeypatch):
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from config import get_settings
+    from service.launch import run
+    from service.requests import DeleteRequest
+    from service.status import read_status, status_of
+
+    sqlite_library.seed(6, creators=1)
+    deleted = run(DeleteRequest.build(creator_id="creator-001", video_ids=sqlite_library.ids("creator-001")[:2]))
+    before = read_status(deleted["operation_id"])
+    monkeypatch.setenv("BULKOPS_HISTORY_RETENTION", "0")
+    get_settings.cache_clear()
+    done = _run_cleanup()
+    assert done["cleanup"]["runs_pruned"] == 1 and done["cleanup"]["runs_archived"] == 0, done
+    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+        client.read_flow_run(uuid.UUID(deleted["operation_id"]))
+    assert status_of(deleted["operation_id"]) == before
+    # The cleanup's own run was not pruned while it ran; the next cleanup prunes it.
+    again = _run_cleanup()
+    assert again["cleanup"]["runs_pruned"] == 1
+    assert status_of(done["operation_id"])["result"] == done
+
+
+def test_a_second_cleanup_is_refused_and_one_started_anyway_touches_nothing(sqlite_library):
+    from flows.cleanup import cleanup
+    from flows.slots import ExclusiveSlot
+    from videolib.ids import RequestError
+
+    m = _prepare_mess(sqlite_library)
+    before = _snapshot(sqlite_library)
+    # The front doors: a cleanup that has not ended refuses the next.
+    running = _prefect_run("cleanup", "RUNNING")
+    with pytest.raises(RequestError) as refused:
+        _run_cleanup()
+    assert refused.value.code == "cleanup_running" and running in refused.value.message
+    from prefect import get_client
+    from prefect.states import Completed
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(running), Completed(), force=True)
+    # A run nobody counted (a schedule, the UI) while another holds the cleanup's slot
+    # ends Cancelled with cleanup_running, having touched nothing.
+    holder = ExclusiveSlot(str(uuid.uuid4()), "cleanup", lease_s=60)
+    assert holder.acquire(stopped=lambda: False) == "acquired"
+    try:
+        state = cleanup(return_state=True)
+    finally:
+        holder.release()
+    assert state.type.value == "CANCELLED", state
+    from service.status import status_of
+
+    run_id = str(state.state_details.flow_run_id)
+    result = status_of(run_id)["result"]
+    assert result["status"] == "cancelled" and result["error"] == "cleanup_running"
+    assert result["cleanup"] == NOTHING and result["requested"] == 0
+    assert _snapshot(sqlite_library)[0] == before[0]
+    assert m["expired_export"] in sqlite_library.store.list_keys("exports")
+    # With the slot free again, the next one runs.
+    assert _run_cleanup()["cleanup"]["tombstones_finished"] == 2
+
+
+def test_object_kinds_on_the_s3_endpoint(s3_library, monkeypatch):
+    """S3 cannot be given old modification times: the graces are 0 here, and the export's
+    record says when its link expired."""
+    from config import get_settings
+
+    store = s3_library.store
+    s3_library.seed(4, creators=1)
+    ended = _prefect_run("bulk-export", "COMPLETED", {"creator_id": "creator-001"})
+    expired_op, valid_op, orphan = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    for op, when in ((expired_op, -2 * DAY), (valid_op, DAY)):
+        store.put(f"exports/creator-001/{op}.csv", b"a,b\n")
+        store.put(f"operations/{op}.json", json.dumps({"operation_id": op, "output": {
+            "expires_at": (datetime.now(UTC) + timedelta(seconds=when)).isoformat()}}).encode())
+    parts = f"exports/creator-001/{ended}.parts/part-00000.arrow"
+    store.put(parts, b"p")
+    store.put(f"reports/{uuid.uuid4()}.csv", b"r")
+    store.put(f"videos/creator-001/{orphan}/video.mp4", b"v" * 100)
+    for name, value in (("BULKOPS_CLEANUP_REPORT_RETENTION", "0"), ("BULKOPS_CLEANUP_ORPHAN_GRACE", "0"),
+                        ("BULKOPS_CLEANUP_EXPORT_GRACE", "1h"), ("BULKOPS_CLEANUP_DELETE_ORPHANS", "true")):
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    time.sleep(1.1)  # older than a grace of 0
+    seeded_keys = set(store.list_keys("videos")) - {f"videos/creator-001/{orphan}/video.mp4"}
+    done = _run_cleanup()
+    counts = done["cleanup"]
+    assert (counts["exports_expired"], counts["parts_removed"], counts["reports_expired"], counts["orphans_found"],
+            counts["orphans_deleted"]) == (1, 1, 1, 1, 1), counts
+    keys = set(store.list_keys(""))
+    assert f"exports/creator-001/{valid_op}.csv" in keys and f"exports/creator-001/{expired_op}.csv" not in keys
+    assert parts not in keys and not any(k.startswith("reports/") for k in keys)
+    assert set(store.list_keys("videos")) == seeded_keys
