@@ -113,6 +113,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # where it is the subject (tests/flows/test_slots.py, tests/api, tests/e2e/test_serve.py),
 # with creators of their own.
 os.environ.setdefault("BULKOPS_MAX_RUNNING_PER_CREATOR", "50")
+# No daily cleanup fires inside a test's `bulkops serve` (the schedule is tested where it
+# is the subject: tests/e2e/test_cleanup_schedule.py).
+os.environ.setdefault("BULKOPS_CLEANUP_CRON", "off")
 # The leases of those slots on disk, as every Prefect server bulkops starts keeps them.
 from service.environment import LEASE_STORAGE  # noqa: E402 - no Prefect import
 

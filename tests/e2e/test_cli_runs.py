@@ -315,3 +315,51 @@ def test_reprocess_then_export_from_the_cli(request, prefect_server, database):
     with lib.engine.connect() as conn:
         embedded = dict(conn.execute(select(Video.id, Video.embedded_at).where(Video.creator_id == "creator-001")).all())
     assert dict(zip(table.column("id").to_pylist(), table.column("embedded_at").to_pylist())) == embedded
+
+
+def test_cleanup_from_the_cli_dry_run_then_for_real_and_one_at_a_time(seeded, prefect_server):
+    """`bulkops cleanup`: a dry run changes nothing, the run removes what is due (exit 0),
+    a person reads what was done; a second while one has not ended is exit 2
+    `cleanup_running`; bad settings and options are exit 2. (The shared server holds other
+    tests' runs: only this library's counts are exact here; tests/flows/test_cleanup.py has all.)"""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    lib = seeded
+    doomed = lib.ids("creator-001")[0]
+    with lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id == doomed).values(
+            status="deleting", updated_at=datetime.now(UTC) - timedelta(hours=2)))
+    proc, plan = run_cli(lib, "cleanup", "--dry-run", "--json", prefect=prefect_server)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert plan["operation"] == "cleanup" and plan["dry_run"] is True and plan["creator_id"] is None
+    assert plan["cleanup"]["tombstones_finished"] == 1 and doomed in _all_ids(lib)
+    proc, doc = run_cli(lib, "cleanup", "--json", prefect=prefect_server)
+    assert proc.returncode == 0 and doc["status"] == "completed", (doc, proc.stderr[-2000:])
+    assert doc["cleanup"]["tombstones_finished"] == 1 and doomed not in _all_ids(lib)
+    assert doc["operation_id"] in proc.stderr  # announced as it started
+    proc, _ = run_cli(lib, "cleanup", prefect=prefect_server)
+    assert proc.returncode == 0 and "cleanup completed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "tombstones" not in proc.stdout  # nothing left of that kind
+
+    flow = requests.post(f"{prefect_server.api_url}/flows/", json={"name": "cleanup"}, timeout=30).json()
+    run = requests.post(f"{prefect_server.api_url}/flow_runs/", json={"flow_id": flow["id"], "state": {
+        "type": "RUNNING", "name": "Running"}}, timeout=30).json()
+    try:
+        proc, refused = run_cli(lib, "cleanup", "--json", prefect=prefect_server)
+        assert proc.returncode == 2 and refused["error"] == "cleanup_running" and run["id"] in refused["message"]
+    finally:
+        requests.post(f"{prefect_server.api_url}/flow_runs/{run['id']}/set_state", json={
+            "state": {"type": "COMPLETED", "name": "Completed"}, "force": True}, timeout=30)
+    for env, args, error in (({"BULKOPS_CLEANUP_TOMBSTONE_GRACE": "soon"}, [], "bad_settings"),
+                             ({"BULKOPS_CLEANUP_CRON": "61 * * * *"}, [], "bad_settings"),
+                             ({"BULKOPS_HISTORY_RETENTION": "-1d"}, [], "bad_settings"),
+                             ({}, ["--creator", "creator-001"], "usage")):
+        proc, refused = run_cli(lib, "cleanup", *args, "--json", prefect=prefect_server, env_extra=env)
+        assert proc.returncode == 2 and refused["error"] == error, (env, args, refused)
+
+
+def _all_ids(lib) -> set[str]:
+    with lib.engine.connect() as conn:
+        return set(conn.execute(select(Video.id)).scalars())

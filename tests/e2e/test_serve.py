@@ -171,6 +171,24 @@ def test_operations_triggered_over_http_run_on_the_runner(served):
     assert served.call("GET", f"/bulk/status/{reprocessed['operation_id']}").status_code == 404
 
 
+def test_cleanup_over_http_is_the_services_and_the_cli_hands_it_to_serve(served):
+    service = {"Authorization": f"Bearer {served.token('backend', service=True)}"}
+    assert served.call("POST", "/bulk/cleanup", {}).status_code == 403  # a creator's token
+    answer = requests.post(f"{served.url}/bulk/cleanup", json={"dry_run": True}, headers=service, timeout=60)
+    assert answer.status_code == 202, answer.text
+    done = served.wait_final(answer.json()["operation_id"])
+    assert done["status"] == "completed" and done["operation"] == "cleanup" and done["creator_id"] is None
+    assert done["result"]["dry_run"] is True and set(done["result"]["cleanup"]) >= {"tombstones_finished", "runs_pruned"}
+    # A creator cannot see it (it is nobody's); the run waited for no creator's slot.
+    assert served.call("GET", f"/bulk/status/{done['operation_id']}").status_code == 404
+    proc = subprocess.run([BULKOPS, "cleanup", "--json"], env=_env(served.lib, served.home), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(proc.stdout)
+    assert "Running on bulkops serve" in proc.stderr or document["operation_id"] in proc.stderr
+    assert document == served.wait_final(document["operation_id"])["result"]
+
+
 def test_the_cli_uses_the_served_prefect_server(served):
     answer = served.call("POST", "/bulk/delete", {"video_ids": served.lib.ids("creator-001")[:1], "dry_run": True})
     operation_id = answer.json()["operation_id"]
