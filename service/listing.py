@@ -6,6 +6,8 @@ carry the creator's tag (``flows.creator_tag``), each as its status document.
 
 Pages are cut by the runs' expected start time (keyset, not offsets), so runs created
 while someone pages through never repeat or shift an item. The cursor is opaque.
+Past the oldest run Prefect still has, the list goes on with the runs cleanup pruned,
+from their records (``videolib/records.py``'s index; ``tasks/history.py``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,12 @@ def _encode(before: str, seen: list[str]) -> str:
 
 
 def _decode(cursor: str) -> tuple[str, set[str]]:
+    """``(before, seen)`` of a page in Prefect's runs; ``("", {entry})`` of a page in the
+    index of pruned runs."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if set(data) == {"a"} and isinstance(data["a"], str) and len(data["a"]) <= 200:
+            return "", {data["a"]}
         before, seen = data["b"], data["s"]
         datetime.fromisoformat(before)
         if not isinstance(seen, list) or not all(isinstance(i, str) for i in seen) or len(seen) > _PAGE:
@@ -68,6 +74,8 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
 
     limit = check_listing(status=status, operation=operation, limit=limit)
     before, seen = _decode(cursor) if cursor else (None, set())
+    if before == "":  # the page goes on in the index of pruned runs
+        return _archived(creator_id, status, operation, limit, after=next(iter(seen)))
     flows = [name for name, op in FLOW_OPERATIONS.items() if operation in (None, op)]
     runs_filter: dict[str, Any] = {}
     if creator_id is not None:
@@ -98,6 +106,15 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
             last = _when(fresh[-1])
             seen = ({i for i in seen if before == last} | {str(run.id) for run in fresh if _when(run) == last})
             before = last
+    if len(items) <= limit:  # Prefect's runs are all listed: older ones were pruned to records
+        more = _archived(creator_id, status, operation, limit - len(items))
+        for document in more["items"]:
+            document["_expected"] = ""
+        items.extend(more["items"])
+        if more["next_cursor"] is not None:
+            for document in items:
+                document.pop("_expected", None)
+            return {"items": items, "next_cursor": more["next_cursor"]}
     page = items[:limit]
     next_cursor = None
     if len(items) > limit:
@@ -106,6 +123,24 @@ def list_operations(*, creator_id: str | None, status: str | None = None, operat
     for document in page:
         document.pop("_expected", None)
     return {"items": page, "next_cursor": next_cursor}
+
+
+def _archived(creator_id: str | None, status: str | None, operation: str | None, limit: int,
+              after: str | None = None) -> dict[str, Any]:
+    """A page of the operations cleanup pruned from Prefect, from their records."""
+    from service.environment import ready_store
+    from service.status import status_from_record
+    from videolib.records import list_index
+
+    if status in ("pending", "in_progress"):
+        return {"items": [], "next_cursor": None}
+    entries = list_index(ready_store(), creator_id, status=status, operation=operation, after=after, limit=limit + 1)
+    items = [document for document in (status_from_record(operation_id) for _, operation_id in entries[:limit])
+             if document is not None]
+    if len(entries) <= limit:
+        return {"items": items, "next_cursor": None}
+    last = entries[limit - 1][0] if limit > 0 else (after or "")  # (limit 0: whether there is more)
+    return {"items": items, "next_cursor": base64.urlsafe_b64encode(json.dumps({"a": last}).encode()).decode().rstrip("=")}
 
 
 def _when(run) -> str:

@@ -11,7 +11,8 @@ Cleanup archives and prunes (:func:`archive_and_prune`): every ended run gets it
 in storage (``operations/{id}.json``, ``videolib/records.py``; the operation writes it
 as it ends, cleanup writes it for a run that crashed before it could), and a run older
 than ``BULKOPS_HISTORY_RETENTION`` is deleted from Prefect with its artifacts once its
-record is in storage. Status and the operation list then answer from the record.
+record is in storage and listed in the index of pruned runs (``videolib/records.py``).
+Status and the operation list then answer from the record.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 from typing import Any
 
 from videolib.operation import BatchOutcome, ItemError, OperationResult
-from videolib.records import read_record, record_key, write_record
+from videolib.records import read_record, record_key, write_index, write_record
 
 RESULT_ARTIFACT_TYPE = "bulkops-result"
 RESULT_ARTIFACT_DESCRIPTION = "bulkops result document"
@@ -145,8 +146,11 @@ def archive_and_prune(store, items: list[list[str]], *, flow_operations: dict[st
                     archived += 1
                 if action == "prune":
                     if not dry_run:
-                        if read_record(store, run_id) is None:
+                        record = read_record(store, run_id)
+                        if record is None:
                             raise OSError(f"its record {record_key(run_id)} cannot be read back")
+                        started = run.expected_start_time or run.start_time or run.created
+                        write_index(store, record, started.timestamp())  # the operation list goes on past Prefect
                         for artifact in artifacts[run_id]:
                             client.request("DELETE", f"/artifacts/{artifact.id}")
                         client.delete_flow_run(uuid.UUID(run_id))

@@ -35,3 +35,49 @@ def read_record(store, operation_id: str) -> dict[str, Any] | None:
         return json.loads(store.get(key))
     except FileNotFoundError:
         return None
+
+
+# The index of the runs cleanup pruned from Prefect, so that the operation list goes on
+# past Prefect's history: one empty object per run, named so that a listing of a
+# creator's folder is newest first and can be filtered without reading the records:
+# ``operations/index/{creator or _}/{9999999999 - started (s):010d}-{status}-{operation}-{id}``.
+INDEX_PREFIX = f"{RECORD_PREFIX}index/"
+_NOBODY = "_"  # the folder of operations of the whole library (cleanup)
+_NEVER = 9_999_999_999
+
+
+def index_key(document: dict[str, Any], started: float) -> str:
+    """Where the pruned run of ``document`` (its record) is listed; ``started`` in epoch seconds."""
+    folder = document.get("creator_id") or _NOBODY
+    operation_id = str(uuid.UUID(str(document["operation_id"])))
+    return (f"{INDEX_PREFIX}{folder}/{_NEVER - int(started):010d}-{document['status']}-{document['operation']}-"
+            f"{operation_id}")
+
+
+def write_index(store, document: dict[str, Any], started: float) -> str:
+    key = index_key(document, started)
+    store.put(key, b"")
+    return key
+
+
+def list_index(store, creator_id: str | None, *, status: str | None = None, operation: str | None = None,
+               after: str | None = None, limit: int = 20) -> list[tuple[str, str]]:
+    """``[(entry name, operation id)]`` of pruned runs, newest first, past ``after`` (an
+    entry name a page ended on): the creator's (None: every creator's and cleanup's)."""
+    prefix = f"{INDEX_PREFIX}{creator_id}" if creator_id is not None else INDEX_PREFIX.rstrip("/")
+    try:
+        keys = store.list_keys(prefix)
+    except (ValueError, OSError):
+        return []
+    names = sorted(key.rsplit("/", 1)[-1] for key in keys)
+    found: list[tuple[str, str]] = []
+    for name in names:
+        if after is not None and name <= after:
+            continue
+        parts = name.split("-", 3)
+        if len(parts) != 4 or (status and parts[1] != status) or (operation and parts[2] != operation):
+            continue
+        found.append((name, parts[3]))
+        if len(found) >= limit:
+            break
+    return found

@@ -254,6 +254,43 @@ def test_pruned_runs_are_read_back_from_their_records(sqlite_library, monkeypatc
     assert status_of(done["operation_id"])["result"] == done
 
 
+def test_the_operation_list_goes_on_past_prefect_into_the_records(sqlite_library, monkeypatch):
+    from config import get_settings
+    from service.launch import run
+    from service.listing import list_operations
+    from service.requests import DeleteRequest
+    from service.status import read_status
+
+    sqlite_library.seed(10, creators=1)
+    ids = sqlite_library.ids("creator-001")
+    old = [run(DeleteRequest.build(creator_id="creator-001", video_ids=[vid]))["operation_id"] for vid in ids[:3]]
+    failed = run(DeleteRequest.build(creator_id="creator-001", video_ids=["not-an-id"]))["operation_id"]
+    expected = [read_status(i) for i in reversed(old + [failed])]  # newest first
+    monkeypatch.setenv("BULKOPS_HISTORY_RETENTION", "0")
+    get_settings.cache_clear()
+    assert _run_cleanup()["cleanup"]["runs_pruned"] == 4
+    monkeypatch.setenv("BULKOPS_HISTORY_RETENTION", "30d")
+    get_settings.cache_clear()
+    newest = run(DeleteRequest.build(creator_id="creator-001", video_ids=[ids[3]]))["operation_id"]
+    pages, cursor = [], None
+    while True:
+        page = list_operations(creator_id="creator-001", limit=2, cursor=cursor)
+        pages.append([d["operation_id"] for d in page["items"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [[newest, expected[0]["operation_id"]], [d["operation_id"] for d in expected[1:3]],
+                     [expected[3]["operation_id"]]], pages
+    listed = list_operations(creator_id="creator-001", limit=10)["items"]
+    assert listed[1:] == expected  # the records answer as Prefect did
+    assert [d["operation_id"] for d in list_operations(creator_id="creator-001", status="failed")["items"]] == [failed]
+    assert list_operations(creator_id="creator-001", operation="export")["items"] == []
+    assert list_operations(creator_id="creator-002")["items"] == []
+    everyone = [d["operation_id"] for d in list_operations(creator_id=None, limit=100)["items"]]
+    assert set(old + [failed, newest]) <= set(everyone) and "cleanup" in {
+        d["operation"] for d in list_operations(creator_id=None, limit=100)["items"]}
+
+
 def test_a_second_cleanup_is_refused_and_one_started_anyway_touches_nothing(sqlite_library):
     from flows.cleanup import cleanup
     from flows.slots import ExclusiveSlot
