@@ -124,7 +124,8 @@ class OperationBar:
                 self._last_plain = now
                 eta = "" if event.eta_seconds is None else f", ETA {event.eta_seconds:.0f}s"
                 batches = f", {self._batches}" if self._batches else ""
-                err.print(f"{self.label}: {event.current}/{event.total} videos{batches}{eta}")
+                unit = "items" if self.label.startswith("cleanup") else "videos"
+                err.print(f"{self.label}: {event.current}/{event.total} {unit}{batches}{eta}")
 
 
 @contextmanager

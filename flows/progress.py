@@ -27,7 +27,7 @@ from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 
 from tasks.history import PROGRESS_KEY  # the progress artifact's metadata key holding the JSON
 
-PROGRESS_UNIT = "videos"
+PROGRESS_UNIT = "videos"  # what an operation counts (cleanup: items of every kind)
 PROGRESS_MIN_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def notify(event: ProgressEvent) -> None:
             log.exception("progress listener failed")
 
 
-def progress_description(current: int, total: int, batches_done: int, batches: int, eta: float | None) -> str:
+def progress_description(current: int, total: int, batches_done: int, batches: int, eta: float | None,
+                         unit: str = PROGRESS_UNIT) -> str:
     eta_text = "done" if current >= total else ("ETA --" if eta is None else f"ETA {eta:.0f}s")
-    return f"{current}/{total} {PROGRESS_UNIT} · {batches_done}/{batches} batches · {eta_text}"
+    return f"{current}/{total} {unit} · {batches_done}/{batches} batches · {eta_text}"
 
 
 def percent(current: int, total: int) -> float:
@@ -203,7 +204,8 @@ class Progress:
                 "batches": self.batches, "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1)}
 
     def description(self) -> str:
-        return progress_description(self.shown, self.total, self.batches_done, self.batches, self.eta_seconds)
+        return progress_description(self.shown, self.total, self.batches_done, self.batches, self.eta_seconds,
+                                    unit="items" if self.operation == "cleanup" else PROGRESS_UNIT)
 
     def event(self, result: dict[str, Any] | None = None) -> ProgressEvent:
         return ProgressEvent(self.operation_id, self.operation, self.shown, self.total, self.batches_done,
