@@ -360,3 +360,38 @@ def test_object_kinds_on_the_s3_endpoint(s3_library, monkeypatch):
     assert f"exports/creator-001/{valid_op}.csv" in keys and f"exports/creator-001/{expired_op}.csv" not in keys
     assert parts not in keys and not any(k.startswith("reports/") for k in keys)
     assert set(store.list_keys("videos")) == seeded_keys
+
+
+def test_a_cleanup_started_while_another_scans_ends_cancelled_and_touches_nothing(sqlite_library, monkeypatch):
+    """Two runs nobody counted (a schedule and a click in the UI): the second starts while
+    the first holds the cleanup's slot and scans; it ends Cancelled `cleanup_running`,
+    and the first does all the work."""
+    import threading
+
+    import flows.cleanup as module
+    from flows.cleanup import cleanup
+    from service.status import status_of
+
+    _prepare_mess(sqlite_library)
+    scan, scanning, go_on = module.scan, threading.Event(), threading.Event()
+
+    def held_scan(*args, **kwargs):
+        scanning.set()
+        assert go_on.wait(60), "the second run reached the scan: it ran beside the first"
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(module, "scan", held_scan)
+    states: list = []
+    first = threading.Thread(target=lambda: states.append(cleanup(return_state=True)))
+    first.start()
+    try:
+        assert scanning.wait(60)
+        second = cleanup(return_state=True)
+    finally:
+        go_on.set()
+        first.join(120)
+    refused = status_of(str(second.state_details.flow_run_id))["result"]
+    done = status_of(str(states[0].state_details.flow_run_id))["result"]
+    assert second.type.value == "CANCELLED" and refused["error"] == "cleanup_running", refused
+    assert refused["cleanup"] == NOTHING and refused["requested"] == 0
+    assert done["status"] == "completed" and done["cleanup"]["tombstones_finished"] == 2
