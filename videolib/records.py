@@ -40,17 +40,17 @@ def read_record(store, operation_id: str) -> dict[str, Any] | None:
 # The index of the runs cleanup pruned from Prefect, so that the operation list goes on
 # past Prefect's history: one empty object per run, named so that a listing of a
 # creator's folder is newest first and can be filtered without reading the records:
-# ``operations/index/{creator or _}/{9999999999 - started (s):010d}-{status}-{operation}-{id}``.
+# ``operations/index/{creator or _}/{9999999999999 - started (ms):013d}-{status}-{operation}-{id}``.
 INDEX_PREFIX = f"{RECORD_PREFIX}index/"
 _NOBODY = "_"  # the folder of operations of the whole library (cleanup)
-_NEVER = 9_999_999_999
+_NEVER = 9_999_999_999_999  # in milliseconds: year 2286
 
 
 def index_key(document: dict[str, Any], started: float) -> str:
     """Where the pruned run of ``document`` (its record) is listed; ``started`` in epoch seconds."""
     folder = document.get("creator_id") or _NOBODY
     operation_id = str(uuid.UUID(str(document["operation_id"])))
-    return (f"{INDEX_PREFIX}{folder}/{_NEVER - int(started):010d}-{document['status']}-{document['operation']}-"
+    return (f"{INDEX_PREFIX}{folder}/{_NEVER - int(started * 1000):013d}-{document['status']}-{document['operation']}-"
             f"{operation_id}")
 
 
