@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/delete.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/reprocess.py
+	$(BIN)/python benchmarks/cleanup.py
 
 clean:
 	rm -rf .data $(VENV) *.egg-info .pytest_cache

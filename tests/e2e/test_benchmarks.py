@@ -65,3 +65,16 @@ def test_api_benchmark_smoke(tmp_path):
     results = json.loads((tmp_path / "api.json").read_text())["results"]
     assert results["pollers"]["errors"] == 0 and results["pollers"]["requests"] > 0
     assert results["trigger"]["calls"] > 0 and results["cli"]["with_serve_s"] > 0
+
+
+def test_cleanup_benchmark_smoke(tmp_path):
+    run_smoke("cleanup.py", "--skip-s3", "--work-dir", str(tmp_path), "--json", str(tmp_path / "cleanup.json"),
+              timeout=180,
+              rows=("(a) cleanup flow", "(b) bulk-delete flow", "(a) orphan scan", "(b) plain listing",
+                    "(c) find_orphans"))
+    doc = json.loads((tmp_path / "cleanup.json").read_text())
+    tombstones, orphans = doc["results"]["tombstones"], doc["results"]["orphans-local-4k"]
+    assert tombstones["a"]["extra"]["cleanup"]["tombstones_finished"] == 300
+    assert set(orphans) == {"a", "b", "c"}
+    assert all(m["verified"] for r in doc["results"].values() for m in r.values())
+    assert {r["ratio"] for r in doc["ratios"]["tombstones"]} == {"a/b"}
