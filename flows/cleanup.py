@@ -33,6 +33,7 @@ from flows import CLEANUP, FLOW_OPERATIONS
 from flows.operation import DRY_RUN_TAG, Operation, Plan
 from tasks.cleanup import cleanup_batch
 from tasks.history import FINAL_TYPES, ended_runs
+from tasks.liveness import living
 from tasks.resources import HOLDERS, engine, store
 from videolib.cleanup import (
     COUNTS,
@@ -186,13 +187,18 @@ def scan_orphans(rules: Rules, *, workers: int) -> list[list[str]]:
 
 
 def running_creators(flow_name: str) -> set[str]:
-    """The creators with a run of ``flow_name`` that has not ended."""
+    """The creators with a run of ``flow_name`` that has not ended and is alive: a run
+    left Running by a process that died without a word (no heartbeat for a while) is
+    marked Crashed instead (``tasks/liveness.py``), and its tombstones are cleanup's."""
+    from prefect.client.schemas.objects import FlowRun
+
     with get_client(sync_client=True) as client:
-        runs = client.request("POST", "/flow_runs/filter", json={
+        runs = FlowRun.model_validate_list(client.request("POST", "/flow_runs/filter", json={
             "flows": {"name": {"any_": [flow_name]}},
             "flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING", "PAUSED"]}}},
-            "limit": 200}).json()
-    return {(run.get("parameters") or {}).get("creator_id") for run in runs} - {None}
+            "limit": 200}).json())
+        runs = living(client, runs, found_by="bulkops cleanup, before finishing its tombstones")
+    return {(run.parameters or {}).get("creator_id") for run in runs} - {None}
 
 
 def history_items(operation_id: str, flow_operations: dict[str, str], retention_s: float,

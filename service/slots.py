@@ -13,7 +13,7 @@ such a run waits for a slot instead of running over the limit.
 A run whose process died without a word (a SIGKILLed CLI on its temporary Prefect server,
 where no automation marks it) would hold its creator's count forever: a run that sent
 heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``) and has sent none for
-:data:`SILENT_AFTER_S` is not counted, and is marked ``Crashed``, as the heartbeat
+``tasks.liveness.silent_after_s`` is not counted, and is marked ``Crashed``, as the heartbeat
 automation of ``bulkops serve`` would (its claims are then free, ``videolib/takeover.py``).
 """
 
@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from config import get_settings
+from tasks.liveness import living
 from videolib.ids import RequestError
 
-log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]
 DUE_WITHIN = dt.timedelta(minutes=1)  # a scheduled run counts once it is due
@@ -40,16 +37,6 @@ RETRY_AFTER_RANGE_S = (5, 300)
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-
-
-def silent_after_s() -> float:
-    """How long a running run may go without a heartbeat before it counts as dead:
-    three heartbeats (at least 90 s)."""
-    try:
-        every = float(os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or 30)
-    except ValueError:
-        every = 30.0
-    return max(90.0, 3 * every)
 
 
 def _lock(creator_id: str) -> threading.Lock:
@@ -110,7 +97,7 @@ def refuse_a_second_cleanup() -> None:
 
 def running_runs(creator_id: str | None) -> list[Any]:
     """The creator's bulkops runs that have not ended (the ones that count), without the
-    dead (no heartbeat for :func:`silent_after_s`, which are marked Crashed); with
+    dead (``tasks/liveness.py``: no heartbeat for a while, marked Crashed); with
     ``creator_id`` None, the cleanup runs that have not ended."""
     from prefect import get_client
     from prefect.client.schemas.objects import FlowRun
@@ -125,10 +112,7 @@ def running_runs(creator_id: str | None) -> list[Any]:
                           "state": {"type": {"any_": ACTIVE_STATES}}},
             "limit": 200}).json())
         runs = [run for run in runs if not _later(run, now)]
-        dead = _dead(client, runs, now)
-        for run in dead:
-            _mark_crashed(client, run)
-    return [run for run in runs if run not in dead]
+        return living(client, runs, found_by="bulkops when it counted the creator's running operations")
 
 
 def _later(run, now: dt.datetime) -> bool:
@@ -137,48 +121,6 @@ def _later(run, now: dt.datetime) -> bool:
         return False
     when = run.next_scheduled_start_time or run.expected_start_time
     return when is not None and when > now + DUE_WITHIN
-
-
-def _dead(client, runs: list[Any], now: dt.datetime) -> list[Any]:
-    """The running runs that sent heartbeats and have sent none for a while."""
-    grace = dt.timedelta(seconds=silent_after_s())
-    suspects = [run for run in runs if run.state is not None and run.state.type.value in {"RUNNING", "CANCELLING"}
-                and run.start_time is not None and run.start_time < now - grace]
-    if not suspects:
-        return []
-    recent = _with_heartbeats(client, suspects, since=now - grace)
-    quiet = [run for run in suspects if run.id not in recent]
-    if not quiet:
-        return []
-    ever = _with_heartbeats(client, quiet, since=min(run.start_time for run in quiet) - dt.timedelta(seconds=5))
-    return [run for run in quiet if run.id in ever]  # never a heartbeat: nothing to judge it by
-
-
-def _with_heartbeats(client, runs: list[Any], *, since: dt.datetime) -> set[uuid.UUID]:
-    """Which of ``runs`` sent a heartbeat since ``since`` (Prefect's events)."""
-    found: set[uuid.UUID] = set()
-    for run in runs:  # one small question per run: a few runs at most reach this
-        response = client.request("POST", "/events/filter", json={
-            "filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
-                       "resource": {"id": [f"prefect.flow-run.{run.id}"]},
-                       "occurred": {"since": since.isoformat(), "until": (dt.datetime.now(dt.timezone.utc)
-                                                                          + dt.timedelta(minutes=1)).isoformat()}},
-            "limit": 1})
-        if response.json().get("events"):
-            found.add(run.id)
-    return found
-
-
-def _mark_crashed(client, run) -> None:
-    from prefect.states import Crashed
-
-    message = (f"no heartbeat for {silent_after_s():.0f}s: the process running it is gone (found by bulkops "
-               "when it counted the creator's running operations)")
-    try:
-        client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-        log.warning("run %s: %s", run.id, message)
-    except Exception as exc:  # noqa: BLE001 - it is not counted either way
-        log.warning("could not mark run %s crashed: %s", run.id, exc)
 
 
 def _retry_after(runs: list[Any]) -> int:

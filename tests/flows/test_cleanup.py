@@ -229,6 +229,69 @@ def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(libra
     assert not set(m["orphan"]) & keys and m["upload"] in keys
 
 
+def _running(flow_name: str, creator_id: str) -> str:
+    """A run of ``flow_name`` for ``creator_id``, Running from now."""
+    from prefect import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.request("POST", "/flows/", json={"name": flow_name}).json()["id"]
+        run_id = uuid.UUID(client.request("POST", "/flow_runs/", json={
+            "flow_id": flow_id, "parameters": {"creator_id": creator_id}, "name": "test-running"}).json()["id"])
+        client.set_flow_run_state(run_id, Running(), force=True)
+    return str(run_id)
+
+
+def _heartbeat(run_id: str) -> None:
+    """The heartbeat event the flow engine sends, recorded by the server."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        event_id = str(uuid.uuid4())
+        client.request("POST", "/events", json=[{
+            "id": event_id, "event": "prefect.flow-run.heartbeat", "occurred": datetime.now(UTC).isoformat(),
+            "resource": {"prefect.resource.id": f"prefect.flow-run.{run_id}"}, "related": [], "payload": {}}])
+        deadline = time.monotonic() + 30  # the server writes events in the background
+        while time.monotonic() < deadline:
+            found = client.request("POST", "/events/filter", json={"filter": {
+                "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                "occurred": {"since": (datetime.now(UTC) - timedelta(minutes=5)).isoformat()}}, "limit": 10}).json()
+            if any(event["id"] == event_id for event in found.get("events") or []):
+                return
+            time.sleep(0.1)
+    pytest.fail("the heartbeat event was not recorded")
+
+
+def test_a_delete_that_died_without_a_word_does_not_keep_its_tombstones(sqlite_library, monkeypatch):
+    """A delete SIGKILLed on a temporary server stays Running in Prefect for ever: once it
+    has sent no heartbeat for three periods it is marked Crashed (as admission does) and
+    cleanup finishes its tombstones; a delete that still beats keeps its own. (Three
+    periods are 90 s at least; 10 s here, so that the test does not wait 90.)"""
+    from prefect import get_client
+
+    import tasks.liveness
+
+    monkeypatch.setattr(tasks.liveness, "silent_after_s", lambda: 10.0)
+    lib = sqlite_library
+    lib.seed(6, creators=2)
+    mine, theirs = lib.ids("creator-001")[0], lib.ids("creator-002")[0]
+    for vid in (mine, theirs):
+        _set(lib.engine, vid, age=2 * HOUR, status="deleting")
+    silent, beating = _running("bulk-delete", "creator-001"), _running("bulk-delete", "creator-002")
+    _heartbeat(silent)
+    time.sleep(11)
+    _heartbeat(beating)
+    done = _run_cleanup()
+    assert done["status"] == "completed" and done["cleanup"]["tombstones_finished"] == 1, done
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(Video.status).where(Video.id == theirs)).scalar() == "deleting"
+        assert conn.execute(select(Video.id).where(Video.id == mine)).first() is None
+    with get_client(sync_client=True) as client:
+        states = {run: client.read_flow_run(uuid.UUID(run)).state for run in (silent, beating)}
+    assert states[silent].type.value == "CRASHED" and "heartbeat" in states[silent].message, states[silent]
+    assert states[beating].type.value == "RUNNING"
+
+
 def test_pruned_runs_are_read_back_from_their_records(sqlite_library, monkeypatch):
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
