@@ -328,9 +328,16 @@ def test_cleanup_from_the_cli_dry_run_then_for_real_and_one_at_a_time(seeded, pr
 
     lib = seeded
     doomed = lib.ids("creator-001")[0]
+    # A creator of its own (rows and objects): no other test's delete on the shared server holds it.
     with lib.engine.begin() as conn:
+        keys = conn.execute(select(Video.storage_key, Video.thumbnail_key).where(Video.id == doomed)).one()
+        moved = [key.replace("videos/creator-001/", "videos/creator-cleanup-cli/") for key in keys]
+        for key, new_key in zip(keys, moved):
+            lib.store.put(new_key, lib.store.get(key))
+            lib.store.delete(key)
         conn.execute(update(Video).where(Video.id == doomed).values(
-            status="deleting", updated_at=datetime.now(UTC) - timedelta(hours=2)))
+            creator_id="creator-cleanup-cli", storage_key=moved[0], thumbnail_key=moved[1], status="deleting",
+            updated_at=datetime.now(UTC) - timedelta(hours=2)))
     proc, plan = run_cli(lib, "cleanup", "--dry-run", "--json", prefect=prefect_server)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert plan["operation"] == "cleanup" and plan["dry_run"] is True and plan["creator_id"] is None
