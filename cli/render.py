@@ -175,6 +175,11 @@ def print_result(document: dict[str, Any]) -> None:
         out.print(f"Download (until {output['expires_at']}): {output['url']}", markup=False, soft_wrap=True)
     if document.get("report_path"):
         out.print(f"Per-item report: {document['report_path']} (in storage)")
+    verified = document.get("verified")
+    if verified and verified.get("videos"):
+        out.print(f"Verified gone: {verified['videos']} videos, read back after the delete "
+                  f"({verified.get('objects_absent', 0)} objects absent from storage, "
+                  f"{verified.get('rows_absent', 0)} rows and their chunks absent from the database)")
     if document.get("manifest_path"):
         out.print(f"Audit manifest: {document['manifest_path']} (in storage)")
     if document.get("message"):

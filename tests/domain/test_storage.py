@@ -445,3 +445,19 @@ def test_cached_real_dirs_resolve_exactly_as_realpath(tmp_path):
                  root / "videos/c1/dangling", tmp_path / "alias/c1/v1", tmp_path / "alias/c1/v2",
                  root / "videos/c1/../c1/v1", root / "videos/c1/missing/deeper"):
         assert store._real_dir(str(path), cache) == os.path.realpath(path), path
+
+
+def test_prefix_groups_cover_neighbours_with_few_listings():
+    """How the S3 read-back groups keys: one video is its own folder; a run of
+    neighbouring video folders a few dozen prefixes, every key under its own group's."""
+    from videolib.storage.s3 import prefix_groups
+
+    one = ["videos/c/0f1e/thumb.jpg", "videos/c/0f1e/video.mp4"]
+    assert prefix_groups(one) == {"videos/c/0f1e/": one}
+    ids = [f"{n:04x}" for n in range(0, 0x1000, 3)]  # 1366 videos spread over the id space
+    keys = sorted(f"videos/c/{vid}/{name}" for vid in ids for name in ("thumb.jpg", "video.mp4"))
+    groups = prefix_groups(keys)
+    assert 1 < len(groups) <= len(keys) // 8
+    assert sorted(key for members in groups.values() for key in members) == keys
+    assert all(key.startswith(prefix) for prefix, members in groups.items() for key in members)
+    assert prefix_groups([]) == {}

@@ -77,6 +77,7 @@ def test_delete_json_result_and_status(seeded, prefect_server, tmp_path):
     assert (doc["requested"], doc["succeeded"], doc["failed"], doc["skipped"]) == (7, 5, 2, 0)
     assert {(e["video_id"], e["error"]) for e in doc["errors"]} == {(theirs[0], "not_found"), (injected, "invalid_id")}
     assert doc["output"] is None and doc["plan"] is None and doc["dry_run"] is False
+    assert doc["verified"] == {"videos": 5, "objects_absent": 10, "rows_absent": 5}
     assert lib.store.exists(doc["report_path"])
     assert counts(lib)[0] == 25
     assert lib.ids("creator-002") == all_theirs
@@ -101,6 +102,7 @@ def test_delete_all_completed_and_dry_run(seeded, prefect_server):
     n = len(theirs)
     proc, plan = run_cli(lib, "delete", "--creator", "creator-002", "--all", "--dry-run", "--json", prefect=prefect_server)
     assert proc.returncode == 0 and plan["dry_run"] and plan["plan"]["videos"] == n and plan["plan"]["objects"] == 2 * n
+    assert "verified" not in plan  # a dry run reads nothing back: it removed nothing
     assert lib.ids("creator-002") == theirs
     proc, doc = run_cli(lib, "delete", "--creator", "creator-002", "--all", "--json", prefect=prefect_server)
     assert proc.returncode == 0 and doc["status"] == "completed" and doc["succeeded"] == n == doc["requested"]
@@ -130,6 +132,7 @@ def test_human_output_has_summary_and_progress(seeded, prefect_server):
     proc, _ = run_cli(lib, "delete", "--creator", "creator-001", "--ids", ids, prefect=prefect_server)
     assert proc.returncode == 0, proc.stderr
     assert "completed" in proc.stdout and "requested" in proc.stdout
+    assert "Verified gone: 3 videos" in proc.stdout and "6 objects absent" in proc.stdout
     assert "3/3 videos" in proc.stderr  # progress goes to stderr
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 
 from videolib.storage.base import StorageUnavailable, chunks, gather_all, mtime
 
@@ -94,6 +96,36 @@ class S3Calls:
                 keys[prefix] = mtime(head)
         return keys
 
+    async def _s3_present(self, keys: list[str], max_in_flight: int) -> set[str]:
+        """Which of ``keys`` exist, read back by listing: the keys are grouped under
+        prefixes a little longer than what they share (:func:`prefix_groups`), one
+        listing per group, several in flight. After a delete of neighbouring videos
+        each listing answers "nothing here" in one request for dozens of keys. A group
+        whose prefix holds many other objects (a sparse selection) is asked by a HEAD
+        per key instead. (A listing from ``StartAfter`` would be one request on AWS,
+        but SeaweedFS walks every entry after the marker to answer it.)"""
+        semaphore = asyncio.Semaphore(max_in_flight)
+
+        async def one(prefix: str, members: list[str]) -> set[str]:
+            wanted, found = {self._s3_key(key) for key in members}, set()
+            last = self._s3_key(members[-1])
+            token: str | None = None
+            async with semaphore:
+                for _ in range(2 + 2 * math.ceil(len(members) / 1000)):
+                    kwargs = {"ContinuationToken": token} if token else {}
+                    page = await self.fs._call_s3("list_objects_v2", Bucket=self._bucket,
+                                                  Prefix=self._s3_key(prefix), **kwargs)
+                    contents = page.get("Contents", [])
+                    found.update(item["Key"] for item in contents if item["Key"] in wanted)
+                    token = page.get("NextContinuationToken")
+                    if not page.get("IsTruncated") or not token or (contents and contents[-1]["Key"] >= last):
+                        strip = len(self._key_prefix)
+                        return {key[strip:] for key in found}
+                return {key for key in members if await self._s3_head_object(key) is not None}
+
+        groups = prefix_groups(sorted(keys))
+        return set().union(*await gather_all(one(prefix, members) for prefix, members in groups.items()))
+
     async def _s3_children(self, prefix: str) -> list[str]:
         s3_prefix = self._s3_key(prefix) + "/" if prefix else self._key_prefix
         names: set[str] = set()
@@ -159,3 +191,21 @@ class S3Calls:
 
         await asyncio.gather(*(one(batch) for batch in chunks(s3_keys, DELETE_BATCH)))
         return errors
+
+
+def prefix_groups(keys: list[str], *, per_group: int = 8) -> dict[str, list[str]]:
+    """Sorted ``keys`` grouped under prefixes: their common prefix, extended one
+    character at a time while the groups still hold ``per_group`` keys on average. A
+    contiguous run of video folders (``videos/c/<id>/...``) comes out as a few dozen
+    prefixes that hold nothing else; one video's keys as its own folder."""
+    common = os.path.commonprefix(keys)
+    best = {common: keys}
+    limit = max(1, len(keys) // per_group)
+    for extra in range(1, 64):
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key[:len(common) + extra], []).append(key)
+        if len(groups) > limit:
+            break
+        best = groups
+    return best

@@ -266,6 +266,21 @@ class ObjectStore(LocalCalls, S3Calls):
             return self._run(self._s3_sizes, unique, max_in_flight)
         return {key: self.size(key) for key in unique}
 
+    def present(self, keys: Iterable[str], *, max_in_flight: int = 32) -> set[str]:
+        """Which of ``keys`` exist now, as storage itself answers a read (a delete's
+        proof, never what the delete call answered): a ``stat`` per key on a local
+        store; on S3 a listing per group of neighbouring keys (a HEAD per key where a
+        group's prefix holds many other objects)."""
+        check_in_flight("max_in_flight", max_in_flight)
+        unique = unique_keys(keys)
+        if not unique:
+            return set()
+        if self.is_s3 and not self._local:
+            for key in unique:
+                validate_key(key)
+            return self._run(self._s3_present, unique, max_in_flight)
+        return {key for key, size in self.sizes(unique, max_in_flight=max_in_flight).items() if size is not None}
+
     def list_keys(self, prefix: str) -> list[str]:
         """Sorted keys at or under ``prefix`` (a key or "directory"; "" for all).
 
