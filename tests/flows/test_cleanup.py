@@ -458,3 +458,45 @@ def test_a_cleanup_started_while_another_scans_ends_cancelled_and_touches_nothin
     assert second.type.value == "CANCELLED" and refused["error"] == "cleanup_running", refused
     assert refused["cleanup"] == NOTHING and refused["requested"] == 0
     assert done["status"] == "completed" and done["cleanup"]["tombstones_finished"] == 2
+
+
+def test_a_delete_proves_what_it_removed_and_cleanup_finishes_what_a_fault_left(library, monkeypatch):
+    """A storage fault answers the delete call with success and keeps one object: the
+    delete's read-back finds it (``not_verified``, run partial, the video kept as a
+    tombstone); a later cleanup finishes that tombstone and proves it in its result."""
+    import tasks.delete
+    from config import get_settings
+    from service.launch import run
+    from service.requests import CleanupRequest
+    from tests.faults import CrashingStore
+    from videolib.delete import read_manifest_records
+
+    library.seed(12, creators=2)
+    ids = library.ids("creator-001")
+    with library.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from videolib.db.models import Video
+
+        left = conn.execute(select(Video.thumbnail_key).where(Video.id == ids[0])).scalar_one()
+    monkeypatch.setattr(tasks.delete, "store", lambda: CrashingStore(library.store, silent_keys={left}))
+    from flows.bulk_delete import bulk_delete
+
+    doc = bulk_delete(creator_id="creator-001", video_ids=ids, batch_size=4)
+    assert doc["status"] == "partial" and doc["succeeded"] == len(ids) - 1
+    assert [(e["video_id"], e["error"]) for e in doc["errors"]] == [(ids[0], "not_verified")]
+    assert doc["verified"] == {"videos": len(ids) - 1, "objects_absent": 2 * (len(ids) - 1),
+                               "rows_absent": len(ids) - 1}
+    records = read_manifest_records(library.store, doc["operation_id"])
+    assert sorted(r["video_id"] for r in records) == sorted(ids[1:])
+    assert all(r["verified"]["row_absent"] and r["verified"]["objects_absent"] == 2 for r in records)
+    assert library.ids("creator-001") == [ids[0]] and library.store.exists(left)
+
+    monkeypatch.setenv("BULKOPS_CLEANUP_TOMBSTONE_GRACE", "0s")
+    monkeypatch.setenv("BULKOPS_CLEANUP_CRON", "off")
+    get_settings.cache_clear()
+    cleaned = run(CleanupRequest.build())
+    assert cleaned["cleanup"]["tombstones_finished"] == 1, cleaned
+    assert cleaned["verified"] == {"videos": 1, "objects_absent": 2, "rows_absent": 1}
+    assert library.ids("creator-001") == [] and not library.store.exists(left)
+    assert library.ids("creator-002")
