@@ -27,6 +27,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -377,3 +378,119 @@ def failures(measurements: list) -> int:
     if failed:
         console.print(f"[red]{len(failed)} variant(s) did not verify[/red]")
     return len(failed)
+
+
+# --------------------------------------------------------------------------- seeded SQLite templates
+
+
+def db_counts(engine) -> tuple[int, int]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        videos = conn.execute(text("SELECT count(*) FROM videos WHERE creator_id = :c"), {"c": CREATOR}).scalar_one()
+        chunks = conn.execute(text("SELECT count(*) FROM video_chunks")).scalar_one()
+    return int(videos), int(chunks)
+
+
+def object_keys(engine) -> list[str]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT storage_key, thumbnail_key FROM videos WHERE creator_id = :c ORDER BY id"), {"c": CREATOR}
+        ).all()
+    return [key for row in rows for key in row if key]
+
+
+def tree_bytes(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+    return files, size
+
+
+def age_tree(root: Path, seconds: float) -> None:
+    """Every file under ``root`` last modified ``seconds`` ago."""
+    when = time.time() - seconds
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (when, when))
+
+
+@dataclass
+class Template:
+    db_path: Path
+    storage: Path
+    videos: int
+    chunks: int
+    objects: int
+    keys: list[str]
+    db_bytes: int
+    storage_bytes: int
+    seed_seconds: float
+
+
+def build_template(
+    base: Path, videos: int, *, embed: bool, chunks_per_video: int, analyze: bool = False,
+    creator_id_index: bool = False, object_age_s: float = 0.0,
+) -> Template:
+    """Seed one creator's library once: a SQLite file and a local storage tree (its
+    objects ``object_age_s`` old)."""
+    from videolib.db.engine import create_db_engine
+    from videolib.db.migrate import upgrade
+    from videolib.embedders import get_embedder
+    from videolib.seed import seed_library
+    from videolib.storage import ObjectStore
+
+    base.mkdir(parents=True, exist_ok=True)
+    db_path = base / "template.db"
+    storage = base / "storage"
+    started = time.monotonic()
+    engine = create_db_engine(sqlite_url(db_path))
+    upgrade(engine)
+    store = ObjectStore.from_url(str(storage))
+    last = [time.monotonic()]
+
+    def progress(_n: int) -> None:
+        if time.monotonic() - last[0] > 15:
+            last[0] = time.monotonic()
+            note(f"  seeding ... {time.monotonic() - started:.0f} s")
+
+    report = seed_library(
+        engine,
+        store,
+        get_embedder("hashing") if embed else None,
+        videos=videos,
+        creators=1,
+        seed=SEED,
+        chunks_per_video=chunks_per_video,
+        transcript_ratio=1.0,
+        on_progress=progress,
+    )
+    keys = object_keys(engine)
+    engine.dispose()
+    if analyze or creator_id_index:
+        conn = sqlite3.connect(db_path)
+        if creator_id_index:
+            conn.execute("CREATE INDEX IF NOT EXISTS ix_videos_creator_id ON videos (creator_id, id)")
+        if analyze:
+            conn.execute("ANALYZE")
+        conn.commit()
+        conn.close()
+    checkpoint_and_close(db_path)
+    if object_age_s:
+        age_tree(storage, object_age_s)
+    files, size = tree_bytes(storage)
+    return Template(
+        db_path=db_path,
+        storage=storage,
+        videos=report.videos,
+        chunks=report.chunks,
+        objects=files,
+        keys=keys,
+        db_bytes=db_path.stat().st_size,
+        storage_bytes=size,
+        seed_seconds=time.monotonic() - started,
+    )

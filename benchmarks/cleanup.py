@@ -61,6 +61,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    Template,
+    build_template,
+    db_counts,
     CREATOR,
     REPO,
     SEED,
@@ -147,42 +150,6 @@ class Measurement:
 # --------------------------------------------------------------------------- helpers
 
 
-def db_counts(engine) -> tuple[int, int]:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        videos = conn.execute(text("SELECT count(*) FROM videos WHERE creator_id = :c"), {"c": CREATOR}).scalar_one()
-        chunks = conn.execute(text("SELECT count(*) FROM video_chunks")).scalar_one()
-    return int(videos), int(chunks)
-
-
-def object_keys(engine) -> list[str]:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT storage_key, thumbnail_key FROM videos WHERE creator_id = :c ORDER BY id"), {"c": CREATOR}
-        ).all()
-    return [key for row in rows for key in row if key]
-
-
-def tree_bytes(root: Path) -> tuple[int, int]:
-    files = size = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            files += 1
-            size += os.lstat(os.path.join(dirpath, name)).st_size
-    return files, size
-
-
-def age_tree(root: Path, seconds: float) -> None:
-    """Every file under ``root`` last modified ``seconds`` ago."""
-    when = time.time() - seconds
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            os.utime(os.path.join(dirpath, name), (when, when))
-
-
 class PhaseTimes:
     """Seconds spent in named functions of the product code while a variant runs (the
     module attributes are wrapped for the run and restored after): which phase costs
@@ -249,69 +216,6 @@ def delete_phases() -> list[tuple[Any, str, str]]:
 # --------------------------------------------------------------------------- tombstones: template
 
 
-@dataclass
-class Template:
-    db_path: Path
-    storage: Path
-    videos: int
-    chunks: int
-    objects: int
-    keys: list[str]
-    db_bytes: int
-    storage_bytes: int
-    seed_seconds: float
-
-
-def build_template(base: Path, videos: int, *, embed: bool) -> Template:
-    """Seed one creator's library once: a SQLite file and a local storage tree whose
-    objects are 2 days old."""
-    from videolib.db.engine import create_db_engine
-    from videolib.db.migrate import upgrade
-    from videolib.embedders import get_embedder
-    from videolib.seed import seed_library
-    from videolib.storage import ObjectStore
-
-    base.mkdir(parents=True, exist_ok=True)
-    db_path = base / "template.db"
-    storage = base / "storage"
-    started = time.monotonic()
-    engine = create_db_engine(sqlite_url(db_path))
-    upgrade(engine)
-    store = ObjectStore.from_url(str(storage))
-    last = [time.monotonic()]
-
-    def progress(_n: int) -> None:
-        if time.monotonic() - last[0] > 15:
-            last[0] = time.monotonic()
-            note(f"  seeding ... {time.monotonic() - started:.0f} s")
-
-    report = seed_library(
-        engine,
-        store,
-        get_embedder("hashing") if embed else None,
-        videos=videos,
-        creators=1,
-        seed=SEED,
-        chunks_per_video=CHUNKS_PER_VIDEO,
-        transcript_ratio=1.0,
-        on_progress=progress,
-    )
-    keys = object_keys(engine)
-    engine.dispose()
-    checkpoint_and_close(db_path)
-    age_tree(storage, OBJECT_AGE_S)
-    files, size = tree_bytes(storage)
-    return Template(
-        db_path=db_path,
-        storage=storage,
-        videos=report.videos,
-        chunks=report.chunks,
-        objects=files,
-        keys=keys,
-        db_bytes=db_path.stat().st_size,
-        storage_bytes=size,
-        seed_seconds=time.monotonic() - started,
-    )
 
 
 @dataclass
@@ -792,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
                 warm_up_flows(work)
                 note(f"tombstones: seeding the template: {args.videos:,} videos x "
                      f"({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
-                template = build_template(work / "template", args.videos, embed=not args.no_embed)
+                template = build_template(work / "template", args.videos, embed=not args.no_embed,
+                                          chunks_per_video=CHUNKS_PER_VIDEO, object_age_s=OBJECT_AGE_S)
                 note(f"tombstones: template: {template.videos:,} videos, {template.chunks:,} chunks, "
                      f"{template.objects:,} objects, db {human_bytes(template.db_bytes)} ({template.seed_seconds:.0f} s)")
                 all_results["tombstones"] = run_tombstones(template, work, args.repeat)

@@ -43,7 +43,6 @@ import inspect
 import os
 import random
 import shutil
-import sqlite3
 import sys
 import threading
 import time
@@ -55,13 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    Template,
+    build_template,
+    db_counts,
     CREATOR,
     eta_accuracy,
     eta_lines,
     running_events,
     REPO,
-    SEED,
-    checkpoint_and_close,
     console,
     copy_tree,
     cpu_seconds,
@@ -139,108 +139,9 @@ LABELS = {
 # --------------------------------------------------------------------------- helpers
 
 
-def db_counts(engine) -> tuple[int, int]:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        videos = conn.execute(text("SELECT count(*) FROM videos WHERE creator_id = :c"), {"c": CREATOR}).scalar_one()
-        chunks = conn.execute(text("SELECT count(*) FROM video_chunks")).scalar_one()
-    return int(videos), int(chunks)
-
-
-def object_keys(engine) -> list[str]:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT storage_key, thumbnail_key FROM videos WHERE creator_id = :c ORDER BY id"), {"c": CREATOR}
-        ).all()
-    return [key for row in rows for key in row if key]
-
-
-def tree_bytes(root: Path) -> tuple[int, int]:
-    files = size = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            files += 1
-            size += os.lstat(os.path.join(dirpath, name)).st_size
-    return files, size
-
-
 # --------------------------------------------------------------------------- template
 
 
-@dataclass
-class Template:
-    db_path: Path
-    storage: Path
-    videos: int
-    chunks: int
-    objects: int
-    keys: list[str]
-    db_bytes: int
-    storage_bytes: int
-    seed_seconds: float
-
-
-def build_template(
-    base: Path, videos: int, *, embed: bool, analyze: bool = False, creator_id_index: bool = False
-) -> Template:
-    """Seed one creator's library once: a SQLite file and a local storage tree."""
-    from videolib.db.engine import create_db_engine
-    from videolib.db.migrate import upgrade
-    from videolib.embedders import get_embedder
-    from videolib.seed import seed_library
-    from videolib.storage import ObjectStore
-
-    base.mkdir(parents=True, exist_ok=True)
-    db_path = base / "template.db"
-    storage = base / "storage"
-    started = time.monotonic()
-    engine = create_db_engine(sqlite_url(db_path))
-    upgrade(engine)
-    store = ObjectStore.from_url(str(storage))
-    last = [time.monotonic()]
-
-    def progress(_n: int) -> None:
-        if time.monotonic() - last[0] > 15:
-            last[0] = time.monotonic()
-            note(f"  seeding ... {time.monotonic() - started:.0f} s")
-
-    report = seed_library(
-        engine,
-        store,
-        get_embedder("hashing") if embed else None,
-        videos=videos,
-        creators=1,
-        seed=SEED,
-        chunks_per_video=CHUNKS_PER_VIDEO,
-        transcript_ratio=1.0,
-        on_progress=progress,
-    )
-    keys = object_keys(engine)
-    engine.dispose()
-    if analyze or creator_id_index:
-        conn = sqlite3.connect(db_path)
-        if creator_id_index:
-            conn.execute("CREATE INDEX IF NOT EXISTS ix_videos_creator_id ON videos (creator_id, id)")
-        if analyze:
-            conn.execute("ANALYZE")
-        conn.commit()
-        conn.close()
-    checkpoint_and_close(db_path)
-    files, size = tree_bytes(storage)
-    return Template(
-        db_path=db_path,
-        storage=storage,
-        videos=report.videos,
-        chunks=report.chunks,
-        objects=files,
-        keys=keys,
-        db_bytes=db_path.stat().st_size,
-        storage_bytes=size,
-        seed_seconds=time.monotonic() - started,
-    )
 
 
 # --------------------------------------------------------------------------- one variant's data
@@ -711,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 videos = args.videos if scenario == "local" else args.s3_videos
                 note(f"{scenario}: seeding the template: {videos:,} videos x ({CHUNKS_PER_VIDEO} chunks, 2 objects) ...")
-                template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed,
+                template = build_template(work / f"template-{scenario}", videos, embed=not args.no_embed, chunks_per_video=CHUNKS_PER_VIDEO,
                                           analyze=args.analyze, creator_id_index=args.creator_id_index)
                 templates[scenario] = template
                 note(f"{scenario}: template: {template.videos:,} videos, {template.chunks:,} chunks, "
