@@ -178,21 +178,18 @@ def test_the_operations_list_is_the_callers_newest_first_filtered_and_paged(api)
     assert ours(listed(operation="export", limit=100)) == [made[1]]
     assert all(d["status"] == "partial" for d in listed(status="partial", limit=100)["items"])
     assert all(d["operation"] == "export" for d in listed(operation="export", limit=100)["items"])
-    # one at a time, by the cursor: every run once, newest first
-    seen, cursor = [], None
-    while True:
-        page = listed(limit=1, **({"cursor": cursor} if cursor else {}))
-        seen += [d["operation_id"] for d in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    everything, cursor = [], None  # (the harness may hold over a hundred: pages of 100 too)
-    while True:
-        page = listed(limit=100, **({"cursor": cursor} if cursor else {}))
-        everything += [d["operation_id"] for d in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    def every_page(limit):  # the ids of every page, following the cursor
+        ids, cursor = [], None
+        while True:
+            page = listed(limit=limit, **({"cursor": cursor} if cursor else {}))
+            ids += [d["operation_id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return ids
+
+    # one at a time, by the cursor: every run once, newest first (the harness may hold
+    # over a hundred: compared with pages of 100)
+    seen, everything = every_page(1), every_page(100)
     assert len(seen) == len(set(seen)) == len(everything) and seen == everything
     assert [i for i in seen if i in made] == made[::-1]
     # the other creator sees only theirs; the service names whose
