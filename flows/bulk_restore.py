@@ -11,8 +11,6 @@ trashed. Past the window a video is ``not_restorable``; cleanup purges it.
 # No `from __future__ import annotations` here: Prefect's serve() runner pickles the flow
 # function by value, and string annotations could not be resolved in the run's process.
 
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from prefect import flow
@@ -27,41 +25,13 @@ from tasks.restore import restore_video_batch
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import OperationResult
 from videolib.records import read_record
-from videolib.trash import trashed_by
+from videolib.trash import restorable_of, trashed_in_record
 
 
 def run_name() -> str:
     parameters = flow_run.parameters
     name = f"restore-{parameters.get('creator_id')}"
     return f"{name}-{DRY_RUN_TAG}" if parameters.get("dry_run") else name
-
-
-def open_trash_of(creator_id: str, delete_operation: str, grace_s: float) -> list[str]:
-    """The videos a delete trashed that can still be restored; ``window_closed`` when it
-    trashed some and none can, ``bad_selection`` when it names no delete that trashed
-    anything of this creator."""
-    try:
-        uuid.UUID(str(delete_operation))
-    except ValueError:
-        raise RequestError("bad_selection", f"`delete_operation` must be a delete's operation id (a UUID); got "
-                                            f"{str(delete_operation)[:40]!r}") from None
-    ids = trashed_by(engine(), creator_id, str(delete_operation), opened_after=(
-        datetime.now(UTC) - timedelta(seconds=grace_s)))
-    if ids:
-        return ids
-    if trashed_by(engine(), creator_id, str(delete_operation)) or _trashed_once(delete_operation, creator_id):
-        raise RequestError("window_closed", f"the undo window of delete {delete_operation} has closed "
-                                            f"(BULKOPS_DELETE_GRACE): its videos are purged, or about to be")
-    raise RequestError("bad_selection", f"delete {delete_operation} trashed no video of creator {creator_id!r} "
-                                        "that is still in the trash")
-
-
-def _trashed_once(delete_operation: str, creator_id: str) -> bool:
-    """Whether the delete's record says it trashed videos of this creator (purged since:
-    its window closed)."""
-    result = read_record(store(), str(delete_operation)) or {}
-    return result.get("operation") == "delete" and result.get("creator_id") == creator_id and bool(
-        result.get("trashed"))
 
 
 @flow(
@@ -95,7 +65,8 @@ def bulk_restore(
         if delete_operation:
             if video_ids or invalid_ids_key:
                 raise RequestError("bad_selection", "give either `video_ids` or `delete_operation`, not both")
-            ids = open_trash_of(creator_id, delete_operation, grace)
+            ids = restorable_of(engine(), creator_id, delete_operation, grace_s=grace, trashed_once=lambda op: (
+                trashed_in_record(read_record(store(), op), creator_id)))
             result.requested = len(ids)
             return ids
         return listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=False,

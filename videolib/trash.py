@@ -15,7 +15,8 @@ video cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select, update
@@ -23,6 +24,7 @@ from sqlalchemy import Engine, select, update
 from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
 from videolib.delete import check_video_keys
+from videolib.ids import RequestError
 from videolib.operation import NOT_FOUND, UNSAFE_KEY, BatchOutcome, ItemError
 from videolib.selection import chunked
 from videolib.storage import UnsafeKeyError
@@ -113,6 +115,35 @@ def trashed_by(engine: Engine, creator_id: str, operation_id: str, *,
         return list(conn.execute(select(Video.id).where(
             Video.creator_id == creator_id, Video.status == TRASHED, Video.trashed_by == operation_id, *since)
             .order_by(Video.id)).scalars())
+
+
+def restorable_of(engine: Engine, creator_id: str, delete_operation: str, *, grace_s: float,
+                  trashed_once: Callable[[str], bool]) -> list[str]:
+    """What ``restore --operation`` takes: the videos a delete trashed whose window is
+    still open. Refused with ``window_closed`` when it trashed some and none can come
+    back (``trashed_once(id)`` says whether its record counts trashed videos, all
+    purged since), with ``bad_selection`` when it names nothing of this creator's."""
+    try:
+        delete_operation = str(uuid.UUID(str(delete_operation)))
+    except ValueError:
+        raise RequestError("bad_selection", f"--operation must be a delete's operation id (a UUID); got "
+                                            f"{str(delete_operation)[:40]!r}") from None
+    opened_after = datetime.now(UTC) - timedelta(seconds=grace_s)
+    ids = trashed_by(engine, creator_id, delete_operation, opened_after=opened_after)
+    if ids:
+        return ids
+    if trashed_by(engine, creator_id, delete_operation) or trashed_once(delete_operation):
+        raise RequestError("window_closed", f"the undo window of delete {delete_operation} has closed "
+                                            "(BULKOPS_DELETE_GRACE): its videos are purged, or about to be")
+    raise RequestError("bad_selection", f"operation {delete_operation} is not a delete that trashed videos of "
+                                        f"creator {creator_id!r}")
+
+
+def trashed_in_record(record: dict | None, creator_id: str) -> bool:
+    """Whether a delete's result document says it trashed videos of this creator."""
+    record = record or {}
+    return record.get("operation") == "delete" and record.get("creator_id") == creator_id and bool(
+        record.get("trashed"))
 
 
 def find_trash(engine: Engine, *, grace_s: float, now: datetime) -> list[list[str]]:
