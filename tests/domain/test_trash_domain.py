@@ -20,7 +20,7 @@ HOUR = 3600.0
 
 def _snapshot(engine, ids):
     with engine.connect() as conn:
-        rows = conn.execute(select(Video).where(Video.id.in_(ids)).order_by(Video.id)).scalars().all()
+        rows = conn.execute(select(Video).where(Video.id.in_(ids)).order_by(Video.id)).all()
         chunks = conn.execute(select(VideoChunk.video_id, func.count()).where(VideoChunk.video_id.in_(ids))
                               .group_by(VideoChunk.video_id)).all()
         return ([(r.id, r.status, r.updated_at, r.embedded_at, r.processing_by, r.storage_key) for r in rows],
