@@ -295,13 +295,6 @@ def restore(
     """Bring back videos a delete trashed, exactly as they were, while its undo window (BULKOPS_DELETE_GRACE) is open."""
     from service.requests import CommandLineIds, RestoreRequest
 
-    selection = CommandLineIds(ids or (), ids_file or (), allow_all=False)
-    if operation is not None:
-        if selection.given():
-            from videolib.ids import RequestError
-
-            raise RequestError("bad_selection", "give either --ids/--ids-file or --operation, not both")
-        selection = None
-    request = RestoreRequest.build(creator_id=creator, selection=selection, delete_operation=operation,
-                                   dry_run=dry_run)
+    request = RestoreRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), allow_all=False),
+                                   delete_operation=operation, dry_run=dry_run)
     launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)

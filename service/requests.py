@@ -283,6 +283,15 @@ class RestoreRequest(OperationRequest):
     dry_run: bool = False
     batch_size: int | None = Field(None, ge=1, le=100_000)
 
+    @classmethod
+    def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
+        """A command line gives ids, or ``--operation``: its empty selection is not read then."""
+        if options.get("delete_operation") is not None and selection is not None:
+            if selection.given():
+                raise RequestError("bad_selection", "give either --ids/--ids-file or --operation, not both")
+            selection = None
+        return super().build(creator_id=creator_id, selection=selection, **options)
+
     def check_selection(self) -> None:
         if self.all_videos:
             raise RequestError("bad_selection", "restore takes listed ids or --operation, not --all")
