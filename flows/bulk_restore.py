@@ -25,7 +25,7 @@ from tasks.restore import restore_video_batch
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import OperationResult
 from videolib.records import read_record
-from videolib.trash import restorable_of, trashed_in_record
+from videolib.trash import restorable_of
 
 
 def run_name() -> str:
@@ -65,8 +65,8 @@ def bulk_restore(
         if delete_operation:
             if video_ids or invalid_ids_key:
                 raise RequestError("bad_selection", "give either `video_ids` or `delete_operation`, not both")
-            ids = restorable_of(engine(), creator_id, delete_operation, grace_s=grace, trashed_once=lambda op: (
-                trashed_in_record(read_record(store(), op), creator_id)))
+            ids = restorable_of(engine(), creator_id, delete_operation, grace_s=grace,
+                                record=lambda op: read_record(store(), op))
             result.requested = len(ids)
             return ids
         return listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=False,

@@ -315,10 +315,10 @@ class RestoreRequest(OperationRequest):
             return
         from tasks.resources import store
         from videolib.records import read_record
-        from videolib.trash import restorable_of, trashed_in_record
+        from videolib.trash import restorable_of
 
         restorable_of(engine, self.creator_id, self.delete_operation, grace_s=get_settings().delete_grace,
-                      trashed_once=lambda op: trashed_in_record(read_record(store(), op), self.creator_id))
+                      record=lambda op: read_record(store(), op))
 
     @property
     def label(self) -> str:

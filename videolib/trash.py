@@ -118,32 +118,34 @@ def trashed_by(engine: Engine, creator_id: str, operation_id: str, *,
 
 
 def restorable_of(engine: Engine, creator_id: str, delete_operation: str, *, grace_s: float,
-                  trashed_once: Callable[[str], bool]) -> list[str]:
+                  record: Callable[[str], dict | None]) -> list[str]:
     """What ``restore --operation`` takes: the videos a delete trashed whose window is
-    still open. Refused with ``window_closed`` when it trashed some and none can come
-    back (``trashed_once(id)`` says whether its record counts trashed videos, all
-    purged since), with ``bad_selection`` when it names nothing of this creator's."""
+    still open. ``record(id)`` reads the delete's result document. Refused with
+    ``window_closed`` when it trashed videos and none can come back, ``empty_selection``
+    when all of them are back already, ``bad_selection`` when it names no delete that
+    trashed anything of this creator's."""
     try:
         delete_operation = str(uuid.UUID(str(delete_operation)))
     except ValueError:
         raise RequestError("bad_selection", f"--operation must be a delete's operation id (a UUID); got "
                                             f"{str(delete_operation)[:40]!r}") from None
-    opened_after = datetime.now(UTC) - timedelta(seconds=grace_s)
-    ids = trashed_by(engine, creator_id, delete_operation, opened_after=opened_after)
+    now = datetime.now(UTC)
+    ids = trashed_by(engine, creator_id, delete_operation, opened_after=now - timedelta(seconds=grace_s))
     if ids:
         return ids
-    if trashed_by(engine, creator_id, delete_operation) or trashed_once(delete_operation):
+    if trashed_by(engine, creator_id, delete_operation):
         raise RequestError("window_closed", f"the undo window of delete {delete_operation} has closed "
                                             "(BULKOPS_DELETE_GRACE): its videos are purged, or about to be")
-    raise RequestError("bad_selection", f"operation {delete_operation} is not a delete that trashed videos of "
-                                        f"creator {creator_id!r}")
-
-
-def trashed_in_record(record: dict | None, creator_id: str) -> bool:
-    """Whether a delete's result document says it trashed videos of this creator."""
-    record = record or {}
-    return record.get("operation") == "delete" and record.get("creator_id") == creator_id and bool(
-        record.get("trashed"))
+    document = record(delete_operation) or {}
+    if document.get("operation") != "delete" or document.get("creator_id") != creator_id or not document.get("trashed"):
+        raise RequestError("bad_selection", f"operation {delete_operation} is not a delete that trashed videos of "
+                                            f"creator {creator_id!r}")
+    purge_after = document.get("purge_after") or ""
+    if purge_after and datetime.fromisoformat(purge_after.replace("Z", "+00:00")) > now:
+        raise RequestError("empty_selection", f"nothing to restore: every video delete {delete_operation} trashed "
+                                              "is back already")
+    raise RequestError("window_closed", f"the undo window of delete {delete_operation} has closed "
+                                        f"({purge_after or 'BULKOPS_DELETE_GRACE'}): its videos are purged")
 
 
 def find_trash(engine: Engine, *, grace_s: float, now: datetime) -> list[list[str]]:

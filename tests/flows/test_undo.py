@@ -94,14 +94,17 @@ def test_restore_by_ids_and_by_operation_gives_them_back_unchanged(library, wind
     by_operation = _run("RestoreRequest", creator_id="creator-001", delete_operation=second["operation_id"])
     assert by_operation["status"] == "completed" and by_operation["succeeded"] == 3
     assert set(library.ids("creator-001")) == set(mine) - {mine[2]}
+    from service.requests import RequestError
+
+    with pytest.raises(RequestError) as refused:  # all of that delete's videos are back
+        _run("RestoreRequest", creator_id="creator-001", delete_operation=second["operation_id"])
+    assert refused.value.code == "empty_selection"
     assert {vid: row for vid, row in _rows(library, mine).items() if vid != mine[2]} == {
         vid: row for vid, row in before.items() if vid != mine[2]}
     # Past the window: the id is not_restorable, and --operation is refused before a run.
     _age_trash(library, [mine[2]], 2 * 3600)
     late = _run("RestoreRequest", creator_id="creator-001", video_ids=[mine[2]])
     assert late["status"] == "failed" and late["errors"][0]["error"] == "not_restorable"
-    from service.requests import RequestError
-
     with pytest.raises(RequestError) as refused:
         _run("RestoreRequest", creator_id="creator-001", delete_operation=first["operation_id"])
     assert refused.value.code == "window_closed"
