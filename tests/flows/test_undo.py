@@ -132,3 +132,18 @@ def test_cleanup_purges_after_the_window_as_a_delete_would(library, window):
     assert sorted(r["video_id"] for r in records) == sorted(mine[:3])
     assert all(r["verified"]["row_absent"] for r in records)
     assert _run("CleanupRequest")["cleanup"]["trash_purged"] == 0
+
+
+def test_trash_restore_and_purge_on_the_s3_endpoint(s3_library, window):
+    lib = s3_library
+    lib.seed(8, creators=1)
+    mine = lib.ids("creator-001")
+    keys = {vid: row[3] for vid, row in _rows(lib, mine).items()}
+    doc = _run("DeleteRequest", creator_id="creator-001", video_ids=mine[:4])
+    assert doc["trashed"] == 4 and all(lib.store.exists(keys[vid]) for vid in mine[:4])
+    assert _run("RestoreRequest", creator_id="creator-001", video_ids=mine[:1])["succeeded"] == 1
+    _age_trash(lib, mine[1:4], 2 * 3600)
+    done = _run("CleanupRequest")
+    assert done["cleanup"]["trash_purged"] == 3 and done["verified"]["objects_absent"] == 6, done
+    assert not any(lib.store.exists(keys[vid]) for vid in mine[1:4]) and lib.store.exists(keys[mine[0]])
+    assert set(lib.ids("creator-001")) == {mine[0], *mine[4:]}
