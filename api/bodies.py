@@ -90,6 +90,30 @@ class ReprocessBody(_Body):
     batch_size: int | None = Field(None, ge=1, le=100_000, description="videos per batch")
 
 
+class RestoreBody(_Body):
+    """``POST /bulk/restore``: trashed videos back, by id or by the delete that trashed them."""
+
+    operation: str | None = Field(None, description="a delete's operation id: restore every video it trashed that "
+                                                    "is still in the trash (instead of `video_ids`)")
+    dry_run: bool = Field(False, description="report what would be restored; change nothing")
+    batch_size: int | None = Field(None, ge=1, le=100_000, description="videos per batch")
+
+    def check_selection(self) -> None:
+        given = [name for name, value in (("video_ids", self.video_ids is not None),
+                                          ("operation", self.operation is not None), ("all", self.all)) if value]
+        if len(given) != 1 or self.all:
+            raise RequestError("bad_selection", "select trashed videos with exactly one of `video_ids` or "
+                                                "`operation` (a delete's id)" + (f"; got {' and '.join(given)}"
+                                                                                 if given else ""))
+
+    def options(self) -> dict[str, Any]:
+        options = super().options()
+        operation = options.pop("operation", None)
+        if operation is not None:
+            options["delete_operation"] = operation
+        return options
+
+
 class CleanupBody(BaseModel):
     """``POST /bulk/cleanup``: the whole library's cleanup (a service token)."""
 

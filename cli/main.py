@@ -23,6 +23,7 @@ from cli.app import app, emit, err
 # In the order a user meets them (`bulkops --help`).
 for _command in (library.init, library.seed, operations.delete, operations.export, operations.reprocess,
                  library.search, status.status, status.list_operations, status.cancel, operations.retry, operations.cleanup,
+                 operations.restore,
                  service.token, service.serve,
                  library.demo):
     app.command(name=_command.__name__.replace("list_operations", "list"))(_command)

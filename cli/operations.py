@@ -278,3 +278,23 @@ def cleanup(
     from service.requests import CleanupRequest
 
     launch(CleanupRequest.build(dry_run=dry_run), no_wait=no_wait, verbose=False, json_out=json_out)
+
+
+def restore(
+    creator: Annotated[str, typer.Option("--creator", help="Creator whose trashed videos are restored.")],
+    ids: IdsOpt = None,
+    ids_file: IdsFileOpt = None,
+    operation: Annotated[str | None, typer.Option(
+        "--operation", help="A delete's operation id: restore every video it trashed that is still in the trash.",
+    )] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be restored; change nothing.")] = False,
+    no_wait: NoWaitOpt = False,
+    verbose: VerboseOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Bring back videos a delete trashed, exactly as they were, while its undo window (BULKOPS_DELETE_GRACE) is open."""
+    from service.requests import CommandLineIds, RestoreRequest
+
+    request = RestoreRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), allow_all=False),
+                                   delete_operation=operation, dry_run=dry_run)
+    launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)

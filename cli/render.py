@@ -175,6 +175,10 @@ def print_result(document: dict[str, Any]) -> None:
         out.print(f"Download (until {output['expires_at']}): {output['url']}", markup=False, soft_wrap=True)
     if document.get("report_path"):
         out.print(f"Per-item report: {document['report_path']} (in storage)")
+    if document.get("trashed"):
+        out.print(f"Trashed {document['trashed']} videos (kept, hidden): restorable until {document.get('purge_after')} "
+                  f"with `bulkops restore --creator {document.get('creator_id')} --operation "
+                  f"{document.get('operation_id')}`; cleanup purges them after that", markup=False)
     verified = document.get("verified")
     if verified and verified.get("videos"):
         out.print(f"Verified gone: {verified['videos']} videos, read back after the delete "

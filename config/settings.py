@@ -155,6 +155,11 @@ class Settings(BaseSettings):
                                     "Cancelled (too_many_running)",
     )
 
+    # The undo window of deletes (videolib/trash.py)
+    delete_grace: Duration = Field(
+        0.0, ge=0.0, description="undo window: a delete trashes videos (restorable) and cleanup purges them this long "
+                                 "after; 0 deletes at once")
+
     # Scheduled cleanup (flows/cleanup.py)
     cleanup_cron: str = Field("0 3 * * *", description="the cleanup deployment's schedule (cron, UTC; `off`: none)")
     cleanup_tombstone_grace: Duration = Field(

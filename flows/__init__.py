@@ -20,11 +20,12 @@ FLOWS: dict[str, Callable[[], Any]] = {
     "bulk-export": _loader("flows.bulk_export", "bulk_export"),
     "bulk-reprocess": _loader("flows.bulk_reprocess", "bulk_reprocess"),
     "cleanup": _loader("flows.cleanup", "cleanup"),
+    "bulk-restore": _loader("flows.bulk_restore", "bulk_restore"),
 }
 CLEANUP = "cleanup"  # the flow (and operation) of the whole library, one run at a time
 # Which operation each flow runs (its result document's `operation`).
 FLOW_OPERATIONS = {"bulk-delete": "delete", "bulk-export": "export", "bulk-reprocess": "reprocess",
-                   "cleanup": "cleanup"}
+                   "cleanup": "cleanup", "bulk-restore": "restore"}
 
 # Every operation's run carries its creator as a tag, so that one creator's runs can be
 # listed from Prefect (``service.listing``); set when the run is created, and by the flow

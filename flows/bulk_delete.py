@@ -10,7 +10,7 @@ or untouched, and a later delete of the same ids finishes the job. Run it by han
 # No `from __future__ import annotations` here: Prefect's serve() runner pickles the flow
 # function by value, and string annotations could not be resolved in the run's process.
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from prefect import flow
@@ -71,6 +71,9 @@ def bulk_delete(
                              verb="delete", invalid_ids_key=invalid_ids_key)
 
     def finish(result: OperationResult, started_at: float) -> None:
+        if trash:  # nothing is removed yet: cleanup purges after the window, with the manifest
+            result.purge_after = (datetime.now(UTC) + timedelta(seconds=grace)).isoformat().replace("+00:00", "Z")
+            return
         if result.dry_run or result.succeeded == 0:
             return
         result.manifest_path = write_manifest(
@@ -84,13 +87,17 @@ def bulk_delete(
             batches=result.batches,
         )
 
+    grace = get_settings().delete_grace
+    trash = grace > 0 and not dry_run  # the undo window (videolib/trash.py)
     operation = Operation("delete", creator_id, dry_run=dry_run)
-    if not dry_run:  # what the delete read back as gone (videolib/delete.py)
+    if trash:
+        operation.result.trashed = 0
+    elif not dry_run:  # what the delete read back as gone (videolib/delete.py)
         operation.result.verified = {"videos": 0, "objects_absent": 0, "rows_absent": 0}
     return operation.run(
         prepare=prepare,
         batch_task=delete_video_batch,
-        task_kwargs={"creator_id": creator_id, "dry_run": dry_run},
+        task_kwargs={"creator_id": creator_id, "dry_run": dry_run, "trash": trash},
         batch_size=batch_size or get_settings().batch_size,
         finish=finish,
     )

@@ -27,6 +27,7 @@ from config import get_settings
 from flows.operation import Operation, Plan, listed_ids
 from tasks.resources import HOLDERS, engine, store
 from tasks.export import read_export_batch
+from videolib.db.models import GONE_STATUSES
 from videolib.export import (
     DEFAULT_COLUMNS,
     FILTER_STATUSES,
@@ -114,7 +115,7 @@ def bulk_export(
                             invalid_ids_key=invalid_ids_key, filtered=flt != ExportFilter(),
                             everything_by_default=True, verb="export")
         if listed is not None:
-            owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=("deleting",))
+            owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=GONE_STATUSES)
             result.add_errors(missing)
             batches = plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
                                           max_batches=settings.max_batches, workers=settings.task_workers)

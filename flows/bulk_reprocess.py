@@ -22,6 +22,7 @@ from config import get_settings
 from flows.operation import Operation, select_retry, select_videos
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
+from videolib.db.models import GONE_STATUSES
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
 from videolib.embedders import check_embedder, default_batch_size
@@ -76,7 +77,7 @@ def bulk_reprocess(
         if retry_of:
             ids = select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-reprocess",
                                listed=bool(video_ids or all_videos or invalid_ids_key),
-                               exclude_statuses=("deleting",))
+                               exclude_statuses=GONE_STATUSES)
         elif all_videos and not video_ids and not invalid_ids_key:
             # Only what a reprocess can act on; the rest is counted, not failed.
             selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
@@ -91,7 +92,7 @@ def bulk_reprocess(
             task_kwargs["whole_library"] = True
         else:
             ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                                verb="reprocess", exclude_statuses=("deleting",), invalid_ids_key=invalid_ids_key)
+                                verb="reprocess", exclude_statuses=GONE_STATUSES, invalid_ids_key=invalid_ids_key)
         if eligible(embedder_for(embedder_name), len(ids)):
             # chunking and embedding in worker processes (videolib/compute_pool.py)
             resources.enter_context(held_compute_pool())

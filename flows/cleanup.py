@@ -43,6 +43,7 @@ from videolib.cleanup import (
     find_orphans,
     find_reports,
     find_tombstones,
+    find_trash,
     orphan_creators,
 )
 from videolib.delete import write_manifest
@@ -51,7 +52,7 @@ from videolib.records import read_record, record_key
 
 log = logging.getLogger(__name__)
 
-KINDS = ("tombstone", "claim", "export", "leftover", "report", "orphan", "run")
+KINDS = ("tombstone", "trash", "claim", "export", "leftover", "report", "orphan", "run")
 
 
 def run_name() -> str:
@@ -105,14 +106,16 @@ def cleanup(
                                                     for item in batches[i]["items"]])
 
     def on_outcome(index: int, outcome) -> None:
-        if kinds[index] == "tombstone":
+        if kinds[index] in ("tombstone", "trash"):
             tombstone_objects[0] += outcome.objects
 
     def finish(result: OperationResult, started_at: float) -> None:
-        finished = (result.cleanup or {}).get("tombstones_finished", 0)
+        counts = result.cleanup or {}
+        finished = counts.get("tombstones_finished", 0) + counts.get("trash_purged", 0)
         if dry_run or not finished:
             return
-        # The tombstones cleanup finished are in an audit manifest, as a delete's are.
+        # The tombstones cleanup finished and the trash it purged are in an audit
+        # manifest, as a delete's are.
         result.manifest_path = write_manifest(
             store(), operation_id=result.operation_id, creator_id=None,
             started_at=datetime.fromtimestamp(started_at, UTC).isoformat(), finished_at=datetime.now(UTC).isoformat(),
@@ -130,7 +133,7 @@ def cleanup(
 
 def label(kind: str, item: Any) -> str:
     """How an item is named in the errors (``video_id`` holds a video id, a storage key or a run id)."""
-    if kind == "tombstone":
+    if kind in ("tombstone", "trash"):
         return item[1]
     return item if isinstance(item, str) else item[0]
 
@@ -143,6 +146,7 @@ def scan(result: OperationResult, rules: Rules, operation_id: str, flow_operatio
     found: dict[str, list[Any]] = {}
     busy = running_creators("bulk-delete")
     found["tombstone"] = find_tombstones(engine(), rules, skip_creators=busy)
+    found["trash"] = find_trash(engine(), rules)
     found["claim"] = find_claims(engine(), operation_id, rules, HOLDERS)
     expired, leftovers = find_exports(store(), rules, expiry=link_expiry, runs=HOLDERS)
     found["export"] = [[key] for key in expired]

@@ -15,6 +15,7 @@ is launched (``service.launch``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +43,7 @@ def _export():
 from videolib.selection import check_selection, count_creator_videos
 
 __all__ = ["CommandLineIds", "DeleteRequest", "ExportRequest", "OperationRequest", "ReprocessRequest",
-           "RequestError", "SearchRequest"]
+           "RequestError", "RestoreRequest", "SearchRequest"]
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,63 @@ class ReprocessRequest(OperationRequest):
 
     def flow_parameters(self) -> dict[str, Any]:
         return {**self._dump(), "embedder": self.embedder_name}
+
+
+class RestoreRequest(OperationRequest):
+    """Bring trashed videos back (the undo window, ``videolib/trash.py``): listed ids, or
+    every video one delete trashed (``delete_operation``; ``--operation`` on the command
+    line, ``operation`` in an API body)."""
+
+    operation: ClassVar[str] = "restore"
+    flow_name: ClassVar[str] = "bulk-restore"
+
+    delete_operation: str | None = None
+    dry_run: bool = False
+    batch_size: int | None = Field(None, ge=1, le=100_000)
+
+    @classmethod
+    def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
+        """A command line gives ids, or ``--operation``: its empty selection is not read then."""
+        if options.get("delete_operation") is not None and selection is not None:
+            if selection.given():
+                raise RequestError("bad_selection", "give either --ids/--ids-file or --operation, not both")
+            selection = None
+        return super().build(creator_id=creator_id, selection=selection, **options)
+
+    def check_selection(self) -> None:
+        if self.all_videos:
+            raise RequestError("bad_selection", "restore takes listed ids or --operation, not --all")
+        if self.delete_operation is not None:
+            if self.video_ids is not None:
+                raise RequestError("bad_selection", "give either ids or --operation, not both")
+            try:
+                uuid.UUID(str(self.delete_operation))
+            except ValueError:
+                raise RequestError("bad_selection", "--operation must be a delete's operation id (a UUID); got "
+                                                    f"{str(self.delete_operation)[:40]!r}") from None
+            return
+        if self.video_ids is None:
+            raise RequestError("empty_selection", "nothing to restore: give trashed videos' ids, or a delete's "
+                                                  "operation id (--operation; `operation` in an API body)")
+        super().check_selection()
+
+    def check_library(self, engine: Engine) -> None:
+        """``--operation`` whose window has closed is refused before a run (``window_closed``)."""
+        if self.delete_operation is None:
+            return
+        from tasks.resources import store
+        from videolib.records import read_record
+        from videolib.trash import restorable_of
+
+        restorable_of(engine, self.creator_id, self.delete_operation, grace_s=get_settings().delete_grace,
+                      record=lambda op: read_record(store(), op))
+
+    @property
+    def label(self) -> str:
+        return "restore (dry run)" if self.dry_run else "restore"
+
+    def flow_parameters(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"all_videos"}, exclude_none=True)
 
 
 class SearchRequest(BaseModel):

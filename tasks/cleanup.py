@@ -13,7 +13,7 @@ from tasks.history import archive_and_prune
 from tasks.resources import HOLDERS, engine, store
 from tasks.stop import VARIABLES, StopFlag
 from tasks.ticks import BatchTicker
-from videolib.cleanup import Rules, finish_tombstones, orphans_still, release_claims, remove_objects
+from videolib.cleanup import Rules, finish_tombstones, orphans_still, purge_trash, release_claims, remove_objects
 from videolib.operation import BatchOutcome
 
 
@@ -44,6 +44,10 @@ def cleanup_batch(
         outcome = finish_tombstones(engine(), store(), items, due, operation_id=operation_id, batch_index=batch_index,
                                     dry_run=dry_run, lock_timeout_ms=get_settings().lock_timeout_ms,
                                     ticker=None if dry_run else BatchTicker(operation_id, batch_index, stop))
+    elif kind == "trash":
+        outcome = purge_trash(engine(), store(), items, due, operation_id=operation_id, batch_index=batch_index,
+                              dry_run=dry_run, lock_timeout_ms=get_settings().lock_timeout_ms,
+                              ticker=None if dry_run else BatchTicker(operation_id, batch_index, stop))
     elif kind == "claim":
         outcome = release_claims(engine(), items, due, HOLDERS, operation_id=operation_id, dry_run=dry_run)
     elif kind == "orphan":

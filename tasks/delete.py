@@ -13,6 +13,7 @@ from tasks.stop import VARIABLES, StopFlag
 from tasks.ticks import BatchTicker
 from videolib.delete import delete_batch, plan_delete_batch
 from videolib.operation import BatchOutcome
+from videolib.trash import trash_batch
 
 
 @task(
@@ -30,12 +31,17 @@ def delete_video_batch(
     creator_id: str,
     operation_id: str,
     dry_run: bool = False,
+    trash: bool = False,
     stop: StopFlag = VARIABLES,
 ) -> dict[str, Any]:
-    """Delete (or, on a dry run, plan) one batch; returns the batch's outcome as a dict."""
+    """Delete (or, on a dry run, plan; under the undo window, trash) one batch; returns
+    the batch's outcome as a dict."""
     if stop.requested(operation_id):
         return BatchOutcome(skipped=len(video_ids)).to_dict()
-    if dry_run:
+    if trash and not dry_run:
+        outcome = trash_batch(engine(), creator_id=creator_id, video_ids=video_ids, operation_id=operation_id,
+                              lock_timeout_ms=get_settings().lock_timeout_ms)
+    elif dry_run:
         outcome = plan_delete_batch(engine(), store(), creator_id=creator_id, video_ids=video_ids)
     else:
         outcome = delete_batch(

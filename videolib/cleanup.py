@@ -41,6 +41,7 @@ from videolib.export.plan import export_leftovers
 from videolib.operation import NOT_FOUND, STORAGE_ERROR, BatchOutcome, ItemError
 from videolib.selection import chunked
 from videolib.storage import ObjectStore
+from videolib import trash
 from videolib.takeover import decide_takeover
 
 COUNTS = ("tombstones_finished", "claims_released", "exports_expired", "parts_removed", "reports_expired",
@@ -48,7 +49,7 @@ COUNTS = ("tombstones_finished", "claims_released", "exports_expired", "parts_re
 # What each kind of item counts under in the result's "cleanup".
 COUNTED_AS = {"tombstone": "tombstones_finished", "claim": "claims_released", "export": "exports_expired",
               "leftover": "parts_removed", "report": "reports_expired", "orphan": "orphans_deleted",
-              "run": "runs_pruned"}
+              "run": "runs_pruned", "trash": "trash_purged"}
 ALREADY_DONE = "already_done"  # an item someone else finished between the plan and its batch
 LEFTOVER_IDLE_S = 15 * 60  # an unfinished object untouched this long belongs to nothing running
 _EXPORT_FILE = re.compile(r"^exports/[^/]+/(?P<op>[0-9a-f-]{36})\.(?:parquet|csv)$")
@@ -78,13 +79,14 @@ class Rules:
     delete_orphans: bool = False
     link_ttl: float = 86400.0  # an export file without a record: its link lived this long
     lease_s: int = 3600
+    delete_grace: float = 0.0  # the undo window of deletes (BULKOPS_DELETE_GRACE)
 
     @classmethod
     def from_settings(cls, settings: Any, now: float | None = None) -> Rules:
         return cls(now=time.time() if now is None else now, tombstone_grace=settings.cleanup_tombstone_grace,
                    export_grace=settings.cleanup_export_grace, report_retention=settings.cleanup_report_retention,
                    orphan_grace=settings.cleanup_orphan_grace, delete_orphans=settings.cleanup_delete_orphans,
-                   lease_s=settings.reprocess_lease_s)
+                   lease_s=settings.reprocess_lease_s, delete_grace=settings.delete_grace)
 
     def before(self, seconds: float) -> datetime:
         return datetime.fromtimestamp(self.now - seconds, UTC)
@@ -104,6 +106,11 @@ def find_tombstones(engine: Engine, rules: Rules, *, skip_creators: Collection[s
              .order_by(Video.creator_id, Video.id))
     with engine.connect() as conn:
         return [[creator, vid] for creator, vid in conn.execute(query) if creator not in skip_creators]
+
+
+def find_trash(engine: Engine, rules: Rules) -> list[list[str]]:
+    """``[creator_id, video_id]`` of every trashed video whose undo window has closed."""
+    return trash.find_trash(engine, grace_s=rules.delete_grace, now=datetime.fromtimestamp(rules.now, UTC))
 
 
 def claim_rule(conn, operation_id: str, rules: Rules, runs: Runs | None):
@@ -240,6 +247,27 @@ def finish_tombstones(engine: Engine, store: ObjectStore, items: list[list[str]]
                                    batch_index=batch_index, lock_timeout_ms=lock_timeout_ms, ticker=ticker)
         merge(total, not_found_is_done(outcome))
     return counted(total, "tombstone")
+
+
+def purge_trash(engine: Engine, store: ObjectStore, items: list[list[str]], rules: Rules, *, operation_id: str,
+                batch_index: int, dry_run: bool, lock_timeout_ms: int = 5000, ticker=None) -> BatchOutcome:
+    """Purge trashed videos whose window has closed, as a delete would (objects, audit
+    manifest, rows, the read-back proof). One restored since the plan is left alone
+    (the purge's compare-and-set), and counted as done."""
+    by_creator: dict[str, list[str]] = {}
+    for creator_id, vid in items:
+        by_creator.setdefault(creator_id, []).append(vid)
+    due = rules.before(rules.delete_grace)
+    total = BatchOutcome()
+    for creator_id, ids in by_creator.items():
+        if dry_run:
+            outcome = plan_delete_batch(engine, store, creator_id=creator_id, video_ids=ids, purge_before=due)
+        else:
+            outcome = delete_batch(engine, store, creator_id=creator_id, video_ids=ids, operation_id=operation_id,
+                                   batch_index=batch_index, lock_timeout_ms=lock_timeout_ms, ticker=ticker,
+                                   purge_before=due)
+        merge(total, not_found_is_done(outcome))
+    return counted(total, "trash")
 
 
 def release_claims(engine: Engine, ids: list[str], rules: Rules, runs: Runs | None, *, operation_id: str,

@@ -83,11 +83,22 @@ def check_video_keys(creator_id: str, video_id: str, *keys: str | None) -> tuple
     return tuple(out)
 
 
-def _load_rows(conn: Connection, creator_id: str, ids: Sequence[str], *, for_update: bool):
+def _which(purge_before: datetime | None) -> list:
+    """The rows a delete may take: every status but ``trashed`` (a trashed video is gone
+    for later operations); a purge (cleanup, after the undo window) only trashed rows
+    trashed before ``purge_before``."""
+    if purge_before is None:
+        return [Video.status != "trashed"]
+    # `status || ''`: planned on (creator_id, id), not on every trashed row of the creator.
+    return [Video.status.concat("") == "trashed", Video.trashed_at < purge_before]
+
+
+def _load_rows(conn: Connection, creator_id: str, ids: Sequence[str], *, for_update: bool,
+               purge_before: datetime | None = None):
     rows = []
     for part in chunked(ids):
         query = select(Video.id, Video.storage_key, Video.thumbnail_key).where(
-            Video.creator_id == creator_id, Video.id.in_(part)
+            Video.creator_id == creator_id, Video.id.in_(part), *_which(purge_before)
         )
         if for_update and conn.dialect.name == "postgresql":
             query = query.with_for_update()
@@ -114,11 +125,12 @@ def _classify(creator_id: str, ids: Sequence[str], rows) -> tuple[list[_Row], li
 
 
 def plan_delete_batch(
-    engine: Engine, store: ObjectStore, *, creator_id: str, video_ids: Sequence[str]
+    engine: Engine, store: ObjectStore, *, creator_id: str, video_ids: Sequence[str],
+    purge_before: datetime | None = None,
 ) -> BatchOutcome:
     """A dry run of one batch: what would be deleted (videos, objects, bytes); changes nothing."""
     with engine.connect() as conn:
-        rows = _load_rows(conn, creator_id, video_ids, for_update=False)
+        rows = _load_rows(conn, creator_id, video_ids, for_update=False, purge_before=purge_before)
     eligible, errors = _classify(creator_id, video_ids, rows)
     sizes = store.sizes([key for row in eligible for key in row.keys])
     present = [size for size in sizes.values() if size is not None]
@@ -138,6 +150,7 @@ def delete_batch(
     lock_timeout_ms: int = 5000,
     ticker: Ticker | None = None,
     verify: bool = True,
+    purge_before: datetime | None = None,
 ) -> BatchOutcome:
     """Delete one batch of the creator's videos, tombstone first. Idempotent.
 
@@ -146,7 +159,8 @@ def delete_batch(
     With a ``ticker``, the objects go in slices (:func:`_delete_objects`) and the ticker
     hears how many videos are through after each. A delete batch does not stop half-way
     (its tombstones are down): a cancel waits for it. ``verify=False`` leaves out the
-    proof (the benchmark's baseline for its cost).
+    proof (the benchmark's baseline for its cost). With ``purge_before`` it purges
+    trashed videos whose undo window has closed (cleanup), and only those.
     """
     ids = list(dict.fromkeys(video_ids))
     now = datetime.now(UTC)
@@ -154,14 +168,21 @@ def delete_batch(
     # 1. Tombstones, in one transaction, only for this creator's safely-keyed rows.
     with engine.begin() as conn:
         set_lock_timeout(conn, lock_timeout_ms)
-        rows = _load_rows(conn, creator_id, ids, for_update=True)
+        rows = _load_rows(conn, creator_id, ids, for_update=True, purge_before=purge_before)
         eligible, errors = _classify(creator_id, ids, rows)
+        marked: set[str] = set()
         for part in chunked([row.id for row in eligible]):
-            conn.execute(
+            # The same condition as the read, as a compare-and-set (a restore racing a purge).
+            marked.update(conn.execute(
                 update(Video)
-                .where(Video.creator_id == creator_id, Video.id.in_(part))
+                .where(Video.creator_id == creator_id, Video.id.in_(part), *_which(purge_before))
                 .values(status="deleting", updated_at=now)
-            )
+                .returning(Video.id)
+            ).scalars())
+        if len(marked) < len(eligible):
+            errors += [ItemError(row.id, NOT_FOUND, "no such video for this creator")
+                       for row in eligible if row.id not in marked]
+            eligible = [row for row in eligible if row.id in marked]
     if not eligible:
         return BatchOutcome(errors=errors)
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from videolib.ids import RequestError, normalize_video_id
 
-OPERATIONS = ("delete", "export", "reprocess", "cleanup")
+OPERATIONS = ("delete", "export", "reprocess", "cleanup", "restore")
 
 # Per-item error names. The first four count as failed items (CONTRACT.md).
 NOT_FOUND = "not_found"
@@ -227,6 +227,8 @@ class OperationResult:
     retry_of: str | None = None  # the operation whose retryable failures this one takes again
     cleanup: dict[str, int] | None = None  # cleanup's counts (videolib/cleanup.py COUNTS)
     verified: dict[str, int] | None = None  # delete, cleanup: what was read back as gone
+    trashed: int | None = None  # delete under the undo window: videos moved to the trash
+    purge_after: str | None = None  # ... and when cleanup may purge them (UTC)
     error: str | None = None  # the refusal code of a run that could not proceed (``too_many_running``, ...)
     cancelled: bool = False
     aborted: bool = False
@@ -255,6 +257,8 @@ class OperationResult:
             for reason, n in outcome.not_selected.items():
                 self.not_selected[reason] = self.not_selected.get(reason, 0) + n
                 self.requested -= n
+        if self.trashed is not None:
+            self.trashed += int(outcome.extra.get("trashed", 0))
         if self.verified is not None:
             for name, n in outcome.extra.get("verified", {}).items():
                 self.verified[name] = self.verified.get(name, 0) + int(n)
@@ -300,5 +304,6 @@ class OperationResult:
             **({"retry_of": self.retry_of} if self.retry_of else {}),
             **({"cleanup": dict(self.cleanup)} if self.cleanup is not None else {}),
             **({"verified": dict(self.verified)} if self.verified is not None else {}),
+            **({"trashed": self.trashed, "purge_after": self.purge_after} if self.trashed is not None else {}),
             **({"error": self.error} if self.error else {}),
         }

@@ -48,7 +48,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from videolib.chunking import ChunkingConfig
 from videolib.compute_pool import Prepared, Work, chunk_and_embed_where_best
 from videolib.db.engine import begin_write, set_lock_timeout
-from videolib.db.models import Video
+from videolib.db.models import GONE_STATUSES, Video
 from videolib.db.types import bind_timestamp
 from videolib.embedders import Embedder
 from videolib.gc_tuning import bulk_gc
@@ -123,7 +123,7 @@ def claim_batch(
         takeable: list[str] = []
         for vid in ids:
             row = rows.get(vid)
-            if row is None or row.status == "deleting":
+            if row is None or row.status in GONE_STATUSES:
                 errors.append(ItemError(vid, NOT_FOUND, "no such video for this creator"))
             elif not row.has_t:
                 errors.append(ItemError(vid, NO_TRANSCRIPT, "the video has no transcript; left unchanged"))
@@ -185,7 +185,7 @@ def select_reprocessable(
     while True:
         query = (
             select(Video.id, has_t, claimable)
-            .where(Video.creator_id == creator_id, Video.id > last, Video.status != "deleting")
+            .where(Video.creator_id == creator_id, Video.id > last, Video.status.not_in(GONE_STATUSES))
             .order_by(Video.id)
             .limit(page)
         )
@@ -207,7 +207,7 @@ def any_reprocessable(engine: Engine, creator_id: str, *, lease_s: int, holders:
     """Whether :func:`select_reprocessable` would select anything (stops at the first)."""
     with engine.connect() as conn:
         rule = decide_takeover(conn, creator_id=creator_id, operation_id="", lease_s=lease_s, holders=holders)
-        query = select(Video.id).where(Video.creator_id == creator_id, Video.status != "deleting",
+        query = select(Video.id).where(Video.creator_id == creator_id, Video.status.not_in(GONE_STATUSES),
                                        _has_transcript(), _claimable(rule)).limit(1)
         return conn.execute(query).first() is not None
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sqlalchemy import Engine, func, select
 
-from videolib.db.models import Video, VideoChunk
+from videolib.db.models import GONE_STATUSES, Video, VideoChunk
 from videolib.embedders import Embedder
 from videolib.ids import RequestError
 
@@ -71,7 +71,7 @@ def search_chunks(engine: Engine, embedder: Embedder, *, creator_id: str, query:
     best_ids = np.zeros(0, dtype=np.int64)
     searched = 0
     last_id = 0
-    live = (Video.creator_id == creator_id, Video.status != "deleting")
+    live = (Video.creator_id == creator_id, Video.status.not_in(GONE_STATUSES))
     with engine.connect() as conn:
         while True:
             rows = conn.execute(

@@ -42,13 +42,18 @@ def check_selection(*, listed: bool, all_videos: bool, filtered: bool = False,
         )
 
 
+# A trashed video (the undo window of deletes, videolib/trash.py) is gone for every
+# operation: no selection sees it, and its id is not_found.
+VISIBLE = Video.status != "trashed"
+
+
 def owned_statuses(engine: Engine, creator_id: str, ids: Sequence[str]) -> dict[str, str]:
-    """``{id: status}`` for the ids in ``ids`` that belong to ``creator_id``."""
+    """``{id: status}`` for the ids in ``ids`` that belong to ``creator_id`` (not trashed)."""
     found: dict[str, str] = {}
     with engine.connect() as conn:
         for part in chunked(ids):
             rows = conn.execute(
-                select(Video.id, Video.status).where(Video.creator_id == creator_id, Video.id.in_(part))
+                select(Video.id, Video.status).where(Video.creator_id == creator_id, Video.id.in_(part), VISIBLE)
             )
             found.update({row.id: row.status for row in rows})
     return found
@@ -73,10 +78,10 @@ def resolve_owned(
 def iter_creator_video_ids(
     engine: Engine, creator_id: str, *, statuses: Sequence[str] | None = None, chunk: int = 10_000
 ) -> Iterator[str]:
-    """Every video id of the creator, in id order, streamed by keyset pages."""
+    """Every video id of the creator (not trashed), in id order, streamed by keyset pages."""
     last = ""
     while True:
-        query = select(Video.id).where(Video.creator_id == creator_id, Video.id > last)
+        query = select(Video.id).where(Video.creator_id == creator_id, Video.id > last, VISIBLE)
         if statuses:
             query = query.where(Video.status.in_(list(statuses)))
         with engine.connect() as conn:
@@ -88,7 +93,7 @@ def iter_creator_video_ids(
 
 
 def count_creator_videos(engine: Engine, creator_id: str, *, statuses: Sequence[str] | None = None) -> int:
-    query = select(func.count()).select_from(Video).where(Video.creator_id == creator_id)
+    query = select(func.count()).select_from(Video).where(Video.creator_id == creator_id, VISIBLE)
     if statuses:
         query = query.where(Video.status.in_(list(statuses)))
     with engine.connect() as conn:

@@ -17,13 +17,20 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.bodies import CleanupBody, DeleteBody, ExportBody, ReprocessBody
+from api.bodies import CleanupBody, DeleteBody, ExportBody, ReprocessBody, RestoreBody
 from api.deps import principal
 from api.errors import error_responses
 from api.watch import events, shared_status
 from service.inline import HEADER as INLINE_HEADER
 from service.launch import confirm_whole_library_delete
-from service.requests import CleanupRequest, DeleteRequest, ExportRequest, OperationRequest, ReprocessRequest
+from service.requests import (
+    CleanupRequest,
+    DeleteRequest,
+    ExportRequest,
+    OperationRequest,
+    ReprocessRequest,
+    RestoreRequest,
+)
 from service.tokens import Principal
 from service.requests import RequestError
 
@@ -105,6 +112,14 @@ def trigger_reprocess(body: ReprocessBody, request: Request, response: Response,
                       who: Principal = Depends(principal),
                    idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
     return _launch(ReprocessRequest, body, who, request, response, idempotency_key)
+
+
+@router.post("/restore", status_code=202, responses=TRIGGER_ERRORS,
+             summary="Bring back videos a delete trashed, while its undo window (BULKOPS_DELETE_GRACE) is open")
+def trigger_restore(body: RestoreBody, request: Request, response: Response,
+                    who: Principal = Depends(principal),
+                    idempotency_key: str | None = IdempotencyKey) -> dict[str, Any]:
+    return _launch(RestoreRequest, body, who, request, response, idempotency_key)
 
 
 @router.post("/cleanup", status_code=202, responses=error_responses(401, 403, 409, 413, 422, 503),

@@ -80,6 +80,13 @@ REFUSALS = [
     ("/bulk/reprocess", {"all": True, "chunk_overlap": 500}, "bad_chunking"),
     ("/bulk/reprocess", {"all": True, "chunk_unit": "bytes"}, "bad_chunking"),
     ("/bulk/reprocess", {"all": True, "embedder": "gpt-9"}, "unknown_embedder"),
+    ("/bulk/export", {"format": "csv", "status": "trashed"}, "bad_filter"),
+    ("/bulk/restore", {}, "bad_selection"),
+    ("/bulk/restore", {"all": True}, "bad_selection"),
+    ("/bulk/restore", {"video_ids": ["a"], "operation": "8f0e9d2c-5b7a-4c1e-9f3d-2a6b8c4e1f70"}, "bad_selection"),
+    ("/bulk/restore", {"operation": "x' OR '1'='1"}, "bad_selection"),
+    ("/bulk/restore", {"operation": "8f0e9d2c-5b7a-4c1e-9f3d-2a6b8c4e1f70"}, "bad_selection"),  # no such delete
+    ("/bulk/restore", {"video_ids": []}, "empty_selection"),
 ]
 
 
@@ -92,6 +99,35 @@ def test_what_the_cli_refuses_is_422_with_the_same_code(api, api_url_env, route,
     assert answer.json()["error"] == code, answer.json()
     assert answer.json()["message"]
     assert api.lib.ids("creator-001") == before
+
+
+def test_a_restore_whose_window_has_closed_is_422_and_touches_nothing(api, api_url_env, monkeypatch):
+    """Over HTTP as from the CLI: `operation` past its undo window is refused before a run;
+    within it, a valid restore with nothing to execute it is 503 no_runner."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from config import get_settings
+    from videolib.db.models import Video
+    from videolib.trash import trash_batch
+
+    monkeypatch.setenv("BULKOPS_DELETE_GRACE", "1h")
+    get_settings.cache_clear()
+    api.lib.seed(6, creators=1)
+    mine = api.lib.ids("creator-001")
+    delete_id = "3c9f1d7e-2a4b-4f6c-8e1d-5b7a9c0e2f41"
+    trash_batch(api.lib.engine, creator_id="creator-001", video_ids=mine[:2], operation_id=delete_id)
+    waiting = api.post("/bulk/restore", json={"operation": delete_id}, headers=api.bearer())
+    assert waiting.status_code == 503 and waiting.json()["error"] == "no_runner", waiting.json()
+    with api.lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id.in_(mine[:2])).values(
+            trashed_at=datetime.now(UTC) - timedelta(hours=2)))
+    closed = api.post("/bulk/restore", json={"operation": delete_id}, headers=api.bearer())
+    assert closed.status_code == 422 and closed.json()["error"] == "window_closed", closed.json()
+    theirs = api.post("/bulk/restore", json={"operation": delete_id}, headers=api.bearer("creator-002"))
+    assert theirs.status_code == 422 and theirs.json()["error"] == "bad_selection"  # not another's to name
+    assert api.lib.ids("creator-001") == mine[2:]
 
 
 def test_too_many_ids_and_an_empty_library_are_refused(api, api_url_env, monkeypatch):

@@ -173,3 +173,28 @@ def test_hashing_embedder_is_deterministic_and_normalised():
     assert float(a[0] @ near) > float(a[2] @ near)
     with pytest.raises(ValueError, match="embedder"):
         get_embedder("nope")
+
+
+def test_the_trash_revision_keeps_every_row_and_chunk(library):
+    """Revision 0005 rebuilds `videos` on SQLite (a new CHECK): with foreign keys on, the
+    rebuild's DROP would delete every chunk by cascade. Down to 0004 and up again with a
+    seeded library: every video and chunk is still there, and the cascade still works."""
+    from videolib.db.migrate import downgrade
+
+    library.seed(6, creators=1, chunks_per_video=3, transcript_ratio=1.0)
+
+    def counts():
+        with library.engine.connect() as conn:
+            return (conn.execute(select(func.count()).select_from(Video)).scalar_one(),
+                    conn.execute(select(func.count()).select_from(VideoChunk)).scalar_one())
+
+    before = counts()
+    assert before == (6, 18)
+    downgrade(library.engine, "0004")
+    assert current_revision(library.engine) == "0004" and counts() == before
+    assert upgrade(library.engine) == ("0004", head_revision())
+    assert counts() == before
+    vid = library.ids("creator-001")[0]
+    with library.engine.begin() as conn:
+        conn.execute(delete(Video).where(Video.id == vid))
+    assert counts() == (5, 15)

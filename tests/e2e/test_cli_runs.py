@@ -373,3 +373,36 @@ def test_cleanup_from_the_cli_dry_run_then_for_real_and_one_at_a_time(seeded, pr
 def _all_ids(lib) -> set[str]:
     with lib.engine.connect() as conn:
         return set(conn.execute(select(Video.id)).scalars())
+
+
+def test_delete_under_the_undo_window_then_restore_from_the_cli(seeded, prefect_server, tmp_path):
+    """`BULKOPS_DELETE_GRACE`: the delete trashes (exit 0, says until when and how to undo),
+    `bulkops restore --operation` brings the videos back (exit 0), a second is exit 2; by
+    ids a foreign id is a per-item not_found (exit 1); bad usage is exit 2."""
+    lib = seeded
+    window = {"BULKOPS_DELETE_GRACE": "1h"}
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", ",".join(mine[:4]), "--json",
+                        prefect=prefect_server, env_extra=window)
+    assert proc.returncode == 0 and doc["trashed"] == 4 and doc["purge_after"], proc.stderr[-2000:]
+    assert lib.ids("creator-001") == mine[4:]
+    proc, _ = run_cli(lib, "delete", "--creator", "creator-001", "--ids", mine[4], prefect=prefect_server,
+                      env_extra=window)
+    assert proc.returncode == 0 and "Trashed 1 videos" in proc.stdout and "bulkops restore" in proc.stdout
+    proc, back = run_cli(lib, "restore", "--creator", "creator-001", "--operation", doc["operation_id"], "--json",
+                         prefect=prefect_server, env_extra=window)
+    assert proc.returncode == 0 and back["operation"] == "restore" and back["succeeded"] == 4, proc.stderr[-2000:]
+    assert set(lib.ids("creator-001")) == set(mine) - {mine[4]}
+    proc, again = run_cli(lib, "restore", "--creator", "creator-001", "--operation", doc["operation_id"], "--json",
+                          prefect=prefect_server, env_extra=window)
+    assert proc.returncode == 2 and again["error"] == "empty_selection", again
+    proc, partly = run_cli(lib, "restore", "--creator", "creator-001", "--ids", f"{mine[4]},{theirs[0]}", "--json",
+                           prefect=prefect_server, env_extra=window)
+    assert proc.returncode == 1 and partly["succeeded"] == 1, partly
+    assert [(e["video_id"], e["error"]) for e in partly["errors"]] == [(theirs[0], "not_found")]
+    for args, error in ((["--ids", mine[0], "--operation", doc["operation_id"]], "bad_selection"),
+                        (["--operation", "not-an-id"], "bad_selection"),
+                        ([], "bad_selection")):
+        proc, refused = run_cli(lib, "restore", "--creator", "creator-001", *args, "--json", prefect=prefect_server,
+                                env_extra=window)
+        assert proc.returncode == 2 and refused["error"] == error, (args, refused)

@@ -421,7 +421,9 @@ def test_flows_pickled_by_value_still_validate_their_parameters(tmp_path):
         f"flows = pickle.load(open({str(path)!r}, 'rb'))\n"
         "for name, flow in flows.items():\n"
         "    params = {'creator_id': 'creator-001', 'format': 'csv'} if 'export' in name else "
-        "{'dry_run': True} if name == 'cleanup' else {'creator_id': 'creator-001', 'all_videos': True}\n"
+        "{'dry_run': True} if name == 'cleanup' else "
+        "{'creator_id': 'creator-001', 'video_ids': ['x']} if name == 'bulk-restore' else "
+        "{'creator_id': 'creator-001', 'all_videos': True}\n"
         "    flow.validate_parameters(params)\n"
         "print(sorted(flows))\n"
     )

@@ -268,10 +268,9 @@ def test_every_accepted_shape_in_every_column_exports(library):
                 assert rows[vid][column] == want, (fmt, shape, column, rows[vid][column])
     # A filter compares instants, whatever the shape, once the migration has run (SQLite).
     if library.engine.dialect.name == "sqlite":
-        from videolib.db.migrate import upgrade
+        from videolib.db.migrate import downgrade, upgrade
 
-        with library.engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+        downgrade(library.engine, "0003")  # back before the timestamp revision, data as written
         upgrade(library.engine)
         assert_one_form(library)
     doc = _export("creator-001", "parquet", created_after=datetime(2026, 3, 4, 5, 6, 7, 200000, tzinfo=UTC),
@@ -319,10 +318,9 @@ def test_migration_rewrites_rows_written_another_way(sqlite_library):
     for vid, (shape, _instant) in zip(ids, SHAPES):
         _write_raw(lib, vid, dict.fromkeys(TS_COLUMNS, shape))
     _write_raw(lib, ids[-1], {"embedded_at": "not a time"})
-    with lib.engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
-    from videolib.db.migrate import current_revision, head_revision, upgrade
+    from videolib.db.migrate import current_revision, downgrade, head_revision, upgrade
 
+    downgrade(lib.engine, "0003")  # back before the timestamp revision, data as written
     upgrade(lib.engine)
     assert current_revision(lib.engine) == head_revision()
     with lib.engine.connect() as conn:
@@ -341,8 +339,9 @@ def test_migration_converts_a_postgres_column_without_a_zone(pg_library):
     with lib.engine.begin() as conn:
         conn.execute(text("ALTER TABLE videos ALTER COLUMN embedded_at TYPE timestamp without time zone"))
         conn.execute(text("UPDATE videos SET embedded_at = '2026-03-04 05:06:07.5' WHERE id = :v"), {"v": vid})
-        conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
-    from videolib.db.migrate import upgrade
+    from videolib.db.migrate import downgrade, upgrade
+
+    downgrade(lib.engine, "0003")  # back before the timestamp revision, the column as altered
 
     upgrade(lib.engine)
     assert_one_form(lib)

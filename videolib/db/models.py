@@ -20,7 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from videolib.db.types import UTCDateTime
 
-VIDEO_STATUSES = ("uploaded", "processing", "ready", "failed", "deleting")
+VIDEO_STATUSES = ("uploaded", "processing", "ready", "failed", "deleting", "trashed")
+# Gone for every operation: being deleted, or in the undo window's trash.
+GONE_STATUSES = ("deleting", "trashed")
 
 
 class Base(DeclarativeBase):
@@ -33,8 +35,9 @@ class Video(Base):
         Index("ix_videos_creator_status", "creator_id", "status"),
         # Batch statements filter creator_id = ? AND id IN (...): see migration 0002.
         Index("ix_videos_creator_id", "creator_id", "id"),
+        Index("ix_videos_trashed", "trashed_at"),  # migration 0005
         CheckConstraint(
-            "status IN ('uploaded', 'processing', 'ready', 'failed', 'deleting')",
+            "status IN ('uploaded', 'processing', 'ready', 'failed', 'deleting', 'trashed')",
             name="ck_videos_status",
         ),
     )
@@ -57,6 +60,11 @@ class Video(Base):
     embedding_model: Mapped[str | None] = mapped_column(String(128))
     # The reprocess operation holding this video's `processing` claim (migration 0003).
     processing_by: Mapped[str | None] = mapped_column(String(36))
+    # The undo window of deletes (migration 0005): when and by which delete the video
+    # was trashed, and the status restore gives back.
+    trashed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    trashed_by: Mapped[str | None] = mapped_column(String(36))
+    trashed_from: Mapped[str | None] = mapped_column(String(16))
 
 
 class VideoChunk(Base):

@@ -131,7 +131,7 @@ def where_terms(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator
         params.append(value)
         return "?" if placeholder == "?" else f"${len(params)}"
 
-    where = ["v.creator_id = " + ("?" if placeholder == "?" else "$1"), "v.status <> 'deleting'"]
+    where = ["v.creator_id = " + ("?" if placeholder == "?" else "$1"), "v.status NOT IN ('deleting', 'trashed')"]
     if flt.status:
         where.append(f"v.status = {p(flt.status)}")
     for value, op in ((flt.created_after, ">="), (flt.created_before, "<")):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from videolib.db.models import VIDEO_STATUSES, Video
+from videolib.db.models import GONE_STATUSES, VIDEO_STATUSES, Video
 from videolib.ids import RequestError
 from videolib.report import FORMULA_PREFIXES
 
@@ -44,7 +44,7 @@ EXPORT_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
 _POSTGRES_COLUMNS = {"has_transcript": "CASE WHEN octet_length(v.transcript) > 0 THEN 1 ELSE 0 END"}
 DEFAULT_COLUMNS = tuple(EXPORT_COLUMNS)
 # What `status` may filter on: any status but the tombstones', which no export reads.
-FILTER_STATUSES = tuple(s for s in VIDEO_STATUSES if s != "deleting")
+FILTER_STATUSES = tuple(s for s in VIDEO_STATUSES if s not in GONE_STATUSES)
 
 
 def export_key(creator_id: str, operation_id: str, fmt: str) -> str:
@@ -108,7 +108,7 @@ class ExportFilter:
             raise RequestError("bad_filter", "`created_after` must be earlier than `created_before`")
 
     def clauses(self):
-        out = [Video.status != "deleting"]
+        out = [Video.status.not_in(GONE_STATUSES)]
         if self.status:
             out.append(Video.status == self.status)
         if self.created_after:
