@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, case, select, update
 
 from videolib.db.engine import set_lock_timeout
 from videolib.db.models import Video
@@ -91,7 +91,8 @@ def restore_batch(engine: Engine, *, creator_id: str, video_ids: Sequence[str], 
             else:
                 restored.update(conn.execute(
                     update(Video).where(*open_window)
-                    .values(status=Video.trashed_from, trashed_from=None, trashed_at=None, trashed_by=None)
+                    .values(status=_restored_status(), processing_by=None, trashed_from=None, trashed_at=None,
+                            trashed_by=None)
                     .returning(Video.id)).scalars())
             closed.update(conn.execute(select(Video.id).where(
                 Video.creator_id == creator_id, Video.id.in_([vid for vid in part if vid not in restored]),
@@ -104,6 +105,17 @@ def restore_batch(engine: Engine, *, creator_id: str, video_ids: Sequence[str], 
         elif vid not in restored:
             errors.append(ItemError(vid, NOT_FOUND, "no trashed video with this id for this creator"))
     return BatchOutcome(succeeded=[vid for vid in ids if vid in restored], errors=errors)
+
+
+def _restored_status():
+    """The status a restore gives back (SQL): the one the video had when trashed, but
+    for a reprocess's claim (``processing`` with a holder; ``processing`` without one
+    is the platform's own pipeline, given back as it was). Trashing ended the claim:
+    the reprocess wrote nothing for the video, which has its old chunks. So it comes
+    back as cleanup releases a claim, ``ready`` when it was ever embedded, ``failed``
+    when not; never as a claim of a run that may be long gone."""
+    claim = and_(Video.trashed_from == "processing", Video.processing_by.is_not(None))
+    return case((~claim, Video.trashed_from), (Video.embedded_at.is_(None), "failed"), else_="ready")
 
 
 def trashed_by(engine: Engine, creator_id: str, operation_id: str, *,

@@ -105,3 +105,53 @@ def test_a_restore_racing_a_purge_one_wins(sqlite_library):
                           purge_before=datetime.now(UTC) + timedelta(seconds=1))
     assert sorted(purged.succeeded) == sorted(mine[1:]) and [e.video_id for e in purged.errors] == [mine[0]]
     assert lib.ids("creator-001") == [mine[0]]
+
+
+class _TrashMidway:
+    """A ticker that trashes the batch's first video once the reprocess has claimed it
+    and is embedding (a delete under the window landing mid-batch)."""
+
+    def __init__(self, engine, video_id):
+        self.engine, self.video_id, self.fired = engine, video_id, False
+
+    def done(self, items: int) -> None:
+        if not self.fired:
+            self.fired = True
+            with self.engine.connect() as conn:
+                assert conn.execute(select(Video.status).where(Video.id == self.video_id)).scalar_one() == "processing"
+            trash_batch(self.engine, creator_id="creator-001", video_ids=[self.video_id], operation_id=OP)
+
+    def stopping(self) -> bool:
+        return False
+
+
+def test_a_video_trashed_under_a_reprocess_claim_comes_back_free(library):
+    """A delete under the window takes a video a reprocess holds: the reprocess writes
+    nothing for it (its old chunks stay), and a restore gives it back released (`ready`,
+    no holder), not as a claim of a run that may be long gone; the next reprocess takes it."""
+    from videolib.embedders import get_embedder
+    from videolib.reprocess import reprocess_batch
+
+    library.seed(6, creators=1, chunks_per_video=2, transcript_ratio=1.0)
+    ids = library.ids("creator-001")
+    with library.engine.begin() as conn:  # all of them embedded once (as after an earlier reprocess)
+        conn.execute(update(Video).where(Video.id.in_(ids)).values(embedded_at=datetime.now(UTC)))
+    victim = ids[0]
+    before = _snapshot(library.engine, [victim])
+    reprocess_op = str(uuid.uuid4())
+    outcome = reprocess_batch(library.engine, get_embedder("hashing"), creator_id="creator-001", video_ids=ids,
+                              operation_id=reprocess_op, ticker=_TrashMidway(library.engine, victim))
+    assert sorted(outcome.succeeded) == sorted(ids[1:])
+    assert [(e.video_id, e.error) for e in outcome.errors] == [(victim, NOT_FOUND)]
+    with library.engine.connect() as conn:
+        row = conn.execute(select(Video).where(Video.id == victim)).one()
+    assert (row.status, row.trashed_from, row.processing_by) == ("trashed", "processing", reprocess_op)
+    assert _snapshot(library.engine, [victim])[1] == before[1]  # its chunks untouched
+    restored = restore_batch(library.engine, creator_id="creator-001", video_ids=[victim], grace_s=HOUR)
+    assert restored.succeeded == [victim]
+    with library.engine.connect() as conn:
+        row = conn.execute(select(Video).where(Video.id == victim)).one()
+    assert (row.status, row.processing_by, row.trashed_from, row.trashed_by) == ("ready", None, None, None)
+    again = reprocess_batch(library.engine, get_embedder("hashing"), creator_id="creator-001", video_ids=[victim],
+                            operation_id=str(uuid.uuid4()))
+    assert again.succeeded == [victim] and again.errors == []

@@ -113,6 +113,28 @@ def test_restore_by_ids_and_by_operation_gives_them_back_unchanged(library, wind
     assert refused.value.code == "bad_selection"
 
 
+def test_an_all_delete_under_the_window_trashes_every_batch_and_one_restore_undoes_it(library, window):
+    from service.requests import CommandLineIds, RequestError
+
+    library.seed(30, creators=2, chunks_per_video=1)
+    mine, theirs = library.ids("creator-001"), library.ids("creator-002")
+    before = _rows(library, mine + theirs)
+    # One already in the trash from an earlier delete: --all does not see it again.
+    earlier = _run("DeleteRequest", creator_id="creator-001", video_ids=mine[:1])
+    doc = _run("DeleteRequest", creator_id="creator-001", selection=CommandLineIds(all_videos=True), batch_size=4)
+    assert doc["status"] == "completed" and doc["trashed"] == doc["succeeded"] == len(mine) - 1, doc
+    assert doc["requested"] == len(mine) - 1 and doc["errors"] == []
+    assert library.ids("creator-001") == [] and library.ids("creator-002") == theirs
+    with pytest.raises(RequestError) as refused:  # nothing left to select
+        _run("DeleteRequest", creator_id="creator-001", selection=CommandLineIds(all_videos=True))
+    assert refused.value.code == "empty_selection"
+    back = _run("RestoreRequest", creator_id="creator-001", delete_operation=doc["operation_id"])
+    assert back["status"] == "completed" and back["succeeded"] == len(mine) - 1
+    assert library.ids("creator-001") == mine[1:]
+    _run("RestoreRequest", creator_id="creator-001", delete_operation=earlier["operation_id"])
+    assert _rows(library, mine + theirs) == before
+
+
 def test_cleanup_purges_after_the_window_as_a_delete_would(library, window):
     from videolib.delete import read_manifest_records
 
