@@ -40,17 +40,19 @@ def _env(lib: Library, home: Path, **extra) -> dict[str, str]:
 
 
 class Served:
-    def __init__(self, lib: Library, home: Path, port: int, prefect_port: int, webhook_url: str):
+    def __init__(self, lib: Library, home: Path, port: int, prefect_port: int, webhook_url: str | None,
+                 **settings: str):
         self.lib, self.home, self.port, self.prefect_port = lib, home, port, prefect_port
         self.url = f"http://127.0.0.1:{port}"
         self.log = lib.data_dir / "serve-stderr.txt"
         lib.data_dir.mkdir(parents=True, exist_ok=True)
+        if webhook_url:
+            settings.update(BULKOPS_WEBHOOK_URL=webhook_url, BULKOPS_WEBHOOK_SECRET=WEBHOOK_SECRET)
         self.process = subprocess.Popen(
             [BULKOPS, "serve", "--port", str(port), "--prefect-port", str(prefect_port), "--limit", "2"],
-            env=_env(lib, home, BULKOPS_WEBHOOK_URL=webhook_url, BULKOPS_WEBHOOK_SECRET=WEBHOOK_SECRET,
-                     # the product's limit (the suite's default is higher), and the
-                     # shortest lease Prefect takes, for the SIGKILL test
-                     BULKOPS_MAX_RUNNING_PER_CREATOR="2", BULKOPS_SLOT_LEASE="60s"),
+            # the product's limit (the suite's default is higher), and the shortest
+            # lease Prefect takes, for the SIGKILL test
+            env=_env(lib, home, **{"BULKOPS_MAX_RUNNING_PER_CREATOR": "2", "BULKOPS_SLOT_LEASE": "60s", **settings}),
             stdout=subprocess.DEVNULL, stderr=self.log.open("w"), stdin=subprocess.DEVNULL,
             start_new_session=True)
         deadline = time.monotonic() + 240
@@ -602,3 +604,40 @@ def test_serve_without_a_runner_hands_the_runs_to_the_pools_workers(sqlite_libra
         os.killpg(serve.pid, signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
         ops.stop()
+
+
+def test_delete_and_restore_over_http_under_the_undo_window(tmp_path):
+    """The app's backend takes a delete back: with `BULKOPS_DELETE_GRACE` on the server,
+    `POST /bulk/delete` trashes (202, then `trashed` and `purge_after` in its status),
+    `POST /bulk/restore` with that delete's id gives every video back (202, then
+    completed); asked again, nothing is left to restore (422 `empty_selection`), and
+    another creator cannot name that delete (422 `bad_selection`)."""
+    lib = Library(database_url=f"sqlite:///{tmp_path / 'bulkops.db'}", storage_url=str(tmp_path / "storage"),
+                  endpoint_url=None, data_dir=tmp_path / "data")
+    from videolib.db.migrate import upgrade
+
+    upgrade(lib.engine)
+    lib.seed(12, creators=2)
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    server = Served(lib, tmp_path / "prefect-home", free_port(), free_port(), None, BULKOPS_DELETE_GRACE="1h")
+    try:
+        answer = server.call("POST", "/bulk/delete", {"video_ids": mine[:3] + [theirs[0]]})
+        assert answer.status_code == 202, answer.text
+        deleted = server.wait_final(answer.json()["operation_id"])
+        assert deleted["status"] == "partial", deleted  # the other creator's id is not_found
+        assert deleted["result"]["trashed"] == 3 and deleted["result"]["purge_after"]
+        assert lib.ids("creator-001") == mine[3:] and lib.ids("creator-002") == theirs
+        with lib.engine.connect() as conn:
+            keys = conn.execute(select(Video.storage_key).where(Video.id.in_(mine[:3]))).scalars().all()
+        assert len(keys) == 3 and all(lib.store.exists(key) for key in keys), "nothing removed yet"
+        answer = server.call("POST", "/bulk/restore", {"operation": deleted["operation_id"]})
+        assert answer.status_code == 202, answer.text
+        restored = server.wait_final(answer.json()["operation_id"])
+        assert restored["operation"] == "restore" and restored["status"] == "completed", restored
+        assert restored["result"]["succeeded"] == 3 and lib.ids("creator-001") == mine
+        again = server.call("POST", "/bulk/restore", {"operation": deleted["operation_id"]})
+        assert again.status_code == 422 and again.json()["error"] == "empty_selection", again.text
+        foreign = server.call("POST", "/bulk/restore", {"operation": deleted["operation_id"]}, creator="creator-002")
+        assert foreign.status_code == 422 and foreign.json()["error"] == "bad_selection", foreign.text
+    finally:
+        assert server.stop() == 0, server.stderr()
