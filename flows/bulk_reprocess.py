@@ -15,11 +15,11 @@ from contextlib import ExitStack
 from typing import Annotated, Literal
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from config import get_settings
 from flows.operation import Operation, select_retry, select_videos
+from flows.runners import task_runner
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.db.models import GONE_STATUSES
@@ -34,7 +34,7 @@ from videolib.reprocess import select_reprocessable
 @flow(
     name="bulk-reprocess",
     flow_run_name="reprocess-{creator_id}",
-    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().task_workers),
+    task_runner=task_runner(),
     validate_parameters=True,
 )
 def bulk_reprocess(
@@ -93,8 +93,9 @@ def bulk_reprocess(
         else:
             ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                                 verb="reprocess", exclude_statuses=GONE_STATUSES, invalid_ids_key=invalid_ids_key)
-        if eligible(embedder_for(embedder_name), len(ids)):
-            # chunking and embedding in worker processes (videolib/compute_pool.py)
+        if settings.task_runner == "threads" and eligible(embedder_for(embedder_name), len(ids)):
+            # chunking and embedding in worker processes (videolib/compute_pool.py); on
+            # Dask the batches run in the cluster's processes already
             resources.enter_context(held_compute_pool())
         return ids
 

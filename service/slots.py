@@ -86,8 +86,11 @@ def admit(creator_id: str | None, *, limit: int | None = None) -> None:
 
 
 def refuse_a_second_cleanup() -> None:
-    """Cleanup runs one at a time: ``cleanup_running`` (HTTP 409) while one has not ended."""
-    runs = running_runs(None)
+    """Cleanup runs one at a time: ``cleanup_running`` (HTTP 409) while one has started
+    and not ended. A scheduled one that no worker has taken yet (the daily run, due while
+    the workers are down) does not hold the next back: when it starts, the flow's own
+    exclusive slot ends it ``cleanup_running`` if this one is still going."""
+    runs = [run for run in running_runs(None) if run.state is None or run.state.type.value != "SCHEDULED"]
     if runs:
         running = str(runs[0].id)
         raise RequestError("cleanup_running", f"cleanup {running} is still running (one at a time): follow it with "

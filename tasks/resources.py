@@ -27,8 +27,26 @@ def store() -> ObjectStore:
 
 @lru_cache(maxsize=4)
 def embedder_for(name: str) -> Embedder:
-    """One embedder per name and process (a model loads once, whatever the batches)."""
-    return get_embedder(name)
+    """One embedder per name and process (a model loads once, whatever the batches: in
+    the flow's process, or once per Dask worker). Its model loads here, and the run's
+    log says where and how long it took."""
+    import logging
+    import os
+    import time
+
+    started = time.monotonic()
+    embedder = get_embedder(name)
+    load = getattr(embedder, "load", None)
+    if load is not None:
+        load()
+    try:
+        from prefect import get_run_logger
+
+        logger = get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run (a check, a benchmark): the module's logger
+        logger = logging.getLogger(__name__)
+    logger.info("embedder %s loaded in process %s (%.1fs)", name, os.getpid(), time.monotonic() - started)
+    return embedder
 
 
 class PrefectHolders:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -93,16 +94,18 @@ def signed_link(
     store: ObjectStore,
     key: str,
     *,
-    secret: bytes,
+    secret: bytes | Callable[[], bytes],
     base_url: str = "http://127.0.0.1:8000",
     expires_in_s: int = DEFAULT_EXPIRY_S,
 ) -> SignedLink:
-    """An expiring download link for ``key``: presigned on S3, HMAC-signed otherwise."""
+    """An expiring download link for ``key``: presigned on S3, HMAC-signed otherwise.
+    ``secret`` may be a callable, read only for an HMAC link (on S3 no key is needed,
+    and none is generated on the machine that runs the export)."""
     validate_key(key)
     _check_expiry(expires_in_s)
     now = time.time()
     if store.is_s3:
         url = store.fs.url(store.path(key), expires=expires_in_s)
         return SignedLink(url, datetime.fromtimestamp(int(now + expires_in_s), UTC))
-    token, expires = sign_token(key, secret=secret, expires_in_s=expires_in_s, now=now)
+    token, expires = sign_token(key, secret=secret() if callable(secret) else secret, expires_in_s=expires_in_s, now=now)
     return SignedLink(f"{base_url.rstrip('/')}/downloads/{token}", datetime.fromtimestamp(expires, UTC))

@@ -371,6 +371,16 @@ def test_a_second_cleanup_is_refused_and_one_started_anyway_touches_nothing(sqli
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(uuid.UUID(running), Completed(), force=True)
+        # The daily run, due now but taken by no worker (the workers are down): not
+        # started, so it holds nobody back (it would end cleanup_running if it started now).
+        flow_id = client.request("POST", "/flows/", json={"name": "cleanup"}).json()["id"]
+        due = client.request("POST", "/flow_runs/", json={"flow_id": flow_id, "name": "test-scheduled", "state": {
+            "type": "SCHEDULED", "name": "Scheduled"}}).json()
+    from service.slots import refuse_a_second_cleanup
+
+    refuse_a_second_cleanup()  # not raised
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(due["id"]), Completed(), force=True)
     # A run nobody counted (a schedule, the UI) while another holds the cleanup's slot
     # ends Cancelled with cleanup_running, having touched nothing.
     holder = ExclusiveSlot(str(uuid.uuid4()), "cleanup", lease_s=60)

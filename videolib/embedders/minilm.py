@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,7 +101,13 @@ def _package_file(module: str, dist: str, relative: str, sha256: str) -> Path:
 
 
 def default_threads() -> int:
-    """The cores this process may run on (affinity and cpusets included)."""
+    """The cores this process may run on (affinity and cpusets included); in a Dask
+    worker, the threads Dask gave it (its siblings have the other cores)."""
+    if "distributed" in sys.modules:  # only a process that uses Dask has it imported
+        try:
+            return max(1, sys.modules["distributed"].get_worker().state.nthreads)
+        except (ValueError, AttributeError):  # not in a Dask worker
+            pass
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux

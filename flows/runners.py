@@ -1,0 +1,42 @@
+"""The task runner an operation's batches run on (``BULKOPS_TASK_RUNNER``).
+
+``threads`` (the default): Prefect's thread pool in the flow's own process,
+``BULKOPS_TASK_WORKERS`` batches at once. ``dask``: a Dask cluster through
+prefect-dask, for CPU-heavy batches (reprocess with the real model): the one at
+``BULKOPS_DASK_ADDRESS``, or a ``LocalCluster`` started for the run with one
+single-threaded worker process per core. A Dask worker keeps its embedder between
+batches (``tasks.resources.embedder_for``: the model loads once per worker), and the
+batches' progress reaches the flow through Prefect (``tasks.ticks``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from config import get_settings
+
+
+def cores() -> int:
+    """The cores this process may run on (affinity and cpusets included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def task_runner() -> TaskRunner:
+    """A new task runner for an operation's flow, as the settings say."""
+    settings = get_settings()
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": cores(), "threads_per_worker": 1, "processes": True,
+            # No dashboard: it would take port 8787, and two runs on one machine collide.
+            "dashboard_address": None,
+        })
+    return ThreadPoolTaskRunner(max_workers=settings.task_workers)

@@ -1,0 +1,246 @@
+"""Past one machine, as a platform that outgrew one runs it: `prefect server` on
+PostgreSQL, the `bulkops` process work pool, two `prefect worker` processes that each
+have a working directory, a Prefect home and a bulkops data directory of their own
+(their "machines"), and PostgreSQL + the S3 endpoint for the library. The deployments
+from prefect.yaml run every operation; status, progress, cancel, retry and the HTTP API
+work across the workers with no code change, and nothing an operation leaves behind
+is on a worker's disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+from sqlalchemy import select, update
+
+from tests.clitools import BULKOPS, held_by
+from tests.conftest import Library
+from tests.servers import free_port, start_prefect_server, stop_prefect_server
+from videolib.db.models import Video
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+SECRET = "several-workers-test-secret-0123456789abcdef"
+
+
+class Cluster:
+    """The Prefect server on PostgreSQL, the library, the pool and its workers."""
+
+    def __init__(self, root: Path, pg_server, s3_server):
+        self.root = root
+        prefect_db = pg_server.create_database(f"prefect_{uuid.uuid4().hex[:12]}")
+        (root / "server").mkdir()
+        self.server = start_prefect_server(
+            root / "server",
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=prefect_db.replace("postgresql+psycopg://", "postgresql+asyncpg://"))
+        self.api = self.server.api_url
+        self.lib = Library(pg_server.create_database(), f"s3://{s3_server.bucket}/cluster-{uuid.uuid4().hex[:10]}",
+                           s3_server.endpoint_url, root / "operator" / "data")
+        from videolib.db.migrate import upgrade
+
+        upgrade(self.lib.engine)
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def env(self, machine: str) -> dict[str, str]:
+        """The environment of one "machine": the shared settings, its own disk."""
+        home = self.root / machine
+        home.mkdir(exist_ok=True)
+        return {**os.environ, **self.lib.env(), "PREFECT_API_URL": self.api,
+                "PREFECT_HOME": str(home / "prefect-home"), "BULKOPS_DATA_DIR": str(home / "data"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "BULKOPS_PROJECT_DIR": str(ROOT),
+                "BULKOPS_JWT_SECRET": SECRET, "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+    def prefect(self, *args: str, timeout: float = 180) -> str:
+        proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=ROOT, env=self.env("operator"),
+                              text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    def bulkops(self, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, dict | None]:
+        proc = subprocess.run([BULKOPS, *args], cwd=self.root / "operator", env=self.env("operator"), text=True,
+                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        return proc, (json.loads(lines[-1]) if "--json" in args and lines else None)
+
+    def start_worker(self, name: str) -> None:
+        env = self.env(name)
+        self.workers[name] = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "bulkops", "--name", name, "--limit", "1"],
+            cwd=self.root / name, env=env, stdout=(self.root / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def worker_log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def create_run(self, deployment: str, parameters: dict) -> str:
+        found = requests.get(f"{self.api}/deployments/name/{deployment}", timeout=30)
+        assert found.status_code == 200, found.text
+        created = requests.post(f"{self.api}/deployments/{found.json()['id']}/create_flow_run",
+                                json={"parameters": parameters}, timeout=30)
+        assert created.status_code in (200, 201), created.text
+        return created.json()["id"]
+
+    def run(self, run_id: str) -> dict:
+        return requests.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
+
+    def wait_final(self, run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["state"] and run["state"]["type"] in FINAL:
+                return run
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {name}\n{self.worker_log(name)}" for name in self.workers)
+        raise AssertionError(f"run {run_id} not final after {timeout}s: {self.run(run_id)['state']}\n{logs}")
+
+    def stop(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        stop_prefect_server(self.server)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, pg_server, s3_server):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), pg_server, s3_server)
+    try:
+        cluster.prefect("work-pool", "create", "bulkops", "--type", "process", "--overwrite")
+        cluster.prefect("deploy", "--all")
+        cluster.start_worker("worker-a")
+        cluster.start_worker("worker-b")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_every_operation_runs_on_the_pools_workers_and_leaves_nothing_on_their_disks(cluster):
+    lib = cluster.lib
+    lib.seed(60, creators=2, transcript_ratio=1.0)
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    runs = {
+        "reprocess": cluster.create_run("bulk-reprocess/bulk-reprocess",
+                                        {"creator_id": "creator-001", "all_videos": True, "batch_size": 10}),
+        "export": cluster.create_run("bulk-export/bulk-export", {"creator_id": "creator-002", "format": "parquet"}),
+        "delete": cluster.create_run("bulk-delete/bulk-delete",
+                                     {"creator_id": "creator-002", "video_ids": theirs[:5], "dry_run": False}),
+    }
+    ended = {name: cluster.wait_final(run_id) for name, run_id in runs.items()}
+    for name, run in ended.items():
+        assert run["state"]["type"] == "COMPLETED", (name, run["state"])
+    workers = {name: run["labels"].get("prefect.worker.name") for name, run in ended.items()}
+    assert set(workers.values()) == {"worker-a", "worker-b"}, workers  # limit 1 each: both took runs
+    # Status, progress and results, read from a third machine.
+    documents = {}
+    for name, run_id in runs.items():
+        proc, status = cluster.bulkops("status", run_id, "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert status["status"] == "completed" and status["operation"] == name, status
+        assert status["progress"]["current"] == status["progress"]["total"] == status["result"]["requested"]
+        documents[name] = status["result"]
+    assert documents["reprocess"]["succeeded"] == documents["reprocess"]["requested"] > len(mine) // 2
+    assert documents["delete"]["succeeded"] == 5 and documents["delete"]["verified"]["objects_absent"] > 0
+    assert lib.ids("creator-002") == theirs[5:]
+    # The export and the delete of the same creator ran side by side: before or after it.
+    assert documents["export"]["output"]["rows"] in (len(theirs), len(theirs) - 5), documents["export"]
+    link = documents["export"]["output"]["url"]
+    table = pq.read_table(io.BytesIO(requests.get(link, timeout=60).content))
+    assert table.num_rows == documents["export"]["output"]["rows"]
+    # What the operations leave is in the shared storage; the workers' disks hold none of it.
+    for worker in ("worker-a", "worker-b"):
+        machine = cluster.root / worker
+        assert _files_under(machine / "data") == [], _files_under(machine / "data")
+        assert _files_under(machine / "prefect-home" / "storage") == []
+        leftovers = [f for f in _files_under(machine) if not f.startswith("prefect-home/")]
+        assert leftovers == [], leftovers
+
+
+def test_cancel_retry_and_the_api_across_the_workers(cluster):
+    lib = cluster.lib
+    lib.seed(400, creators=1, seed=11, transcript_ratio=1.0, files=False)
+    # Over HTTP: `bulkops serve --no-runner` hands the runs to the pool; its status is the workers'.
+    port = free_port()
+    log = cluster.root / "serve.txt"
+    serve = subprocess.Popen([BULKOPS, "serve", "--port", str(port), "--no-runner"], cwd=cluster.root / "operator",
+                             env=cluster.env("operator"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=log.open("w"), start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert serve.poll() is None, log.read_text()
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        token = subprocess.run([BULKOPS, "token", "--creator", "creator-001"], env=cluster.env("operator"),
+                               capture_output=True, text=True, check=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        # A slow reprocess (the real model), cancelled over HTTP while a worker runs it.
+        answer = requests.post(f"{base}/bulk/reprocess", json={"all": True, "embedder": "minilm", "batch_size": 40},
+                               headers=auth, timeout=60)
+        assert answer.status_code == 202, answer.text
+        slow = answer.json()["operation_id"]
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = requests.get(f"{base}/bulk/status/{slow}", headers=auth, timeout=30).json()
+            if status["status"] == "in_progress" and status["progress"]["current"] > 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no progress from the worker: {status}")
+        cancelled = requests.post(f"{base}/bulk/{slow}/cancel", headers=auth, timeout=60)
+        assert cancelled.status_code == 202, cancelled.text
+        run = cluster.wait_final(slow, timeout=180)
+        assert run["state"]["type"] == "CANCELLED", run["state"]
+        status = requests.get(f"{base}/bulk/status/{slow}", headers=auth, timeout=30).json()
+        assert status["status"] == "cancelled" and status["result"]["skipped"] > 0, status
+        assert held_by(lib, slow) == 0, "the cancelled run let go of every video"
+        # Retry reads the first run's report from the shared storage, whichever worker
+        # wrote it: videos another pipeline held (busy), once that pipeline let them go.
+        with lib.engine.connect() as conn:
+            mine = [Video.creator_id == "creator-001"]
+            busy = conn.execute(select(Video.id).where(*mine, Video.status == "processing",
+                                                       Video.processing_by.is_(None))).scalars().all()
+            free = conn.execute(select(Video.id).where(*mine, Video.status == "ready").limit(3)).scalars().all()
+        assert busy, "the seed leaves some videos held by another pipeline"
+        answer = requests.post(f"{base}/bulk/reprocess", json={"video_ids": busy + free}, headers=auth,
+                               timeout=60)
+        first = answer.json()["operation_id"]
+        assert cluster.wait_final(first)["state"]["name"] == "Partial"
+        with lib.engine.begin() as conn:
+            conn.execute(update(Video).where(Video.id.in_(busy)).values(status="ready"))
+        retried = requests.post(f"{base}/bulk/{first}/retry", headers=auth, timeout=60)
+        assert retried.status_code == 202, retried.text
+        again = retried.json()["operation_id"]
+        assert cluster.wait_final(again)["state"]["type"] == "COMPLETED"
+        status = requests.get(f"{base}/bulk/status/{again}", headers=auth, timeout=30).json()
+        assert status["result"]["retry_of"] == first and status["result"]["succeeded"] == len(busy), status
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, log.read_text()[-3000:]
