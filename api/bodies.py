@@ -54,6 +54,8 @@ class _Body(BaseModel):
 class DeleteBody(_Body):
     dry_run: bool = Field(False, description="report what would be deleted; change nothing")
     batch_size: int | None = Field(None, ge=1, le=100_000, description="videos per batch")
+    split: int | None = Field(None, ge=1, le=16, description=(
+        "run the batches as this many child runs on the work pool's workers (default BULKOPS_SPLIT, 1)"))
     confirm: int | None = Field(None, ge=0, description=(
         "with `all` over BULKOPS_CONFIRM_OVER videos: the `plan.videos` of a dry run"))
 
@@ -74,6 +76,8 @@ class ExportBody(_Body):
     formula_guard: bool = Field(True, description="CSV: prefix cells starting with = + - @ so that spreadsheets "
                                                   "do not run them")
     batch_size: int | None = Field(None, ge=100, le=1_000_000, description="rows per task")
+    split: int | None = Field(None, ge=1, le=16, description=(
+        "run the batches as this many child runs on the work pool's workers (default BULKOPS_SPLIT, 1)"))
 
     def options(self) -> dict[str, Any]:
         options = super().options()
@@ -88,6 +92,8 @@ class ReprocessBody(_Body):
     chunk_overlap: int = Field(16, description="words (or tokens) of overlap")
     chunk_unit: str = Field("words", description="words or tokens")
     batch_size: int | None = Field(None, ge=1, le=100_000, description="videos per batch")
+    split: int | None = Field(None, ge=1, le=16, description=(
+        "run the batches as this many child runs on the work pool's workers (default BULKOPS_SPLIT, 1)"))
 
 
 class RestoreBody(_Body):

@@ -30,6 +30,13 @@ IdsOpt = Annotated[list[str] | None, typer.Option("--ids", help="Comma-separated
 IdsFileOpt = Annotated[
     list[Path] | None, typer.Option("--ids-file", help="File with one video id per line (repeatable).")
 ]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show each batch's warnings on stderr as they come.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help=(
+    "Create the run and return at once (exit 0); a worker or runner on the Prefect server named by "
+    "PREFECT_API_URL executes it. Follow it with `bulkops status ID --watch`."))]
+SplitOpt = Annotated[int | None, typer.Option("--split", min=1, max=16, help=(
+    "Run the batches as N child runs on the work pool's workers, each taking its share "
+    "[default: BULKOPS_SPLIT, 1]."))]
 EmbedderOpt = Annotated[
     str | None,
     typer.Option("--embedder", help="hashing (built in, lexical) or minilm (extra); default BULKOPS_EMBEDDER."),

@@ -20,12 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.app import EmbedderOpt, IdsFileOpt, IdsOpt, JsonOpt, emit, err
-
-VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show each batch's warnings on stderr as they come.")]
-NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help=(
-    "Create the run and return at once (exit 0); a worker or runner on the Prefect server named by "
-    "PREFECT_API_URL executes it. Follow it with `bulkops status ID --watch`."))]
+from cli.app import EmbedderOpt, IdsFileOpt, IdsOpt, JsonOpt, NoWaitOpt, SplitOpt, VerboseOpt, emit, err
 from cli.render import BatchWarnings, OperationBar, print_result
 
 _announced = False
@@ -186,6 +181,7 @@ def delete(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, max=100_000, help="Videos per batch [default: BULKOPS_BATCH_SIZE, 1000]."
     )] = None,
+    split: SplitOpt = None,
     no_wait: NoWaitOpt = False,
     verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
@@ -194,7 +190,7 @@ def delete(
     from service.requests import CommandLineIds, DeleteRequest
 
     request = DeleteRequest.build(creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos),
-                                  dry_run=dry_run, batch_size=batch_size)
+                                  dry_run=dry_run, batch_size=batch_size, split=split)
     launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
 
 
@@ -211,6 +207,7 @@ def export(
         bool, typer.Option("--no-formula-guard", help="CSV: keep cells starting with = + - @ as they are.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=100, max=1_000_000, help="Rows per task.")] = 20_000,
+    split: SplitOpt = None,
     no_wait: NoWaitOpt = False,
     verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
@@ -221,7 +218,7 @@ def export(
     request = ExportRequest.build(
         creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), allow_all=False), format=fmt,
         columns=columns, status=status_filter, created_after=created_after, created_before=created_before,
-        formula_guard=not no_formula_guard, batch_size=batch_size,
+        formula_guard=not no_formula_guard, batch_size=batch_size, split=split,
     )
     launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
 
@@ -240,6 +237,7 @@ def reprocess(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, max=100_000, help="Videos per batch [default: 1000 with hashing, 100 with minilm]."
     )] = None,
+    split: SplitOpt = None,
     no_wait: NoWaitOpt = False,
     verbose: VerboseOpt = False,
     json_out: JsonOpt = False,
@@ -250,6 +248,7 @@ def reprocess(
     request = ReprocessRequest.build(
         creator_id=creator, selection=CommandLineIds(ids or (), ids_file or (), all_videos), embedder=embedder,
         batch_size=batch_size, chunk_target=chunk_target, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
+        split=split,
     )
     launch(request, no_wait=no_wait, verbose=verbose, json_out=json_out)
 

@@ -180,6 +180,7 @@ class Settings(BaseSettings):
         300, ge=1, description="most task runs one operation maps; batches grow past it"
     )
     task_workers: int = Field(8, ge=1, le=64, description="threads running batches at once")
+    split: int = Field(1, ge=1, le=16, description="child runs one operation's batches are split into (--split)")
     task_runner: str = Field(
         "threads", description="where the batches run: 'threads' (in the flow's process) or 'dask' (prefect-dask)")
     dask_address: str | None = Field(

@@ -21,6 +21,8 @@ FLOWS: dict[str, Callable[[], Any]] = {
     "bulk-reprocess": _loader("flows.bulk_reprocess", "bulk_reprocess"),
     "cleanup": _loader("flows.cleanup", "cleanup"),
     "bulk-restore": _loader("flows.bulk_restore", "bulk_restore"),
+    # The child runs of a split operation (flows/split.py): not an operation of its own.
+    "bulk-share": _loader("flows.bulk_share", "bulk_share"),
 }
 CLEANUP = "cleanup"  # the flow (and operation) of the whole library, one run at a time
 # Which operation each flow runs (its result document's `operation`).

@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import DRY_RUN_TAG, Operation, select_retry, select_videos
+from flows.operation import DRY_RUN_TAG, Operation
 from flows.runners import task_runner
+from flows.selection import select_retry, select_videos
 from tasks.resources import store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
@@ -49,6 +50,7 @@ def bulk_delete(
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None,
     invalid_ids_key: str | None = None,
     retry_of: Annotated[str | None, Field(max_length=36)] = None,
+    split: Annotated[int, Field(ge=1, le=16)] | None = None,
 ):
     """Delete videos of one creator: rows, files, thumbnails and transcript chunks, then read back that they are gone (the result's "verified").
 
@@ -60,6 +62,7 @@ def bulk_delete(
         batch_size: Videos per batch (default BULKOPS_BATCH_SIZE, 1000); grows automatically so one run maps at most a few hundred batches.
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
         retry_of: The id of an earlier bulk-delete of this creator: delete again exactly the items it reported with a retryable error (busy, storage_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
+        split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
     """
 
     def prepare(result: OperationResult) -> list[str]:
@@ -100,4 +103,5 @@ def bulk_delete(
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run, "trash": trash},
         batch_size=batch_size or get_settings().batch_size,
         finish=finish,
+        split=split,
     )

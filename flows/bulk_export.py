@@ -23,8 +23,9 @@ from prefect.artifacts import create_link_artifact
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Operation, Plan, listed_ids
+from flows.operation import Operation, Plan
 from flows.runners import task_runner
+from flows.selection import listed_ids
 from tasks.resources import HOLDERS, engine, store
 from tasks.export import read_export_batch
 from videolib.db.models import GONE_STATUSES
@@ -83,6 +84,7 @@ def bulk_export(
     batch_size: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000,
     link_expires_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
     invalid_ids_key: str | None = None,
+    split: Annotated[int, Field(ge=1, le=16)] | None = None,
 ):
     """Export video metadata of one creator to a Parquet or CSV file with an expiring download link.
 
@@ -99,6 +101,7 @@ def bulk_export(
         batch_size: Rows per read task; grows automatically so one run maps at most a few hundred tasks.
         link_expires_s: Lifetime of the download link in seconds (at most 7 days).
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
+        split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
     """
     settings = get_settings()
     logger = get_run_logger()
@@ -188,6 +191,7 @@ def bulk_export(
         on_outcome=on_outcome,
         finish=finish,
         cleanup=cleanup,
+        split=split,
     )
 
 

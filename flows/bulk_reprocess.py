@@ -18,8 +18,9 @@ from prefect import flow
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Operation, select_retry, select_videos
+from flows.operation import Operation
 from flows.runners import task_runner
+from flows.selection import select_retry, select_videos
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.db.models import GONE_STATUSES
@@ -48,6 +49,7 @@ def bulk_reprocess(
     chunk_unit: Literal["words", "tokens"] = "words",
     invalid_ids_key: str | None = None,
     retry_of: Annotated[str | None, Field(max_length=36)] = None,
+    split: Annotated[int, Field(ge=1, le=16)] | None = None,
 ):
     """Re-chunk transcripts and recompute embeddings for videos of one creator.
 
@@ -62,6 +64,7 @@ def bulk_reprocess(
         chunk_unit: Count chunk sizes in words or in tokens (letter/digit runs and punctuation marks).
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
         retry_of: The id of an earlier bulk-reprocess of this creator: reprocess again exactly the items it reported with a retryable error (busy, reprocess_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
+        split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
     """
     settings = get_settings()
     embedder_name = embedder or settings.embedder
@@ -118,4 +121,5 @@ def bulk_reprocess(
         on_outcome=on_outcome,
         finish=finish,
         cleanup=resources.close,
+        split=split,
     )

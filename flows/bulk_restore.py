@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import DRY_RUN_TAG, Operation, listed_ids
+from flows.operation import DRY_RUN_TAG, Operation
 from flows.runners import task_runner
+from flows.selection import listed_ids
 from tasks.resources import engine, store
 from tasks.restore import restore_video_batch
 from videolib.ids import RequestError, check_creator_id

@@ -46,16 +46,16 @@ from flows import engine_fixes  # noqa: F401 - installs a fix to Prefect's flow 
 from flows.progress import Progress, ProgressEvent, notify
 from flows.result import final_state, publish, stored_document
 from flows.slots import CreatorSlot, slot_for
+from flows.split import Dispatch, check_split
 from tasks import webhook
-from tasks.resources import engine, store
+from tasks.resources import store
 from tasks.stop import VARIABLES, StopFlag
 from tasks.ticks import forget, forget_remote, in_flight, remote_in_flight, watch
 from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
-from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, parse_video_ids, plan_batches
+from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, plan_batches
 from videolib.records import record_key, write_record
-from videolib.report import read_retryable_ids, render_error_report, report_key
-from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
+from videolib.report import render_error_report, report_key
 from videolib.storage import StorageUnavailable
 
 DRY_RUN_TAG = "dry-run"
@@ -91,73 +91,6 @@ class Plan:
     batches: list[Any]
     sizes: list[int]
     failed_items: Callable[[int, str], list[ItemError]]
-
-
-def select_videos(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
-                  verb: str, exclude_statuses: Sequence[str] = (), invalid_ids_key: str | None = None) -> list[str]:
-    """The ids an operation works on: every video of the creator (``all_videos``), or the
-    creator's own among the listed ids (malformed ids ``invalid_id``, others'/unknown ids
-    and those in ``exclude_statuses`` ``not_found``). Sets ``result.requested``."""
-    listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
-                        invalid_ids_key=invalid_ids_key, verb=verb)
-    if listed is None:
-        ids = list(iter_creator_video_ids(engine(), creator_id))
-        result.requested = len(ids)
-        return ids
-    owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=exclude_statuses)
-    result.add_errors(missing)
-    return owned
-
-
-def listed_ids(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
-               invalid_ids_key: str | None, filtered: bool = False, everything_by_default: bool = False,
-               verb: str = "select") -> list[str] | None:
-    """The distinct valid ids a request lists (None: it lists none, so the whole library),
-    with its malformed ones, given inline or set aside in storage by a front door
-    (``invalid_ids_key``), added to ``result`` as ``invalid_id`` items and counted in
-    ``requested``."""
-    listed = bool(video_ids or invalid_ids_key)
-    check_selection(listed=listed, all_videos=all_videos, filtered=filtered,
-                    everything_by_default=everything_by_default, verb=verb)
-    if not listed:
-        return None
-    malformed = read_invalid_ids(store(), creator_id, invalid_ids_key) if invalid_ids_key else []
-    valid: list[str] = []
-    if video_ids:
-        parsed = parse_video_ids(video_ids, max_ids=get_settings().max_ids)
-        valid = parsed.ids
-        malformed = parsed.errors + malformed
-    result.add_errors(malformed)
-    result.requested = len(valid) + len(malformed)
-    return valid
-
-
-def select_retry(result: OperationResult, *, creator_id: str, retry_of: str, flow_name: str,
-                 listed: bool, exclude_statuses: Sequence[str] = ()) -> list[str]:
-    """The ids a retry works on: those the earlier operation ``retry_of`` (the same flow,
-    the same creator) reported with a retryable error, read from its report in storage,
-    so a retry of a million failures works. The creator's own of them; the rest (deleted
-    since) ``not_found``. Sets ``result.requested`` and ``result.retry_of``."""
-    if listed:
-        raise RequestError("bad_selection", "a retry takes the items of `retry_of`: give no `video_ids` or "
-                                            "`all_videos` with it")
-    try:
-        with get_client(sync_client=True) as client:
-            earlier = client.read_flow_run(uuid.UUID(retry_of))
-            earlier_flow = client.read_flow(earlier.flow_id).name
-    except Exception:  # noqa: BLE001 - malformed, unknown, or Prefect cannot say: nothing to take again
-        earlier, earlier_flow = None, None
-    if earlier is None or earlier_flow != flow_name or (earlier.parameters or {}).get("creator_id") != creator_id:
-        raise RequestError("nothing_to_retry", f"`retry_of` {str(retry_of)[:40]!r} is not a {flow_name} operation "
-                                               f"of creator {creator_id!r}")
-    ids = read_retryable_ids(store(), retry_of)
-    if not ids:
-        raise RequestError("nothing_to_retry", f"operation {retry_of} has no retryable failed items")
-    result.retry_of = retry_of
-    result.requested = len(ids)
-    owned, missing = resolve_owned(engine(), creator_id, ids, exclude_statuses=exclude_statuses)
-    result.add_errors(missing)
-    return owned
 
 
 def current_operation_id() -> str:
@@ -201,6 +134,7 @@ class Operation:
         on_outcome: Callable[[int, BatchOutcome], None] | None = None,
         finish: Callable[[OperationResult, float], None] | None = None,
         cleanup: Callable[[], None] | None = None,
+        split: int | None = None,
     ) -> State:
         """Run the operation and return its final state.
 
@@ -212,7 +146,8 @@ class Operation:
         returns a ``BatchOutcome`` dict. ``on_outcome(index, outcome)`` sees each batch's
         outcome as it finishes; ``finish`` runs after the last batch (not on a refused
         request) with the result and the start time; ``cleanup`` runs last, however the
-        run ends.
+        run ends. ``split`` above one runs the batches as that many shares on the work
+        pool's workers (``flows/split.py``; default ``BULKOPS_SPLIT``).
         """
         monitor = _Monitor(self)
         monitor.start()
@@ -225,7 +160,7 @@ class Operation:
                 if taken is not None:
                     return taken
             with bulk_gc():  # the collector skips Prefect's heap while the batches allocate
-                return self._run(prepare, batch_task, task_kwargs, batch_size, on_outcome, finish)
+                return self._run(prepare, batch_task, task_kwargs, batch_size, on_outcome, finish, split)
         except INTERRUPTS as exc:
             if self.draining:
                 raise  # a second signal: leave at once (the caller marks the run)
@@ -258,7 +193,7 @@ class Operation:
             self.result.message = f"stopped on request ({self.stopped_by or 'the stop flag'}) {self.result.message}"
         return self.finalize()
 
-    def _run(self, prepare, batch_task, task_kwargs, batch_size, on_outcome, finish) -> State:
+    def _run(self, prepare, batch_task, task_kwargs, batch_size, on_outcome, finish, split) -> State:
         result = self.result
         # The batches check the stop flag as they start: read it once now, while we plan,
         # rather than from every batch thread at once when the first round starts.
@@ -272,6 +207,7 @@ class Operation:
                 store().check()
             except StorageUnavailable as exc:
                 raise exc.refusal() from None
+            split = check_split(split)
             prepared = prepare(result)
         except RequestError as exc:
             self.logger.error("request refused: %s", exc.message)
@@ -286,7 +222,9 @@ class Operation:
                                  batches=len(plan.batches), current=result.failed, started=self.started)
         self.progress.start(planned_items=sum(plan.sizes))
         self.logger.info("%s: %s items in %s batches", result.operation, sum(plan.sizes), len(plan.batches))
-        if plan.batches:
+        if len(plan.batches) > 1 and split > 1:
+            self._dispatch(plan, split, task_kwargs, on_outcome)
+        elif plan.batches:
             self._map(plan, batch_task, task_kwargs, on_outcome)
         if result.skipped and not result.aborted:
             # Batches that had not started when the stop was requested returned unstarted
@@ -346,9 +284,24 @@ class Operation:
         finally:
             forget(self.operation_id)
 
+    def _dispatch(self, plan: Plan, split: int, task_kwargs: dict[str, Any], on_outcome) -> None:
+        """The batches as ``split`` shares on the pool's workers, counted as they end."""
+        dispatch = Dispatch(self, plan, task_kwargs, lambda i, outcome: self._count(i, outcome, on_outcome),
+                            split)
+        try:
+            dispatch.start()
+            try:
+                dispatch.collect()
+            except INTERRUPTS as exc:  # as in _map: nothing new starts, what runs is counted
+                self._interrupted(exc)
+                self.draining = True
+                dispatch.collect(timeout=DRAIN_S)
+                self.draining = False
+        finally:
+            dispatch.clear()
+
     def _collect(self, pending: dict, index_of: dict, plan: Plan, on_outcome, timeout: float | None = None) -> None:
         """Count each batch of ``pending`` as it finishes (removing it from ``pending``)."""
-        result, progress = self.result, self.progress
         for future in as_completed(list(pending.values()), timeout=timeout):
             pending.pop(future.task_run_id, None)
             index = index_of[future.task_run_id]
@@ -358,20 +311,25 @@ class Operation:
                 detail = f"{type(exc).__name__}: {exc}"[:500]
                 self.logger.error("batch %s failed after retries: %s", index, detail)
                 outcome = BatchOutcome(errors=plan.failed_items(index, detail))
-            result.add(outcome)
-            if on_outcome is not None and not result.aborted:
-                try:
-                    on_outcome(index, outcome)
-                except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
-                    result.aborted = True
-                    result.message = f"{result.operation} could not proceed: {type(exc).__name__}: {exc}"
-                    self.logger.exception("stopping the %s", result.operation)
-                    self.stop.request(self.operation_id)  # batches not yet started return unstarted
-            forget(self.operation_id, index)
-            # What a whole-library run left out on the way is no longer requested; what a
-            # cancel left unstarted or rolled back was not done.
-            progress.advance(outcome.processed - outcome.skipped, left_out=sum(outcome.not_selected.values()),
-                             batch_index=index)
+            self._count(index, outcome, on_outcome)
+
+    def _count(self, index: int, outcome: BatchOutcome, on_outcome) -> None:
+        """One batch's outcome into the result, the caller's hook and the progress."""
+        result, progress = self.result, self.progress
+        result.add(outcome)
+        if on_outcome is not None and not result.aborted:
+            try:
+                on_outcome(index, outcome)
+            except Exception as exc:  # e.g. the export's writer broke: the run cannot finish
+                result.aborted = True
+                result.message = f"{result.operation} could not proceed: {type(exc).__name__}: {exc}"
+                self.logger.exception("stopping the %s", result.operation)
+                self.stop.request(self.operation_id)  # batches not yet started return unstarted
+        forget(self.operation_id, index)
+        # What a whole-library run left out on the way is no longer requested; what a
+        # cancel left unstarted or rolled back was not done.
+        progress.advance(outcome.processed - outcome.skipped, left_out=sum(outcome.not_selected.values()),
+                         batch_index=index)
 
     def _stop_batches(self) -> None:
         """No batch starts from now on: in this process at once, and, when batches may run

@@ -15,6 +15,8 @@ import os
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from videolib.ids import RequestError
+
 from config import get_settings
 
 
@@ -40,3 +42,36 @@ def task_runner() -> TaskRunner:
             "dashboard_address": None,
         })
     return ThreadPoolTaskRunner(max_workers=settings.task_workers)
+
+
+def ready_deployment(flow_name: str) -> str:
+    """The deployment that runs ``flow_name`` (``{flow}/{flow}``, as prefect.yaml names
+    them), once something polls for its runs: an online worker in its work pool, or a
+    ``serve()`` runner. ``no_runner`` otherwise, naming what to start."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    name = f"{flow_name}/{flow_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise RequestError("no_runner", f"the Prefect server has no deployment {name}: run `prefect deploy --all` "
+                               "in the project directory, then start a worker (prefect worker start --pool "
+                               "bulkops)") from None
+        ready = _status(deployment) == "READY"
+        if not ready and deployment.work_pool_name:
+            try:
+                ready = _status(client.read_work_pool(deployment.work_pool_name)) == "READY"
+            except ObjectNotFound:
+                ready = False
+    if not ready:
+        pool = deployment.work_pool_name or "bulkops"
+        raise RequestError("no_runner", f"nothing would execute {name}: no worker is polling work pool {pool!r}; "
+                           f"start one with `prefect worker start --pool {pool}`")
+    return name
+
+
+def _status(obj) -> str | None:
+    status = getattr(obj, "status", None)
+    return getattr(status, "value", status)

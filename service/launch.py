@@ -94,6 +94,7 @@ def submit(request: OperationRequest) -> dict[str, Any]:
                            "worker (prefect worker start --pool bulkops); without one, run without --no-wait")
     prefect_defaults()
     store = check(request)  # what the request is refused for comes before what the set-up lacks
+    check_split(request)
     from prefect.deployments import run_deployment
 
     from service.slots import admission
@@ -108,36 +109,21 @@ def submit(request: OperationRequest) -> dict[str, Any]:
 
 
 def ready_deployment(flow_name: str) -> str:
-    """The deployment that runs ``flow_name`` (``{flow}/{flow}``, as prefect.yaml names
-    them), once something polls for its runs: an online worker in its work pool, or a
-    ``serve()`` runner. ``no_runner`` otherwise, naming what to start."""
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
+    """The deployment of ``flow_name`` once something would execute its runs; else
+    ``no_runner`` (``flows.runners.ready_deployment``)."""
+    from flows.runners import ready_deployment as ready
 
-    name = f"{flow_name}/{flow_name}"
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            raise RequestError("no_runner", f"the Prefect server has no deployment {name}: run `prefect deploy --all` "
-                               "in the project directory, then start a worker (prefect worker start --pool "
-                               "bulkops)") from None
-        ready = _status(deployment) == "READY"
-        if not ready and deployment.work_pool_name:
-            try:
-                ready = _status(client.read_work_pool(deployment.work_pool_name)) == "READY"
-            except ObjectNotFound:
-                ready = False
-    if not ready:
-        pool = deployment.work_pool_name or "bulkops"
-        raise RequestError("no_runner", f"nothing would execute {name}: no worker is polling work pool {pool!r}; "
-                           f"start one with `prefect worker start --pool {pool}`")
-    return name
+    return ready(flow_name)
 
 
-def _status(obj) -> str | None:
-    status = getattr(obj, "status", None)
-    return getattr(status, "value", status)
+def check_split(request: OperationRequest) -> None:
+    """A split operation (``--split N``, ``BULKOPS_SPLIT``) needs the ``bulk-share``
+    deployment and a worker for it: ``no_runner`` before any run is created."""
+    split = getattr(request, "split", None)
+    if (split or get_settings().split) > 1:
+        from flows.split import check_split as check_shares
+
+        check_shares(split)
 
 
 def run(request: OperationRequest, *, listener: Listener | None = None,
@@ -154,6 +140,7 @@ def run(request: OperationRequest, *, listener: Listener | None = None,
 
     if parameters is None:
         store = check(request)
+        check_split(request)
         admit(request.creator_id)  # over the limit: refused before anything is staged
         parameters = prepare(request, store=store)
     elif not admitted:

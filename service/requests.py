@@ -158,8 +158,9 @@ class OperationRequest(BaseModel):
 
     def _dump(self) -> dict[str, Any]:
         data = self.model_dump()
-        if data.get("retry_of") is None:  # (a deployment made before `retry_of` existed takes the rest)
-            data.pop("retry_of", None)
+        for name in ("retry_of", "split"):  # (a deployment made before they existed takes the rest)
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 
@@ -170,6 +171,7 @@ class DeleteRequest(OperationRequest):
     dry_run: bool = False
     batch_size: int | None = Field(None, ge=1, le=100_000)
     retry_of: str | None = None  # an earlier delete whose retryable failures this one takes again
+    split: int | None = Field(None, ge=1, le=16)
 
     @property
     def label(self) -> str:
@@ -188,6 +190,7 @@ class ExportRequest(OperationRequest):
     created_before: datetime | None = None
     formula_guard: bool = True
     batch_size: int = Field(20_000, ge=100, le=1_000_000)
+    split: int | None = Field(None, ge=1, le=16)
 
     @classmethod
     def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
@@ -224,7 +227,7 @@ class ExportRequest(OperationRequest):
 
     def flow_parameters(self) -> dict[str, Any]:
         flt = self.export_filter()
-        return {**self.model_dump(), "columns": _export().resolve_columns(self.columns),
+        return {**self._dump(), "columns": _export().resolve_columns(self.columns),
                 "created_after": flt.created_after,
                 "created_before": flt.created_before}
 
@@ -239,6 +242,7 @@ class ReprocessRequest(OperationRequest):
     chunk_overlap: int = 16
     chunk_unit: str = "words"
     retry_of: str | None = None  # an earlier reprocess whose retryable failures this one takes again
+    split: int | None = Field(None, ge=1, le=16)
 
     def check_options(self) -> None:
         chunking_config(self.chunk_target, self.chunk_overlap, self.chunk_unit)

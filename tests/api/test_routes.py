@@ -60,6 +60,9 @@ def test_a_trigger_with_nothing_to_execute_it_is_503_no_runner_and_starts_nothin
     assert answer.status_code == 503 and answer.json()["error"] == "no_runner"
     assert "prefect deploy" in answer.json()["message"] or "worker" in answer.json()["message"]
     assert api.lib.ids("creator-001") == before
+    split = api.post("/bulk/delete", json={"video_ids": before, "split": 2}, headers=api.bearer())
+    assert split.status_code == 503 and split.json()["error"] == "no_runner", split.text
+    assert "--split 2" in split.json()["message"] and api.lib.ids("creator-001") == before
 
 
 REFUSALS = [
@@ -87,6 +90,10 @@ REFUSALS = [
     ("/bulk/restore", {"operation": "x' OR '1'='1"}, "bad_selection"),
     ("/bulk/restore", {"operation": "8f0e9d2c-5b7a-4c1e-9f3d-2a6b8c4e1f70"}, "bad_selection"),  # no such delete
     ("/bulk/restore", {"video_ids": []}, "empty_selection"),
+    ("/bulk/delete", {"all": True, "split": 0}, "usage"),
+    ("/bulk/export", {"format": "csv", "split": 17}, "usage"),
+    ("/bulk/reprocess", {"all": True, "split": "two"}, "usage"),
+    ("/bulk/restore", {"video_ids": ["a"], "split": 2}, "usage"),  # a restore is not split
 ]
 
 

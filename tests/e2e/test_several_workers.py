@@ -21,9 +21,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from tests.clitools import BULKOPS, held_by
+from tests.e2e.test_cancel_worker import run_processes
 from tests.conftest import Library
 from tests.servers import free_port, start_prefect_server, stop_prefect_server
 from videolib.db.models import Video
@@ -76,7 +77,7 @@ class Cluster:
         return proc, (json.loads(lines[-1]) if "--json" in args and lines else None)
 
     def start_worker(self, name: str) -> None:
-        env = self.env(name)
+        env = {**self.env(name), "PREFECT_WORKER_QUERY_SECONDS": "2"}  # pick runs up within 2 s
         self.workers[name] = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "bulkops", "--name", name, "--limit", "1"],
             cwd=self.root / name, env=env, stdout=(self.root / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
@@ -244,3 +245,109 @@ def test_cancel_retry_and_the_api_across_the_workers(cluster):
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+
+def _children(cluster: Cluster, parent: str) -> list[dict]:
+    """The share runs a split operation started (tagged with their parent)."""
+    answer = requests.post(f"{cluster.api}/flow_runs/filter", json={
+        "flow_runs": {"tags": {"all_": [f"share-of:{parent}"]}}, "limit": 50}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _wait_children_final(cluster: Cluster, parent: str, count: int, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = _children(cluster, parent)
+        if len(children) >= count and all(c["state"]["type"] in FINAL for c in children):
+            return children
+        time.sleep(1)
+    raise AssertionError(f"the shares of {parent} did not end: {[c['state'] for c in _children(cluster, parent)]}")
+
+
+def test_one_operation_split_across_the_two_workers(cluster):
+    """`--split 2` from a terminal (the parent runs in the CLI's process): two share runs,
+    one on each worker (limit 1 each, and shares long enough that both poll), one result
+    with every item counted once; then an export and a delete split the same way."""
+    lib = cluster.lib
+    lib.seed(160, creators=1, seed=31, transcript_ratio=1.0, files=True)
+    creator = "creator-001"
+    proc, doc = cluster.bulkops("reprocess", "--creator", creator, "--all", "--embedder", "minilm",
+                                "--batch-size", "20", "--split", "2", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc["status"] == "completed" and doc["succeeded"] == doc["requested"] > 100, doc
+    children = _wait_children_final(cluster, doc["operation_id"], 2)
+    assert sorted(c["state"]["type"] for c in children) == ["COMPLETED", "COMPLETED"]
+    assert {c["labels"].get("prefect.worker.name") for c in children} == {"worker-a", "worker-b"}, \
+        [c["labels"] for c in children]
+    assert held_by(lib, doc["operation_id"]) == 0
+    proc, status = cluster.bulkops("status", doc["operation_id"], "--json")
+    assert status["progress"]["current"] == status["progress"]["total"] == doc["requested"]
+    assert lib.store.list_keys(f"operations/{doc['operation_id']}/shares") == []  # the parent cleared them
+    # An export in two shares: every row once, in order.
+    with lib.engine.connect() as conn:
+        expected = conn.execute(select(Video.id).where(Video.creator_id == creator,
+                                                       Video.status.not_in(("deleting", "trashed")))
+                                .order_by(Video.id)).scalars().all()
+    proc, exported = cluster.bulkops("export", "--creator", creator, "--format", "parquet", "--batch-size", "100",
+                                     "--split", "2", "--json")
+    assert proc.returncode == 0 and exported["status"] == "completed", (exported, proc.stderr[-3000:])
+    table = pq.read_table(io.BytesIO(requests.get(exported["output"]["url"], timeout=60).content))
+    assert table.column("id").to_pylist() == expected
+    assert len(_children(cluster, exported["operation_id"])) == 2
+    # A delete in two shares: one audit manifest, everything read back as gone.
+    doomed = expected[:40]
+    proc, deleted = cluster.bulkops("delete", "--creator", creator, "--ids", ",".join(doomed), "--batch-size", "5",
+                                    "--split", "2", "--json")
+    assert proc.returncode == 0 and deleted["succeeded"] == 40, (deleted, proc.stderr[-3000:])
+    assert deleted["verified"]["rows_absent"] == 40 and deleted["manifest_path"]
+    assert not set(doomed) & set(lib.ids(creator))
+
+
+def test_a_share_killed_mid_run_is_run_again_and_the_operation_converges(cluster):
+    """SIGKILL to the process group of one share's flow-run process while it embeds: the
+    worker reports it Crashed, the parent starts its missing batches once more, and the
+    operation ends completed with every video reprocessed once and nothing held."""
+    lib = cluster.lib
+    lib.seed(120, creators=1, seed=41, transcript_ratio=1.0, files=False)
+    creator = "creator-001"
+    out, err = cluster.root / "killed-split.json", cluster.root / "killed-split.txt"
+    parent = subprocess.Popen([BULKOPS, "reprocess", "--creator", creator, "--all", "--embedder", "minilm",
+                               "--batch-size", "10", "--split", "2", "--json"], cwd=cluster.root / "operator",
+                              env=cluster.env("operator"), stdout=out.open("w"), stderr=err.open("w"),
+                              stdin=subprocess.DEVNULL)
+    try:
+        victim, operation = None, None
+        deadline = time.monotonic() + 240
+        while victim is None and time.monotonic() < deadline:
+            assert parent.poll() is None, err.read_text()[-3000:]
+            operation = operation or next((line.split()[1] for line in err.read_text().splitlines()
+                                           if line.startswith("Operation ") and " started" in line), None)
+            if operation and held_by(lib, operation):
+                for child in _children(cluster, operation):
+                    pids = run_processes(child["id"]) if child["state"]["type"] == "RUNNING" else []
+                    if pids:
+                        victim = child
+                        group = os.getpgid(pids[0])
+                        if group not in {os.getpgid(w.pid) for w in cluster.workers.values()}:
+                            os.killpg(group, signal.SIGKILL)  # the flow-run process and its children
+                        else:  # (a worker that keeps its runs in its own group: the run's processes)
+                            for pid in pids:
+                                os.kill(pid, signal.SIGKILL)
+                        break
+            time.sleep(0.3)
+        assert victim is not None, f"no share ever ran\n{err.read_text()[-3000:]}"
+        parent.wait(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    doc = json.loads(out.read_text().strip().splitlines()[-1])
+    assert parent.returncode == 0 and doc["status"] == "completed", doc
+    assert doc["succeeded"] == doc["requested"] and doc["failed"] == 0
+    crashed = cluster.wait_final(victim["id"])
+    assert crashed["state"]["type"] in {"CRASHED", "FAILED"}, crashed["state"]
+    children = _children(cluster, doc["operation_id"])
+    assert len(children) == 3, [c["state"]["type"] for c in children]  # two shares, one of them again
+    assert held_by(lib, doc["operation_id"]) == 0
+    with lib.engine.connect() as conn:  # every video the run took has the model's chunks
+        assert conn.execute(select(func.count()).where(Video.processing_by.is_not(None))).scalar_one() == 0

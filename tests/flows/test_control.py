@@ -423,6 +423,7 @@ def test_flows_pickled_by_value_still_validate_their_parameters(tmp_path):
         "    params = {'creator_id': 'creator-001', 'format': 'csv'} if 'export' in name else "
         "{'dry_run': True} if name == 'cleanup' else "
         "{'creator_id': 'creator-001', 'video_ids': ['x']} if name == 'bulk-restore' else "
+        "{'parent_id': '8f0e9d2c-5b7a-4c1e-9f3d-2a6b8c4e1f70', 'share': 1} if name == 'bulk-share' else "
         "{'creator_id': 'creator-001', 'all_videos': True}\n"
         "    flow.validate_parameters(params)\n"
         "print(sorted(flows))\n"
@@ -434,7 +435,8 @@ def test_flows_pickled_by_value_still_validate_their_parameters(tmp_path):
 
 def test_no_wait_is_refused_when_nothing_would_execute_the_run(sqlite_library, monkeypatch):
     """`--no-wait` needs a named server with the deployment and a worker or runner."""
-    from service.launch import ready_deployment, submit
+    from flows.runners import ready_deployment
+    from service.launch import submit
     from service.requests import CommandLineIds, DeleteRequest
     from videolib.ids import RequestError
 

@@ -1,0 +1,84 @@
+"""How an operation's selection becomes ids: the whole library, the creator's own among
+listed ids (malformed and foreign ones reported per item), or the retryable failures
+of an earlier run, read from its report in storage."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from prefect import get_client
+
+from config import get_settings
+from tasks.resources import engine, store
+from videolib.ids import RequestError
+from videolib.operation import OperationResult, parse_video_ids
+from videolib.report import read_retryable_ids
+from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
+
+
+def select_videos(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
+                  verb: str, exclude_statuses: Sequence[str] = (), invalid_ids_key: str | None = None) -> list[str]:
+    """The ids an operation works on: every video of the creator (``all_videos``), or the
+    creator's own among the listed ids (malformed ids ``invalid_id``, others'/unknown ids
+    and those in ``exclude_statuses`` ``not_found``). Sets ``result.requested``."""
+    listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
+                        invalid_ids_key=invalid_ids_key, verb=verb)
+    if listed is None:
+        ids = list(iter_creator_video_ids(engine(), creator_id))
+        result.requested = len(ids)
+        return ids
+    owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=exclude_statuses)
+    result.add_errors(missing)
+    return owned
+
+
+def listed_ids(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
+               invalid_ids_key: str | None, filtered: bool = False, everything_by_default: bool = False,
+               verb: str = "select") -> list[str] | None:
+    """The distinct valid ids a request lists (None: it lists none, so the whole library),
+    with its malformed ones, given inline or set aside in storage by a front door
+    (``invalid_ids_key``), added to ``result`` as ``invalid_id`` items and counted in
+    ``requested``."""
+    listed = bool(video_ids or invalid_ids_key)
+    check_selection(listed=listed, all_videos=all_videos, filtered=filtered,
+                    everything_by_default=everything_by_default, verb=verb)
+    if not listed:
+        return None
+    malformed = read_invalid_ids(store(), creator_id, invalid_ids_key) if invalid_ids_key else []
+    valid: list[str] = []
+    if video_ids:
+        parsed = parse_video_ids(video_ids, max_ids=get_settings().max_ids)
+        valid = parsed.ids
+        malformed = parsed.errors + malformed
+    result.add_errors(malformed)
+    result.requested = len(valid) + len(malformed)
+    return valid
+
+
+def select_retry(result: OperationResult, *, creator_id: str, retry_of: str, flow_name: str,
+                 listed: bool, exclude_statuses: Sequence[str] = ()) -> list[str]:
+    """The ids a retry works on: those the earlier operation ``retry_of`` (the same flow,
+    the same creator) reported with a retryable error, read from its report in storage,
+    so a retry of a million failures works. The creator's own of them; the rest (deleted
+    since) ``not_found``. Sets ``result.requested`` and ``result.retry_of``."""
+    if listed:
+        raise RequestError("bad_selection", "a retry takes the items of `retry_of`: give no `video_ids` or "
+                                            "`all_videos` with it")
+    try:
+        with get_client(sync_client=True) as client:
+            earlier = client.read_flow_run(uuid.UUID(retry_of))
+            earlier_flow = client.read_flow(earlier.flow_id).name
+    except Exception:  # noqa: BLE001 - malformed, unknown, or Prefect cannot say: nothing to take again
+        earlier, earlier_flow = None, None
+    if earlier is None or earlier_flow != flow_name or (earlier.parameters or {}).get("creator_id") != creator_id:
+        raise RequestError("nothing_to_retry", f"`retry_of` {str(retry_of)[:40]!r} is not a {flow_name} operation "
+                                               f"of creator {creator_id!r}")
+    ids = read_retryable_ids(store(), retry_of)
+    if not ids:
+        raise RequestError("nothing_to_retry", f"operation {retry_of} has no retryable failed items")
+    result.retry_of = retry_of
+    result.requested = len(ids)
+    owned, missing = resolve_owned(engine(), creator_id, ids, exclude_statuses=exclude_statuses)
+    result.add_errors(missing)
+    return owned
