@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/bulkops demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # The quick loop: the domain and flow tests on SQLite, local files and Prefect's test
 # harness, and the API in-process; no PostgreSQL, S3, CLI processes or `prefect server`
