@@ -68,3 +68,32 @@ def ids_file(tmp_path, lines, name="ids.txt"):
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def create_deployment_run(api_url: str, deployment: str, parameters: dict) -> str:
+    """A run of ``deployment`` (``flow/name``) created through Prefect's REST API, as the
+    UI's Run button does; its id."""
+    import requests
+
+    found = requests.get(f"{api_url}/deployments/name/{deployment}", timeout=30)
+    assert found.status_code == 200, found.text
+    created = requests.post(f"{api_url}/deployments/{found.json()['id']}/create_flow_run",
+                            json={"parameters": parameters}, timeout=30)
+    assert created.status_code in (200, 201), created.text
+    return created.json()["id"]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until ``url`` answers 200 (a server ``process`` starting; its ``log`` on failure)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)

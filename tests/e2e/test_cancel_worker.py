@@ -18,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from tests.clitools import held_by, run_cli
+from tests.clitools import create_deployment_run, held_by, run_cli
 from videolib.db.models import Video
 
 
@@ -64,12 +64,7 @@ class Operators:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def create_run(self, deployment: str, parameters: dict) -> str:
-        found = requests.get(f"{self.api}/deployments/name/{deployment}", timeout=30)
-        assert found.status_code == 200, found.text
-        created = requests.post(f"{self.api}/deployments/{found.json()['id']}/create_flow_run",
-                                json={"parameters": parameters}, timeout=30)
-        assert created.status_code in (200, 201), created.text
-        return created.json()["id"]
+        return create_deployment_run(self.api, deployment, parameters)
 
     def state(self, run_id: str) -> dict:
         return requests.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()["state"]

@@ -18,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from tests.clitools import BULKOPS, held_by
+from tests.clitools import BULKOPS, held_by, wait_healthy
 from tests.conftest import Library
 from tests.servers import free_port
 from videolib.db.models import Video
@@ -581,16 +581,7 @@ def test_serve_without_a_runner_hands_the_runs_to_the_pools_workers(sqlite_libra
     serve = subprocess.Popen([BULKOPS, "serve", "--port", str(port), "--no-runner"], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert serve.poll() is None, log.read_text()
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", serve, log)
         token = subprocess.run([BULKOPS, "token", "--creator", "creator-001"], env=env, capture_output=True,
                                text=True, check=True).stdout.strip()
         ids = sqlite_library.ids("creator-001")[:3]

@@ -23,7 +23,7 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 
-from tests.clitools import BULKOPS, held_by
+from tests.clitools import BULKOPS, create_deployment_run, held_by, wait_healthy
 from tests.e2e.test_cancel_worker import run_processes
 from tests.conftest import Library
 from tests.servers import free_port, start_prefect_server, stop_prefect_server
@@ -87,12 +87,7 @@ class Cluster:
         return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def create_run(self, deployment: str, parameters: dict) -> str:
-        found = requests.get(f"{self.api}/deployments/name/{deployment}", timeout=30)
-        assert found.status_code == 200, found.text
-        created = requests.post(f"{self.api}/deployments/{found.json()['id']}/create_flow_run",
-                                json={"parameters": parameters}, timeout=30)
-        assert created.status_code in (200, 201), created.text
-        return created.json()["id"]
+        return create_deployment_run(self.api, deployment, parameters)
 
     def run(self, run_id: str) -> dict:
         return requests.get(f"{self.api}/flow_runs/{run_id}", timeout=30).json()
@@ -189,16 +184,7 @@ def test_cancel_retry_and_the_api_across_the_workers(cluster):
                              stderr=log.open("w"), start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert serve.poll() is None, log.read_text()
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_healthy(f"{base}/healthz", serve, log)
         token = subprocess.run([BULKOPS, "token", "--creator", "creator-001"], env=cluster.env("operator"),
                                capture_output=True, text=True, check=True).stdout.strip()
         auth = {"Authorization": f"Bearer {token}"}

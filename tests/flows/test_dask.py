@@ -58,7 +58,6 @@ def test_reprocess_on_dask_loads_the_model_once_per_worker_and_reports_progress(
                                                                                cluster):
     from tests.flows.test_control import _listen, _status
 
-    pytest.importorskip("onnxruntime", reason="the minilm extra (make test installs it)")
     from videolib.embedders.minilm import MODEL_ID
     local, client = cluster
     lib = sqlite_library
