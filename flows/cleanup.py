@@ -31,6 +31,7 @@ from pydantic import Field
 from config import get_settings
 from flows import CLEANUP, FLOW_OPERATIONS
 from flows.operation import DRY_RUN_TAG, Operation, Plan
+from flows.split import SHARE_FLOW
 from tasks.cleanup import cleanup_batch
 from tasks.history import FINAL_TYPES, ended_runs
 from tasks.liveness import living
@@ -209,15 +210,19 @@ def running_creators(flow_name: str) -> set[str]:
 
 def history_items(operation_id: str, flow_operations: dict[str, str], retention_s: float,
                   now: float) -> list[list[str]]:
-    """``[run id, "prune"]`` for every ended bulkops run older than the retention, and
+    """``[run id, "prune"]`` for every ended bulkops run older than the retention,
     ``[run id, "archive"]`` for a newer ended run that has no record in storage (it
-    crashed before writing it). Fills ``flow_operations`` (flow id -> operation)."""
+    crashed before writing it), and ``[run id, "drop"]`` for the ended share runs of split
+    operations older than the retention (not operations: no record, their parent has
+    the result). Fills ``flow_operations`` (flow id -> operation)."""
     cutoff = datetime.fromtimestamp(now - retention_s, UTC).isoformat()
     with get_client(sync_client=True) as client:
         flows = client.request("POST", "/flows/filter", json={
-            "flows": {"name": {"any_": sorted(FLOW_OPERATIONS)}}, "limit": 200}).json()
-        flow_operations.update({flow["id"]: FLOW_OPERATIONS[flow["name"]] for flow in flows})
+            "flows": {"name": {"any_": sorted(FLOW_OPERATIONS) + [SHARE_FLOW]}}, "limit": 200}).json()
+        shares = {flow["id"]: "share" for flow in flows if flow["name"] == SHARE_FLOW}
+        flow_operations.update({flow["id"]: FLOW_OPERATIONS[flow["name"]] for flow in flows if flow["id"] not in shares})
         old = [str(run.id) for run in ended_runs(client, flow_operations, ended_before=cutoff)]
+        dropped = [str(run.id) for run in ended_runs(client, shares, ended_before=cutoff)]
         recent = [str(run.id) for run in ended_runs(client, flow_operations,
                                                     state_types=tuple(t for t in FINAL_TYPES if t != "COMPLETED"))]
     old = [run_id for run_id in old if run_id != operation_id]
@@ -225,4 +230,5 @@ def history_items(operation_id: str, flow_operations: dict[str, str], retention_
     candidates = [run_id for run_id in recent if run_id not in doomed and run_id != operation_id]
     have = store().sizes([record_key(run_id) for run_id in candidates]) if candidates else {}
     missing = [run_id for run_id in candidates if have.get(record_key(run_id)) is None]
-    return [[run_id, "prune"] for run_id in old] + [[run_id, "archive"] for run_id in missing]
+    return ([[run_id, "prune"] for run_id in old] + [[run_id, "archive"] for run_id in missing]
+            + [[run_id, "drop"] for run_id in dropped])

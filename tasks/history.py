@@ -118,10 +118,11 @@ def ended_runs(client, flow_ids: dict[str, str], *, ended_before: str | None = N
 
 def archive_and_prune(store, items: list[list[str]], *, flow_operations: dict[str, str],
                       dry_run: bool) -> BatchOutcome:
-    """For each ``[run id, "archive" | "prune"]``: write the run's record when storage
-    has none (``runs_archived``), and with ``prune`` delete the run and its artifacts
-    from Prefect once the record is there (``runs_pruned``). Idempotent: a run already
-    gone counts as done."""
+    """For each ``[run id, "archive" | "prune" | "drop"]``: write the run's record when
+    storage has none (``runs_archived``), and with ``prune`` delete the run and its
+    artifacts from Prefect once the record is there (``runs_pruned``); ``drop`` deletes a
+    run that is no operation (a split operation's share) with no record. Idempotent: a
+    run already gone counts as done."""
     from prefect import get_client
     from prefect.client.schemas.objects import FlowRun
 
@@ -139,6 +140,14 @@ def archive_and_prune(store, items: list[list[str]], *, flow_operations: dict[st
                 outcome.not_selected["already_done"] = outcome.not_selected.get("already_done", 0) + 1
                 continue
             try:
+                if action == "drop":
+                    if not dry_run:
+                        for artifact in artifacts[run_id]:
+                            client.request("DELETE", f"/artifacts/{artifact.id}")
+                        client.delete_flow_run(uuid.UUID(run_id))
+                    pruned += 1
+                    outcome.succeeded.append(run_id)
+                    continue
                 if have.get(record_key(run_id)) is None:
                     operation = flow_operations.get(str(run.flow_id), "unknown")
                     if not dry_run:

@@ -304,12 +304,18 @@ def test_pruned_runs_are_read_back_from_their_records(sqlite_library, monkeypatc
     sqlite_library.seed(6, creators=1)
     deleted = run(DeleteRequest.build(creator_id="creator-001", video_ids=sqlite_library.ids("creator-001")[:2]))
     before = read_status(deleted["operation_id"])
+    share = _prefect_run("bulk-share", "COMPLETED", {"parent_id": deleted["operation_id"], "share": 0})
     monkeypatch.setenv("BULKOPS_HISTORY_RETENTION", "0")
     get_settings.cache_clear()
     done = _run_cleanup()
-    assert done["cleanup"]["runs_pruned"] == 1 and done["cleanup"]["runs_archived"] == 0, done
-    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
-        client.read_flow_run(uuid.UUID(deleted["operation_id"]))
+    # The delete, archived then pruned; the share run of a split operation, dropped (no record).
+    assert done["cleanup"]["runs_pruned"] == 2 and done["cleanup"]["runs_archived"] == 0, done
+    for gone in (deleted["operation_id"], share):
+        with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+            client.read_flow_run(uuid.UUID(gone))
+    from videolib.records import record_key
+
+    assert not sqlite_library.store.exists(record_key(share))
     assert status_of(deleted["operation_id"]) == before
     # The cleanup's own run was not pruned while it ran; the next cleanup prunes it.
     again = _run_cleanup()
