@@ -43,13 +43,15 @@ def bulk_share(
     futures = task.map(spec["batches"], indices, operation_id=unmapped(parent_id), stop=unmapped(VARIABLES),
                        **{k: unmapped(v) for k, v in spec["task_kwargs"].items()})
     index_of = {future.task_run_id: index for future, index in zip(futures, indices)}
+    stopped = False  # a batch skipped its items: the operation's stop flag was up
     for future in as_completed(futures):
         index = index_of[future.task_run_id]
         try:
             outcome = future.result()
         except Exception as exc:  # retries exhausted: the parent reports the batch's items
             outcome = {"batch_error": f"{type(exc).__name__}: {exc}"[:500]}
+        stopped = stopped or bool(outcome.get("skipped"))
         store().put(outcome_key(parent_id, index), json.dumps(outcome).encode())
-    if VARIABLES.requested(parent_id):
+    if stopped or VARIABLES.requested(parent_id):
         return Cancelled(message=f"operation {parent_id} was stopped; batches not started were skipped")
     return Completed(message=f"{len(indices)} batches of operation {parent_id}")

@@ -53,8 +53,8 @@ def test_a_scheduled_cleanup_runs_on_a_worker(sqlite_library, tmp_path):
         deployment = requests.get(f"{server.api_url}/deployments/name/cleanup/cleanup", timeout=30).json()
         crons = [s["schedule"] for s in deployment["schedules"]]
         assert crons == [{**crons[0], "cron": "0 3 * * *", "timezone": "UTC"}], crons  # prefect.yaml's daily run
-        prefect("deployment", "schedule", "create", "cleanup/cleanup", "--cron", "* * * * *", "--timezone", "UTC",
-                "--replace", "-y")
+        # A run due within seconds (an every-minute cron waited for the minute's turn).
+        prefect("deployment", "schedule", "create", "cleanup/cleanup", "--interval", "10", "--replace", "-y")
         due = _wait_for_a_due_run(server.api_url, deployment["id"])
         prefect("worker", "start", "--pool", "bulkops", "--run-once", timeout=300)
         proc = subprocess.run([str(bin_dir / "bulkops"), "status", due, "--json"], env=env, text=True,

@@ -233,6 +233,19 @@ def test_cancel_retry_and_the_api_across_the_workers(cluster):
         assert serve.wait(timeout=60) == 0, log.read_text()[-3000:]
 
 
+def _own_creator(lib, name: str, videos: int, seed: int) -> list[str]:
+    """``videos`` seeded videos moved to creator ``name`` (the module's library is shared:
+    a whole-library selection of its own must not take the other tests' videos)."""
+    before = set(lib.ids("creator-001"))
+    lib.seed(videos, creators=1, seed=seed, transcript_ratio=1.0, files=False)
+    with lib.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id.in_(set(lib.ids("creator-001")) - before)).values(
+            creator_id=name,  # and their keys (no files: files=False) into the creator's folder
+            storage_key=func.replace(Video.storage_key, "videos/creator-001/", f"videos/{name}/"),
+            thumbnail_key=func.replace(Video.thumbnail_key, "videos/creator-001/", f"videos/{name}/")))
+    return lib.ids(name)
+
+
 def _children(cluster: Cluster, parent: str) -> list[dict]:
     """The share runs a split operation started (tagged with their parent)."""
     answer = requests.post(f"{cluster.api}/flow_runs/filter", json={
@@ -256,8 +269,8 @@ def test_one_operation_split_across_the_two_workers(cluster):
     one on each worker (limit 1 each, and shares long enough that both poll), one result
     with every item counted once; then an export and a delete split the same way."""
     lib = cluster.lib
-    lib.seed(160, creators=1, seed=31, transcript_ratio=1.0, files=True)
-    creator = "creator-001"
+    creator = "creator-split"
+    _own_creator(lib, creator, 160, seed=31)
     proc, doc = cluster.bulkops("reprocess", "--creator", creator, "--all", "--embedder", "minilm",
                                 "--batch-size", "20", "--split", "2", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -295,8 +308,11 @@ def test_a_share_killed_mid_run_is_run_again_and_the_operation_converges(cluster
     worker reports it Crashed, the parent starts its missing batches once more, and the
     operation ends completed with every video reprocessed once and nothing held."""
     lib = cluster.lib
-    lib.seed(120, creators=1, seed=41, transcript_ratio=1.0, files=False)
-    creator = "creator-001"
+    creator = "creator-kill"
+    _own_creator(lib, creator, 100, seed=41)
+    with lib.engine.connect() as conn:  # the other creators' videos, as they are before
+        others = conn.execute(select(Video.id, Video.status, Video.updated_at, Video.embedding_model).where(
+            Video.creator_id != creator).order_by(Video.id)).all()
     out, err = cluster.root / "killed-split.json", cluster.root / "killed-split.txt"
     parent = subprocess.Popen([BULKOPS, "reprocess", "--creator", creator, "--all", "--embedder", "minilm",
                                "--batch-size", "10", "--split", "2", "--json"], cwd=cluster.root / "operator",
@@ -335,5 +351,44 @@ def test_a_share_killed_mid_run_is_run_again_and_the_operation_converges(cluster
     children = _children(cluster, doc["operation_id"])
     assert len(children) == 3, [c["state"]["type"] for c in children]  # two shares, one of them again
     assert held_by(lib, doc["operation_id"]) == 0
-    with lib.engine.connect() as conn:  # every video the run took has the model's chunks
+    with lib.engine.connect() as conn:  # nothing held, and the other creator untouched
         assert conn.execute(select(func.count()).where(Video.processing_by.is_not(None))).scalar_one() == 0
+        assert conn.execute(select(Video.id, Video.status, Video.updated_at, Video.embedding_model).where(
+            Video.creator_id != creator).order_by(Video.id)).all() == others
+
+
+def test_a_cancel_of_a_split_operation_reaches_every_share(cluster):
+    """`bulkops cancel` of the parent while both shares embed: the stop flag stops every
+    share's batches (in flight ones roll back whole), the shares end Cancelled, the parent
+    ends cancelled with exact counts, nothing is held."""
+    lib = cluster.lib
+    _own_creator(lib, "creator-cancel", 200, seed=53)
+    out, err = cluster.root / "cancelled-split.json", cluster.root / "cancelled-split.txt"
+    parent = subprocess.Popen([BULKOPS, "reprocess", "--creator", "creator-cancel", "--all", "--embedder", "minilm",
+                               "--batch-size", "10", "--split", "2", "--json"], cwd=cluster.root / "operator",
+                              env=cluster.env("operator"), stdout=out.open("w"), stderr=err.open("w"),
+                              stdin=subprocess.DEVNULL)
+    try:
+        operation, deadline = None, time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert parent.poll() is None, err.read_text()[-3000:]
+            operation = operation or next((line.split()[1] for line in err.read_text().splitlines()
+                                           if line.startswith("Operation ") and " started" in line), None)
+            running = [c for c in _children(cluster, operation)] if operation else []
+            if len(running) == 2 and all(c["state"]["type"] == "RUNNING" for c in running) and held_by(lib, operation):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"the shares never both ran\n{err.read_text()[-3000:]}")
+        proc, answer = cluster.bulkops("cancel", operation, "--json")
+        assert proc.returncode == 0 and answer["cancel_requested"] is True, (answer, proc.stderr[-2000:])
+        parent.wait(timeout=180)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    doc = json.loads(out.read_text().strip().splitlines()[-1])
+    assert parent.returncode == 1 and doc["status"] == "cancelled", doc
+    assert doc["skipped"] > 0 and doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"], doc
+    children = _wait_children_final(cluster, operation, 2)
+    assert {c["state"]["type"] for c in children} == {"CANCELLED"}, [c["state"] for c in children]
+    assert held_by(lib, operation) == 0

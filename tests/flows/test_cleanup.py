@@ -38,13 +38,9 @@ def empty_history(monkeypatch):
 
     from config import get_settings
 
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.request("POST", "/flow_runs/filter", json={"limit": 200}).json()
-            if not runs:
-                break
-            for run in runs:
-                client.delete_flow_run(uuid.UUID(run["id"]))
+    with get_client(sync_client=True) as client:  # 50 at a time (one by one took a minute late in the suite)
+        while client.request("POST", "/flow_runs/bulk_delete", json={"limit": 50}).json()["deleted"]:
+            pass
     monkeypatch.setenv("BULKOPS_CLEANUP_CRON", "off")
     get_settings.cache_clear()
     yield
