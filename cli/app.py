@@ -36,7 +36,7 @@ NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help=(
     "PREFECT_API_URL executes it. Follow it with `bulkops status ID --watch`."))]
 SplitOpt = Annotated[int | None, typer.Option("--split", min=1, max=16, help=(
     "Run the batches as N child runs on the work pool's workers, each taking its share "
-    "[default: BULKOPS_SPLIT, 1]."))]
+    "\\[default: BULKOPS_SPLIT, 1]."))]
 EmbedderOpt = Annotated[
     str | None,
     typer.Option("--embedder", help="hashing (built in, lexical) or minilm (extra); default BULKOPS_EMBEDDER."),

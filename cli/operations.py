@@ -179,7 +179,7 @@ def delete(
     all_videos: Annotated[bool, typer.Option("--all", help="Every video of the creator.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be deleted; change nothing.")] = False,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, max=100_000, help="Videos per batch [default: BULKOPS_BATCH_SIZE, 1000]."
+        "--batch-size", min=1, max=100_000, help="Videos per batch \\[default: BULKOPS_BATCH_SIZE, 1000]."
     )] = None,
     split: SplitOpt = None,
     no_wait: NoWaitOpt = False,
@@ -235,7 +235,7 @@ def reprocess(
     chunk_overlap: Annotated[int, typer.Option("--chunk-overlap", help="Words (or tokens) of overlap.")] = 16,
     chunk_unit: Annotated[str, typer.Option("--chunk-unit", help="words or tokens.")] = "words",
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, max=100_000, help="Videos per batch [default: 1000 with hashing, 100 with minilm]."
+        "--batch-size", min=1, max=100_000, help="Videos per batch \\[default: 1000 with hashing, 100 with minilm]."
     )] = None,
     split: SplitOpt = None,
     no_wait: NoWaitOpt = False,

@@ -42,7 +42,7 @@ def serve(
     prefect_port: Annotated[int, typer.Option("--prefect-port", min=1, max=65535, help=(
         "The Prefect server's port (and UI), when PREFECT_API_URL is unset."))] = 4200,
     limit: Annotated[int | None, typer.Option("--limit", min=1, max=64, help=(
-        "Runs executed at once [default: BULKOPS_SERVE_LIMIT, 4]."))] = None,
+        "Runs executed at once \\[default: BULKOPS_SERVE_LIMIT, 4]."))] = None,
     runner: Annotated[bool, typer.Option("--runner/--no-runner", help=(
         "Execute the runs here; --no-runner when workers of the bulkops pool do (PREFECT_API_URL)."))] = True,
 ) -> None:

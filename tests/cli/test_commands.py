@@ -28,6 +28,17 @@ def test_help_init_and_seed_do_not_import_prefect(sqlite_library):
         assert proc.returncode == 0, proc.stderr
 
 
+def test_help_shows_every_default_it_names(sqlite_library):
+    """Defaults written in brackets are text, not console markup that swallows them."""
+    env = dict(os.environ, COLUMNS="200", **sqlite_library.env())
+    for command, default in ((["reprocess"], "[default: 1000 with hashing, 100 with minilm]"),
+                             (["delete"], "[default: BULKOPS_BATCH_SIZE, 1000]"),
+                             (["export"], "[default: BULKOPS_SPLIT, 1]"), (["serve"], "[default: BULKOPS_SERVE_LIMIT, 4]")):
+        proc = subprocess.run([sys.executable, "-m", "cli.main", *command, "--help"], env=env, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0 and default in " ".join(proc.stdout.split()), (command, proc.stdout)
+
+
 def test_init_creates_and_reports_schema(sqlite_library, tmp_path):
     lib = sqlite_library
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
