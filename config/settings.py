@@ -117,6 +117,9 @@ class Settings(BaseSettings):
         description="most ids one request may list inline; at most 13,000, because the ids travel as a flow-run "
         "parameter and Prefect refuses parameters over 512 KiB (13,000 ids are ~507 KB of JSON)",
     )
+    max_manifest_ids: int = Field(
+        10_000_000, ge=1, description="most ids (lines) one id manifest (manifests/<creator>/...) may hold"
+    )
     export_quota_bytes: int = Field(
         50 * 1024**3, ge=0, description="per-creator bound on export storage"
     )

@@ -20,12 +20,13 @@ from pydantic import Field
 from config import get_settings
 from flows.operation import DRY_RUN_TAG, Operation
 from flows.runners import task_runner
-from flows.selection import select_retry, select_videos
-from tasks.resources import store
+from flows.selection import select_manifest, select_retry, select_videos
+from tasks.resources import engine, store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
 from videolib.ids import check_creator_id
 from videolib.operation import OperationResult
+from videolib.staging import drop_staged
 
 
 def run_name() -> str:
@@ -51,6 +52,7 @@ def bulk_delete(
     invalid_ids_key: str | None = None,
     retry_of: Annotated[str | None, Field(max_length=36)] = None,
     split: Annotated[int, Field(ge=1, le=16)] | None = None,
+    manifest: Annotated[str | None, Field(max_length=512)] = None,
 ):
     """Delete videos of one creator: rows, files, thumbnails and transcript chunks, then read back that they are gone (the result's "verified").
 
@@ -63,10 +65,14 @@ def bulk_delete(
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
         retry_of: The id of an earlier bulk-delete of this creator: delete again exactly the items it reported with a retryable error (busy, storage_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
         split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
+        manifest: Instead of video_ids: the storage key of an id manifest (manifests/<creator_id>/..., one id per line, or a video_id column in .csv or .parquet), for selections of millions; upload one with POST /bulk/manifests or the CLI's --ids-file.
     """
 
-    def prepare(result: OperationResult) -> list[str]:
+    def prepare(result: OperationResult):
         check_creator_id(creator_id)
+        if manifest is not None:
+            return select_manifest(result, creator_id=creator_id, manifest=manifest, batch_size=size,
+                                   listed=bool(video_ids or all_videos or invalid_ids_key or retry_of))
         if retry_of:
             return select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-delete",
                                 listed=bool(video_ids or all_videos or invalid_ids_key))
@@ -90,6 +96,7 @@ def bulk_delete(
             batches=result.batches,
         )
 
+    size = batch_size or get_settings().batch_size
     grace = get_settings().delete_grace
     trash = grace > 0 and not dry_run  # the undo window (videolib/trash.py)
     operation = Operation("delete", creator_id, dry_run=dry_run)
@@ -101,7 +108,8 @@ def bulk_delete(
         prepare=prepare,
         batch_task=delete_video_batch,
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run, "trash": trash},
-        batch_size=batch_size or get_settings().batch_size,
+        batch_size=size,
         finish=finish,
+        cleanup=(lambda: drop_staged(engine(), operation.operation_id)) if manifest is not None else None,
         split=split,
     )

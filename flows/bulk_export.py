@@ -25,7 +25,7 @@ from pydantic import Field
 from config import get_settings
 from flows.operation import Operation, Plan
 from flows.runners import task_runner
-from flows.selection import listed_ids
+from flows.selection import listed_ids, select_manifest
 from tasks.resources import HOLDERS, engine, store
 from tasks.export import read_export_batch
 from videolib.db.models import GONE_STATUSES
@@ -58,6 +58,7 @@ from videolib.operation import (
 )
 from videolib.selection import resolve_owned
 from videolib.signing import signed_link
+from videolib.staging import batch_ids, drop_staged
 
 
 # Choices the deployment form offers and Prefect's server enforces (its parameter schema).
@@ -85,6 +86,7 @@ def bulk_export(
     link_expires_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
     invalid_ids_key: str | None = None,
     split: Annotated[int, Field(ge=1, le=16)] | None = None,
+    manifest: Annotated[str | None, Field(max_length=512)] = None,
 ):
     """Export video metadata of one creator to a Parquet or CSV file with an expiring download link.
 
@@ -102,17 +104,13 @@ def bulk_export(
         link_expires_s: Lifetime of the download link in seconds (at most 7 days).
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
         split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
+        manifest: Instead of video_ids: the storage key of an id manifest (manifests/<creator_id>/..., one id per line, or a video_id column in .csv or .parquet), for selections of millions; upload one with POST /bulk/manifests or the CLI's --ids-file.
     """
     settings = get_settings()
     logger = get_run_logger()
     state: dict = {}
 
-    def prepare(result: OperationResult):
-        check_creator_id(creator_id)
-        check_format(format)
-        resources.enter_context(held_readers(engine()))  # SQLite's reader processes start while we plan
-        state["columns"] = cols = resolve_columns(columns)
-        state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
+    def plan_selection(result: OperationResult, flt: ExportFilter) -> list[ExportBatch]:
         # No ids (None, or a UI's empty list field []): all of the creator's videos.
         listed = listed_ids(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                             invalid_ids_key=invalid_ids_key, filtered=flt != ExportFilter(),
@@ -120,12 +118,30 @@ def bulk_export(
         if listed is not None:
             owned, missing = resolve_owned(engine(), creator_id, listed, exclude_statuses=GONE_STATUSES)
             result.add_errors(missing)
-            batches = plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
-                                          max_batches=settings.max_batches, workers=settings.task_workers)
+            return plan_export_batches(engine(), creator_id, flt, ids=owned, batch_rows=batch_size,
+                                       max_batches=settings.max_batches, workers=settings.task_workers)
+        batches = plan_export_batches(engine(), creator_id, flt, batch_rows=batch_size,
+                                      max_batches=settings.max_batches, workers=settings.task_workers)
+        result.requested = sum(b.rows for b in batches)
+        return batches
+
+    def prepare(result: OperationResult):
+        check_creator_id(creator_id)
+        check_format(format)
+        resources.enter_context(held_readers(engine()))  # SQLite's reader processes start while we plan
+        state["columns"] = cols = resolve_columns(columns)
+        state["filter"] = flt = ExportFilter(status=status, created_after=created_after, created_before=created_before)
+        if manifest is not None:
+            if flt != ExportFilter():
+                raise RequestError("bad_selection", "a manifest selects its videos itself: no status or date filter "
+                                                    "with it")
+            resources.callback(drop_staged, engine(), result.operation_id)  # when the run ends, however
+            staged = select_manifest(result, creator_id=creator_id, manifest=manifest, batch_size=batch_size,
+                                     listed=bool(video_ids or all_videos or invalid_ids_key),
+                                     exclude_statuses=GONE_STATUSES)
+            batches = [ExportBatch(staged=b, rows=b["count"]) for b in staged.batches]
         else:
-            batches = plan_export_batches(engine(), creator_id, flt, batch_rows=batch_size,
-                                          max_batches=settings.max_batches, workers=settings.task_workers)
-            result.requested = sum(b.rows for b in batches)
+            batches = plan_selection(result, flt)
         rows = sum(b.rows for b in batches)
         estimate = estimate_bytes(engine(), creator_id, rows, cols)
         listing = store().list_modified(f"exports/{creator_id}")
@@ -277,5 +293,8 @@ def clear_leftovers(listing: dict[str, float], *, current: str) -> int:
 
 
 def _failed_items(creator_id: str, batch: ExportBatch, flt: ExportFilter, detail: str) -> list[ItemError]:
-    ids = batch.ids if batch.ids is not None else ids_in_range(engine(), creator_id, flt, batch.lo, batch.hi)
+    if batch.staged is not None:
+        ids = batch_ids(engine(), batch.staged)
+    else:
+        ids = batch.ids if batch.ids is not None else ids_in_range(engine(), creator_id, flt, batch.lo, batch.hi)
     return [ItemError(v, BATCH_ERROR, f"not exported: {detail}") for v in ids]

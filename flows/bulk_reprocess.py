@@ -18,9 +18,9 @@ from prefect import flow
 from pydantic import Field
 
 from config import get_settings
-from flows.operation import Operation
+from flows.operation import Operation, Plan
 from flows.runners import task_runner
-from flows.selection import select_retry, select_videos
+from flows.selection import select_manifest, select_retry, select_videos
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.db.models import GONE_STATUSES
@@ -30,6 +30,7 @@ from videolib.embedders import check_embedder, default_batch_size
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult, describe_not_selected
 from videolib.reprocess import select_reprocessable
+from videolib.staging import drop_staged
 
 
 @flow(
@@ -50,6 +51,7 @@ def bulk_reprocess(
     invalid_ids_key: str | None = None,
     retry_of: Annotated[str | None, Field(max_length=36)] = None,
     split: Annotated[int, Field(ge=1, le=16)] | None = None,
+    manifest: Annotated[str | None, Field(max_length=512)] = None,
 ):
     """Re-chunk transcripts and recompute embeddings for videos of one creator.
 
@@ -65,19 +67,25 @@ def bulk_reprocess(
         invalid_ids_key: Set by the CLI and the API, not by hand: where the request's malformed ids were set aside (reported as invalid_id).
         retry_of: The id of an earlier bulk-reprocess of this creator: reprocess again exactly the items it reported with a retryable error (busy, reprocess_error, database_error, batch_error). Leave video_ids and all_videos empty with it.
         split: Run the batches as this many child runs (bulk-share) on the work pool's workers, each taking its share (default BULKOPS_SPLIT, 1: all in this run).
+        manifest: Instead of video_ids: the storage key of an id manifest (manifests/<creator_id>/..., one id per line, or a video_id column in .csv or .parquet), for selections of millions; upload one with POST /bulk/manifests or the CLI's --ids-file.
     """
     settings = get_settings()
     embedder_name = embedder or settings.embedder
     chunk_count = 0
 
-    def prepare(result: OperationResult) -> list[str]:
+    def prepare(result: OperationResult) -> list[str] | Plan:
         check_creator_id(creator_id)
         chunking = chunking_config(chunk_target, chunk_overlap, chunk_unit)
         # Load it now (a model loads once per process): a missing extra or a model that
         # cannot load is refused before any video is claimed.
         check_embedder(embedder_name, make=embedder_for, load=True)
         task_kwargs["chunking"] = chunking.model_dump()
-        if retry_of:
+        if manifest is not None:
+            resources.callback(drop_staged, engine(), result.operation_id)  # when the run ends, however
+            ids = select_manifest(result, creator_id=creator_id, manifest=manifest, batch_size=size,
+                                  listed=bool(video_ids or all_videos or invalid_ids_key or retry_of),
+                                  exclude_statuses=GONE_STATUSES)
+        elif retry_of:
             ids = select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-reprocess",
                                listed=bool(video_ids or all_videos or invalid_ids_key),
                                exclude_statuses=GONE_STATUSES)
@@ -96,7 +104,8 @@ def bulk_reprocess(
         else:
             ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                                 verb="reprocess", exclude_statuses=GONE_STATUSES, invalid_ids_key=invalid_ids_key)
-        if settings.task_runner == "threads" and eligible(embedder_for(embedder_name), len(ids)):
+        items = sum(ids.sizes) if isinstance(ids, Plan) else len(ids)
+        if settings.task_runner == "threads" and eligible(embedder_for(embedder_name), items):
             # chunking and embedding in worker processes (videolib/compute_pool.py); on
             # Dask the batches run in the cluster's processes already
             resources.enter_context(held_compute_pool())
@@ -110,6 +119,7 @@ def bulk_reprocess(
         result.message = result.message or f"{chunk_count} chunks written with embedder {embedder_name}"
 
     resources = ExitStack()
+    size = batch_size or default_batch_size(embedder_name)
 
     # `prepare` fills in the validated chunking; the batches are mapped after it runs.
     task_kwargs: dict = {"creator_id": creator_id, "embedder": embedder_name, "chunking": {}}
@@ -117,7 +127,7 @@ def bulk_reprocess(
         prepare=prepare,
         batch_task=reprocess_video_batch,
         task_kwargs=task_kwargs,
-        batch_size=batch_size or default_batch_size(embedder_name),
+        batch_size=size,
         on_outcome=on_outcome,
         finish=finish,
         cleanup=resources.close,

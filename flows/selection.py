@@ -1,5 +1,6 @@
 """How an operation's selection becomes ids: the whole library, the creator's own among
-listed ids (malformed and foreign ones reported per item), or the retryable failures
+listed ids (malformed and foreign ones reported per item), the same from an id manifest
+in storage (staged in the database, batches as ranges of it), or the retryable failures
 of an earlier run, read from its report in storage."""
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from prefect import get_client
 from config import get_settings
 from tasks.resources import engine, store
 from videolib.ids import RequestError
-from videolib.operation import OperationResult, parse_video_ids
+from videolib.manifests import check_manifest_key, iter_manifest, manifest_sha256
+from videolib.operation import BATCH_ERROR, ItemError, OperationResult, effective_batch_size, parse_video_ids
 from videolib.report import read_retryable_ids
 from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
+from videolib.staging import batch_ids, keep_owned, stage_manifest, staged_batches
 
 
 def select_videos(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
@@ -82,3 +85,39 @@ def select_retry(result: OperationResult, *, creator_id: str, retry_of: str, flo
     owned, missing = resolve_owned(engine(), creator_id, ids, exclude_statuses=exclude_statuses)
     result.add_errors(missing)
     return owned
+
+
+def select_manifest(result: OperationResult, *, creator_id: str, manifest: str, listed: bool, batch_size: int,
+                    exclude_statuses: Sequence[str] = ()):
+    """The creator's own ids of an id manifest in storage (``videolib/manifests.py``),
+    streamed into the database's ``staged_ids`` a chunk at a time; a ``Plan`` whose
+    batches are ranges of them (each task reads its own ids back). Malformed lines are
+    ``invalid_id`` items, others' and unknown ids ``not_found``; duplicates collapse.
+    Sets ``result.requested`` and ``result.manifest`` (key, sha256, lines)."""
+    from flows.operation import Plan
+
+    if listed:
+        raise RequestError("bad_selection", "give either `manifest` or `video_ids`/`all_videos`, not both")
+    check_manifest_key(creator_id, manifest)
+    settings = get_settings()
+    lines = 0
+
+    def counted():
+        nonlocal lines
+        for part in iter_manifest(store(), manifest, max_ids=settings.max_manifest_ids):
+            lines += len(part)
+            yield part
+
+    staged = stage_manifest(engine(), result.operation_id, counted())
+    if lines == 0:
+        raise RequestError("empty_selection", f"manifest {manifest!r} lists no ids")
+    result.manifest = {"key": manifest, "sha256": manifest_sha256(store(), manifest), "lines": lines}
+    result.requested = staged.requested
+    result.add_errors(staged.invalid)
+    owned = keep_owned(engine(), result.operation_id, creator_id, exclude_statuses=exclude_statuses,
+                       on_missing=result.add_errors)
+    size = effective_batch_size(owned, batch_size, settings.max_batches, workers=settings.task_workers)
+    batches = staged_batches(engine(), result.operation_id, size)
+    return Plan(batches=batches, sizes=[b["count"] for b in batches],
+                failed_items=lambda i, detail: [ItemError(v, BATCH_ERROR, detail)
+                                                for v in batch_ids(engine(), batches[i])])

@@ -13,6 +13,7 @@ from tasks.stop import VARIABLES, StopFlag
 from tasks.ticks import BatchTicker
 from videolib.delete import delete_batch, plan_delete_batch
 from videolib.operation import BatchOutcome
+from videolib.staging import batch_ids, batch_len
 from videolib.trash import trash_batch
 
 
@@ -25,7 +26,7 @@ from videolib.trash import trash_batch
     cache_policy=NONE,
 )
 def delete_video_batch(
-    video_ids: list[str],
+    video_ids: list[str] | dict[str, Any],
     batch_index: int,
     *,
     creator_id: str,
@@ -37,7 +38,8 @@ def delete_video_batch(
     """Delete (or, on a dry run, plan; under the undo window, trash) one batch; returns
     the batch's outcome as a dict."""
     if stop.requested(operation_id):
-        return BatchOutcome(skipped=len(video_ids)).to_dict()
+        return BatchOutcome(skipped=batch_len(video_ids)).to_dict()
+    video_ids = batch_ids(engine(), video_ids)  # a manifest's batch is a staged range (videolib/staging.py)
     if trash and not dry_run:
         outcome = trash_batch(engine(), creator_id=creator_id, video_ids=video_ids, operation_id=operation_id,
                               lock_timeout_ms=get_settings().lock_timeout_ms)

@@ -21,6 +21,7 @@ from videolib.export import (
     write_part,
 )
 from videolib.operation import NOT_FOUND, BatchOutcome, ItemError
+from videolib.staging import batch_ids
 
 
 @task(
@@ -49,6 +50,8 @@ def read_export_batch(
     if stop.requested(operation_id):
         return BatchOutcome(skipped=batch.rows).to_dict()
     errors: list[ItemError] = []
+    if batch.staged is not None:  # a manifest's range of staged ids
+        batch = ExportBatch(ids=batch_ids(engine(), batch.staged), rows=batch.rows)
     if batch.ids is not None:
         # Videos deleted since the plan are reported, not silently dropped.
         owned = resolve_export_ids(engine(), creator_id, batch.ids)

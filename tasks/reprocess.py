@@ -14,6 +14,7 @@ from tasks.ticks import BatchTicker
 from videolib.chunking import ChunkingConfig
 from videolib.operation import NO_TRANSCRIPT, BatchOutcome
 from videolib.reprocess import BUSY, reprocess_batch
+from videolib.staging import batch_ids, batch_len
 
 
 @task(
@@ -25,7 +26,7 @@ from videolib.reprocess import BUSY, reprocess_batch
     cache_policy=NONE,
 )
 def reprocess_video_batch(
-    video_ids: list[str],
+    video_ids: list[str] | dict[str, Any],
     batch_index: int,
     *,
     creator_id: str,
@@ -40,7 +41,8 @@ def reprocess_video_batch(
     In a whole-library run (``all_videos``) a video found without a transcript or held
     by someone else when its batch comes is left out (``not_selected``), not failed."""
     if stop.requested(operation_id):
-        return BatchOutcome(skipped=len(video_ids)).to_dict()
+        return BatchOutcome(skipped=batch_len(video_ids)).to_dict()
+    video_ids = batch_ids(engine(), video_ids)  # a manifest's batch is a staged range (videolib/staging.py)
     settings = get_settings()
     outcome = reprocess_batch(
         engine(),

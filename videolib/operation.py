@@ -225,6 +225,7 @@ class OperationResult:
     manifest_path: str | None = None
     message: str | None = None
     retry_of: str | None = None  # the operation whose retryable failures this one takes again
+    manifest: dict[str, Any] | None = None  # the id manifest the selection came from: key, sha256, lines
     cleanup: dict[str, int] | None = None  # cleanup's counts (videolib/cleanup.py COUNTS)
     verified: dict[str, int] | None = None  # delete, cleanup: what was read back as gone
     trashed: int | None = None  # delete under the undo window: videos moved to the trash
@@ -302,6 +303,7 @@ class OperationResult:
             "manifest_path": self.manifest_path,
             "message": self.message,
             **({"retry_of": self.retry_of} if self.retry_of else {}),
+            **({"manifest": dict(self.manifest)} if self.manifest else {}),
             **({"cleanup": dict(self.cleanup)} if self.cleanup is not None else {}),
             **({"verified": dict(self.verified)} if self.verified is not None else {}),
             **({"trashed": self.trashed, "purge_after": self.purge_after} if self.trashed is not None else {}),

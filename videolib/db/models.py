@@ -85,3 +85,14 @@ class VideoChunk(Base):
     # Little-endian float32, L2-normalised.
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     model: Mapped[str | None] = mapped_column(String(128))
+
+
+class StagedId(Base):
+    """One distinct id of a manifest selection while its operation runs (migration 0006)."""
+
+    __tablename__ = "staged_ids"
+    __table_args__ = (Index("ix_staged_ids_seq", "operation_id", "seq"),)
+
+    operation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    video_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -139,6 +139,8 @@ class ExportBatch:
     # batch then counts chunks in one walk of the chunk index over its id range, where a
     # probe per video costs more (see ``DENSE_SHARE``).
     dense: bool = False
+    # A manifest's batch: a range of its staged ids (videolib/staging.py), read by the task.
+    staged: dict | None = None
 
 
 def guard_formulas(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -1,0 +1,156 @@
+"""A manifest selection staged in the database (``staged_ids``, migration 0006).
+
+The run streams its manifest in chunks (``videolib/manifests.py``) into ``staged_ids``,
+where the primary key collapses duplicates; it then keeps the creator's own ids (the
+others are ``not_found`` items) and cuts ranges of ``seq`` into batches. A batch is a
+small dict, ``{"staged": operation_id, "after": seq, "through": seq, "count": n}``,
+that the batch task reads back as ids (:func:`batch_ids`): no list of millions is ever
+a parameter, a task input or one list in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+
+from videolib.db.models import StagedId
+from videolib.ids import normalize_video_id
+from videolib.operation import INVALID_DETAIL, INVALID_ID, NOT_FOUND, ItemError, echo_id
+from videolib.selection import owned_statuses
+
+PAGE = 10_000  # staged rows read per query
+
+
+@dataclass
+class Staged:
+    """What staging a manifest found: distinct valid ids staged, malformed ones."""
+
+    ids: int = 0
+    invalid: list[ItemError] = field(default_factory=list)
+    _bad_seen: set[str] = field(default_factory=set)
+
+    @property
+    def requested(self) -> int:
+        return self.ids + len(self.invalid)
+
+
+def _insert(engine: Engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(StagedId).on_conflict_do_nothing(index_elements=["operation_id", "video_id"])
+
+
+def stage_manifest(engine: Engine, operation_id: str, parts: Iterator[list[str]]) -> Staged:
+    """Stage the distinct valid ids of ``parts`` (chunks of raw lines) in order; the
+    malformed ones, once each, as ``invalid_id`` items."""
+    drop_staged(engine, operation_id)  # a run started again begins from its manifest
+    staged = Staged()
+    seq = 0
+    statement = _insert(engine)
+    for part in parts:
+        rows = []
+        for raw in part:
+            vid = normalize_video_id(raw)
+            if vid is None:
+                if raw not in staged._bad_seen:
+                    staged._bad_seen.add(raw)
+                    staged.invalid.append(ItemError(echo_id(raw), INVALID_ID, INVALID_DETAIL))
+                continue
+            seq += 1
+            rows.append({"operation_id": operation_id, "video_id": vid, "seq": seq})
+        if rows:
+            with engine.begin() as conn:
+                conn.execute(statement, rows)
+    staged._bad_seen.clear()
+    with engine.connect() as conn:
+        staged.ids = conn.execute(select(func.count()).select_from(StagedId)
+                                  .where(StagedId.operation_id == operation_id)).scalar() or 0
+    return staged
+
+
+def _pages(engine: Engine, operation_id: str, *, after: int = 0, through: int | None = None
+           ) -> Iterator[list[tuple[int, str]]]:
+    """``(seq, video_id)`` of the staged ids in order, a page at a time."""
+    while True:
+        query = select(StagedId.seq, StagedId.video_id).where(StagedId.operation_id == operation_id,
+                                                              StagedId.seq > after)
+        if through is not None:
+            query = query.where(StagedId.seq <= through)
+        with engine.connect() as conn:
+            page = [(row.seq, row.video_id) for row in conn.execute(query.order_by(StagedId.seq).limit(PAGE))]
+        if not page:
+            return
+        yield page
+        after = page[-1][0]
+
+
+def keep_owned(engine: Engine, operation_id: str, creator_id: str, *,
+               exclude_statuses: Sequence[str] = (), on_missing: Callable[[list[ItemError]], None]) -> int:
+    """Remove the staged ids that are not the creator's (or are in ``exclude_statuses``),
+    giving them to ``on_missing`` as ``not_found`` items; how many stay."""
+    kept = 0
+    for page in _pages(engine, operation_id):
+        ids = [vid for _seq, vid in page]
+        statuses = owned_statuses(engine, creator_id, ids)
+        missing = [vid for vid in ids if statuses.get(vid) is None or statuses[vid] in exclude_statuses]
+        if missing:
+            with engine.begin() as conn:
+                for start in range(0, len(missing), 1000):
+                    conn.execute(delete(StagedId).where(StagedId.operation_id == operation_id,
+                                                        StagedId.video_id.in_(missing[start:start + 1000])))
+            on_missing([ItemError(vid, NOT_FOUND, "no such video for this creator") for vid in missing])
+        kept += len(ids) - len(missing)
+    return kept
+
+
+def staged_batches(engine: Engine, operation_id: str, size: int) -> list[dict[str, Any]]:
+    """The staged ids cut into ranges of ``size``: what each batch task receives."""
+    batches: list[dict[str, Any]] = []
+    start, count, last = 0, 0, 0
+    for page in _pages(engine, operation_id):
+        for seq, _vid in page:
+            count += 1
+            last = seq
+            if count == size:
+                batches.append({"staged": operation_id, "after": start, "through": last, "count": count})
+                start, count = last, 0
+    if count:
+        batches.append({"staged": operation_id, "after": start, "through": last, "count": count})
+    return batches
+
+
+def is_staged(batch: object) -> bool:
+    return isinstance(batch, dict) and "staged" in batch
+
+
+def batch_len(batch: Sequence[str] | dict[str, Any]) -> int:
+    """How many ids a batch holds, without reading a staged one."""
+    return int(batch["count"]) if is_staged(batch) else len(batch)  # type: ignore[index,arg-type]
+
+
+def batch_ids(engine: Engine, batch: Sequence[str] | dict[str, Any]) -> list[str]:
+    """A batch's ids: the list itself, or a staged range read back."""
+    if not is_staged(batch):
+        return list(batch)  # type: ignore[arg-type]
+    ids: list[str] = []
+    for page in _pages(engine, batch["staged"], after=int(batch["after"]), through=int(batch["through"])):
+        ids.extend(vid for _seq, vid in page)
+    return ids
+
+
+def drop_staged(engine: Engine, operation_id: str) -> None:
+    """Forget one operation's staged ids (it ended)."""
+    with engine.begin() as conn:
+        conn.execute(delete(StagedId).where(StagedId.operation_id == operation_id))
+
+
+def staged_operations(engine: Engine) -> list[str]:
+    """The operations with ids staged (cleanup drops those whose run has ended)."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(StagedId.operation_id).distinct()).scalars())
