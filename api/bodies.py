@@ -23,6 +23,9 @@ class _Body(BaseModel):
     video_ids: list[Any] | None = Field(None, description="ids to act on (at most BULKOPS_MAX_IDS); malformed, "
                                                           "unknown or others' ids are per-item errors")
     all: bool = Field(False, description="every video of the creator (instead of `video_ids`)")
+    manifest: str | None = Field(None, max_length=512, description=(
+        "instead of `video_ids`: an id manifest's key (manifests/<creator_id>/..., from POST /bulk/manifests), for "
+        "selections of up to BULKOPS_MAX_MANIFEST_IDS ids"))
 
     @field_validator("video_ids")
     @classmethod
@@ -36,10 +39,12 @@ class _Body(BaseModel):
     def check_selection(self) -> None:
         """Exactly one of ``video_ids`` and ``all`` (as the CLI asks one of --ids,
         --ids-file, --all): ``bad_selection`` otherwise."""
-        given = [name for name, value in (("video_ids", self.video_ids is not None), ("all", self.all)) if value]
+        given = [name for name, value in (("video_ids", self.video_ids is not None), ("all", self.all),
+                                          ("manifest", self.manifest is not None)) if value]
         if len(given) > 1 or (not given and not self.selection_optional):
-            raise RequestError("bad_selection", "select videos with exactly one of `video_ids` (a list of ids) "
-                                                "or `\"all\": true`" + (f"; got {' and '.join(given)}" if given else ""))
+            raise RequestError("bad_selection", "select videos with exactly one of `video_ids` (a list of ids), "
+                                                "`\"all\": true` or `manifest` (a key from POST /bulk/manifests)"
+                                                + (f"; got {' and '.join(given)}" if given else ""))
 
     def options(self) -> dict[str, Any]:
         """The request's options for ``service.requests`` (``build(**options)``)."""
@@ -98,6 +103,8 @@ class ReprocessBody(_Body):
 
 class RestoreBody(_Body):
     """``POST /bulk/restore``: trashed videos back, by id or by the delete that trashed them."""
+
+    manifest: None = Field(None, description="restore takes `video_ids` or `operation`, not a manifest")
 
     operation: str | None = Field(None, description="a delete's operation id: restore every video it trashed that "
                                                     "is still in the trash (instead of `video_ids`)")

@@ -2,8 +2,7 @@
 request (``service.requests``), runs it (``service.launch``) with a progress bar on
 stderr, and prints the result document (``--json``) or a summary.
 
-Exit status: 0 completed (or a dry run finished), 1 partial, failed or cancelled; a
-refusal before any run is exit 2 (``cli.main``).
+Exit status: 0 completed (or a dry run finished), 1 partial, failed or cancelled, 2 refused (``cli.main``).
 
 The operation id goes to stderr as soon as the run exists (also under ``--json``), so
 that another terminal can watch it (``bulkops status ID``) or stop it (``bulkops cancel
@@ -101,11 +100,13 @@ def submit_operation(request, *, json_out: bool) -> None:
 def launch(request, *, no_wait: bool, verbose: bool, json_out: bool) -> None:
     """Run the request and wait (the bar, then the result): on the `bulkops serve` of
     this machine when one serves this library (warm, ``service/inline.py``), else here;
-    or hand it to a worker (``--no-wait``)."""
+    or hand it to a worker (``--no-wait``). An ``--ids-file`` over BULKOPS_MAX_IDS is
+    uploaded as an id manifest first."""
+    from service.launch import upload_manifest_file
+    request = upload_manifest_file(request)
     if no_wait:
         submit_operation(request, json_out=json_out)
-    # --verbose shows the batches' lines, which only a run here has; a retry reads the
-    # earlier run from Prefect here anyway.
+    # --verbose shows the batches' lines, only a run here has; a retry reads Prefect here anyway.
     handed = not verbose and getattr(request, "retry_of", None) is None
     document = run_on_serve(request, json_out=json_out) if handed else None
     if document is None:

@@ -29,7 +29,16 @@ def check(request: OperationRequest):
     answers, the schema is current, a whole-library selection selects something. The store."""
     store = ready_store()
     request.check_library(ready_database())
+    request.check_storage(store)
     return store
+
+
+def upload_manifest_file(request: OperationRequest) -> OperationRequest:
+    """A command line's ``--ids-file`` over ``BULKOPS_MAX_IDS``, uploaded as an id manifest
+    (``manifests/{creator_id}/{sha256}.txt``): the request then names it."""
+    if getattr(request, "manifest_file", None) is None:
+        return request
+    return request.upload_manifest_file(ready_store())
 
 
 def prepare(request: OperationRequest, *, store=None) -> dict[str, Any]:

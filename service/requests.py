@@ -31,6 +31,7 @@ from videolib.embedders import check_embedder
 # videolib.export (pyarrow) loads when an export is asked for: a delete or a reprocess
 # from the command line does not pay for it (``_export``).
 from videolib.ids import RequestError, check_creator_id
+from videolib.manifests import check_manifest_key, inspect_manifest, upload_manifest
 from videolib.operation import describe_not_selected, parse_video_ids
 from videolib.reprocess import any_reprocessable, select_reprocessable
 from videolib.search import check_query
@@ -60,6 +61,17 @@ class CommandLineIds:
     def given(self) -> bool:
         return bool(self.ids or self.ids_files or self.all_videos)
 
+    def oversize_file(self, max_ids: int) -> Path | None:
+        """The one ``--ids-file`` given alone when it lists more than ``max_ids`` ids: it
+        goes to storage as an id manifest instead (counted as a stream, never read whole)."""
+        if self.ids or self.all_videos or len(self.ids_files) != 1:
+            if len(self.ids_files) > 1 and sum(_count_ids(p) for p in self.ids_files) > max_ids:
+                raise RequestError("too_many_ids", f"over {max_ids} ids in several --ids-file files: give them as one "
+                                                   f"file (it is then uploaded as an id manifest)")
+            return None
+        path = Path(self.ids_files[0])
+        return path if _count_ids(path) > max_ids else None
+
     def read(self) -> list[str] | None:
         """The listed ids as given (None for ``--all``)."""
         given = [name for name, value in (("--ids", bool(self.ids)), ("--ids-file", bool(self.ids_files)),
@@ -77,6 +89,15 @@ class CommandLineIds:
         for path in self.ids_files:
             items.extend(line.strip() for line in _read_ids_file(path).splitlines())
         return [item for item in items if item]
+
+
+def _count_ids(path: Path) -> int:
+    """Non-blank lines of an ids file, read as a stream."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return 0  # reading it says what is wrong (_read_ids_file)
 
 
 def _read_ids_file(path: Path) -> str:
@@ -105,6 +126,11 @@ class OperationRequest(BaseModel):
     # None with all_videos, or, for an export, to mean all of the creator's videos.
     video_ids: list[str] | None = None
     all_videos: bool = False
+    # Or an id manifest in storage (manifests/{creator_id}/..., videolib/manifests.py), or
+    # a command line's --ids-file over BULKOPS_MAX_IDS that becomes one when launched.
+    manifest: str | None = None
+    manifest_file: str | None = Field(None, exclude=True)
+    takes_manifest: ClassVar[bool] = True
 
     @classmethod
     def build(cls, *, creator_id: str, selection: CommandLineIds | None = None, **options: Any):
@@ -113,7 +139,10 @@ class OperationRequest(BaseModel):
         check_creator_id(creator_id)
         request = cls(creator_id=creator_id, **options)
         request.check_options()
-        if selection is not None and (selection.given() or not request.selection_optional):
+        big = selection.oversize_file(get_settings().max_ids) if selection is not None and cls.takes_manifest else None
+        if big is not None:
+            request = request.model_copy(update={"manifest_file": str(big)})
+        elif selection is not None and (selection.given() or not request.selection_optional):
             ids = selection.read()
             request = request.model_copy(update={"video_ids": ids, "all_videos": ids is None})
         request.check_selection()
@@ -126,6 +155,9 @@ class OperationRequest(BaseModel):
         """The operation's own options (format, chunking, ...)."""
 
     def check_selection(self) -> None:
+        if self.manifest is not None or self.manifest_file is not None:
+            self.check_manifest()
+            return
         if getattr(self, "retry_of", None) is not None:
             if self.video_ids is not None or self.all_videos:
                 raise RequestError("bad_selection", "a retry takes the items of the operation it retries: no ids "
@@ -135,6 +167,38 @@ class OperationRequest(BaseModel):
                         everything_by_default=self.selection_optional, verb=self.operation)
         if self.video_ids is not None:
             parse_video_ids(self.video_ids, max_ids=get_settings().max_ids)  # empty, or too many
+
+    def check_manifest(self) -> None:
+        """A manifest selects alone: no ids, ``all``, filter or retry with it; its key in
+        the creator's own folder (``bad_manifest``)."""
+        if not self.takes_manifest:
+            raise RequestError("bad_selection", f"{self.operation} takes listed ids, not a manifest")
+        if self.video_ids is not None or self.all_videos or getattr(self, "retry_of", None) is not None:
+            raise RequestError("bad_selection", "give either a manifest or ids/--all, not both")
+        if self.filtered:
+            raise RequestError("bad_selection", "a manifest selects its videos itself: no filter with it")
+        if self.manifest is not None:
+            check_manifest_key(self.creator_id, self.manifest)
+
+    def check_storage(self, store) -> None:
+        """A named manifest exists, reads in its format and is not too large (it is read
+        once here, to the end: refused before any run, not half-way through one)."""
+        if self.manifest is not None:
+            inspect_manifest(store, self.creator_id, self.manifest, max_ids=get_settings().max_manifest_ids)
+
+    def upload_manifest_file(self, store) -> OperationRequest:
+        """The request with its oversize ``--ids-file`` uploaded as a manifest (by content:
+        ``manifests/{creator_id}/{sha256}.txt``), or itself."""
+        if self.manifest_file is None:
+            return self
+        path = Path(self.manifest_file)
+        try:
+            with open(path, "rb") as source:
+                info = upload_manifest(store, self.creator_id, source, max_ids=get_settings().max_manifest_ids)
+        except OSError:
+            _read_ids_file(path)  # says what is wrong with it
+            raise
+        return self.model_copy(update={"manifest": info.key, "manifest_file": None})
 
     @property
     def filtered(self) -> bool:
@@ -158,7 +222,7 @@ class OperationRequest(BaseModel):
 
     def _dump(self) -> dict[str, Any]:
         data = self.model_dump()
-        for name in ("retry_of", "split"):  # (a deployment made before they existed takes the rest)
+        for name in ("retry_of", "split", "manifest"):  # (a deployment made before they existed takes the rest)
             if data.get(name) is None:
                 data.pop(name, None)
         return data
@@ -215,7 +279,7 @@ class ExportRequest(OperationRequest):
         return self.export_filter() != _export().ExportFilter()
 
     def check_library(self, engine: Engine) -> None:
-        if self.video_ids is None:
+        if self.video_ids is None and self.manifest is None and self.manifest_file is None:
             with engine.connect() as conn:
                 if _export().count_selected(conn, self.creator_id, self.export_filter()) == 0:
                     raise RequestError("empty_selection",
@@ -282,6 +346,7 @@ class RestoreRequest(OperationRequest):
 
     operation: ClassVar[str] = "restore"
     flow_name: ClassVar[str] = "bulk-restore"
+    takes_manifest: ClassVar[bool] = False
 
     delete_operation: str | None = None
     dry_run: bool = False

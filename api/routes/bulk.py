@@ -5,6 +5,7 @@ calls one ``service/`` function, and returns its document; auth is a dependency.
     GET  /bulk/status/{id}               the status document (CONTRACT.md)
     POST /bulk/{id}/cancel               202 {"operation_id", "status", "cancel_requested"}; finished: 409
     POST /bulk/cleanup                   202 as the triggers (a service token); one running already: 409
+    POST /bulk/manifests                 201 {"key", "sha256", "lines"}: an id manifest, streamed to storage
 """
 
 from __future__ import annotations
@@ -140,6 +141,56 @@ def trigger_cleanup(request: Request, response: Response, body: CleanupBody | No
     answer = _started(request, operation_id)
     response.headers["Location"] = answer["status_url"]
     return answer
+
+
+class _Pulled:
+    """A blocking ``read()`` over the request body's async stream, for a worker thread."""
+
+    def __init__(self, pull):
+        self.pull = pull
+
+    def read(self, _size: int = -1) -> bytes:
+        return self.pull()
+
+
+@router.post("/manifests", status_code=201, responses=error_responses(401, 403, 422, 503),
+             summary="Upload an id manifest (one id per line, or CSV/Parquet with a video_id column), streamed "
+                     "to storage; name its key as `manifest` in a delete, export or reprocess",
+             openapi_extra={"requestBody": {"content": {
+                 "text/plain": {"schema": {"type": "string"}},
+                 "multipart/form-data": {"schema": {"type": "object", "properties": {
+                     "file": {"type": "string", "format": "binary"}}}}}}})
+async def upload_manifest(request: Request, who: Principal = Depends(principal),
+                          creator_id: str | None = Query(None, description="a service token names the creator"),
+                          format: str | None = Query(None, description="txt, csv or parquet (default: from the "
+                                                                       "file name or content type; txt)")
+                          ) -> dict[str, Any]:
+    import anyio
+
+    from service.manifests import manifest_format, upload
+
+    creator = who.creator_for(creator_id)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=2)
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            raise RequestError("bad_manifest", "send the manifest as the form's `file` part")
+        suffix = manifest_format(format, filename=part.filename, content_type=part.content_type)
+        return await anyio.to_thread.run_sync(lambda: upload(creator, part.file, suffix=suffix))
+    suffix = manifest_format(format, content_type=content_type)
+    chunks = request.stream()
+
+    def pull() -> bytes:
+        while True:  # the stream ends with an empty chunk: only its end is the end
+            try:
+                chunk = anyio.from_thread.run(chunks.__anext__)
+            except StopAsyncIteration:
+                return b""
+            if chunk:
+                return chunk
+
+    return await anyio.to_thread.run_sync(lambda: upload(creator, _Pulled(pull), suffix=suffix))
 
 
 @router.get("/operations", responses=error_responses(401, 403, 422, 503),

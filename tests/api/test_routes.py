@@ -94,6 +94,16 @@ REFUSALS = [
     ("/bulk/export", {"format": "csv", "split": 17}, "usage"),
     ("/bulk/reprocess", {"all": True, "split": "two"}, "usage"),
     ("/bulk/restore", {"video_ids": ["a"], "split": 2}, "usage"),  # a restore is not split
+    ("/bulk/delete", {"manifest": "manifests/creator-002/ids.txt"}, "bad_manifest"),  # another creator's
+    ("/bulk/delete", {"manifest": "manifests/creator-001/../creator-002/ids.txt"}, "bad_manifest"),
+    ("/bulk/reprocess", {"manifest": "/etc/passwd"}, "bad_manifest"),
+    ("/bulk/export", {"format": "csv", "manifest": "manifests/creator-001/x.txt' OR '1'='1"}, "bad_manifest"),
+    ("/bulk/delete", {"manifest": "manifests/creator-001/none.txt"}, "manifest_not_found"),
+    ("/bulk/delete", {"manifest": "manifests/creator-001/x.txt", "all": True}, "bad_selection"),
+    ("/bulk/delete", {"manifest": "manifests/creator-001/x.txt", "video_ids": ["a"]}, "bad_selection"),
+    ("/bulk/export", {"format": "csv", "manifest": "manifests/creator-001/x.txt", "status": "ready"}, "bad_selection"),
+    ("/bulk/delete", {"manifest": ["manifests/creator-001/x.txt"]}, "usage"),
+    ("/bulk/restore", {"manifest": "manifests/creator-001/x.txt"}, "usage"),  # a restore takes ids or operation
 ]
 
 
