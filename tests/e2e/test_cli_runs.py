@@ -406,3 +406,37 @@ def test_delete_under_the_undo_window_then_restore_from_the_cli(seeded, prefect_
         proc, refused = run_cli(lib, "restore", "--creator", "creator-001", *args, "--json", prefect=prefect_server,
                                 env_extra=window)
         assert proc.returncode == 2 and refused["error"] == error, (args, refused)
+
+
+def test_an_ids_file_over_the_inline_limit_runs_as_an_uploaded_manifest(seeded, prefect_server, tmp_path):
+    """--ids-file over BULKOPS_MAX_IDS goes to storage as manifests/{creator}/{sha256}.txt
+    and the run reads it from there: the ids are never a flow parameter."""
+    import hashlib
+
+    lib = seeded
+    mine, theirs = lib.ids("creator-001"), lib.ids("creator-002")
+    lines = mine[:6] + mine[:2] + theirs[:2] + ["not-a-uuid"]
+    path = _ids_file(tmp_path, lines)
+    limits = {"BULKOPS_MAX_IDS": "3"}
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids-file", path, "--json",
+                        env_extra={**limits, "BULKOPS_MAX_MANIFEST_IDS": "10"}, prefect=prefect_server)
+    assert proc.returncode == 2 and doc["error"] == "manifest_too_large", doc
+    assert lib.ids("creator-001") == mine and lib.store.list_keys("manifests") == []
+
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids-file", path, "--json", env_extra=limits,
+                        prefect=prefect_server)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert doc["manifest"] == {"key": f"manifests/creator-001/{sha}.txt", "sha256": sha, "lines": len(lines)}
+    assert (doc["requested"], doc["succeeded"], doc["failed"]) == (9, 6, 3)
+    assert set(lib.ids("creator-001")) == set(mine[6:]) and lib.ids("creator-002") == theirs
+    run = requests.get(f"{prefect_server.api_url}/flow_runs/{doc['operation_id']}", timeout=30).json()
+    assert run["parameters"]["manifest"] == doc["manifest"]["key"] and not run["parameters"].get("video_ids")
+    # Inline ids over the limit stay a refusal; several files over it ask for one.
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", ",".join(mine[6:10]), "--json",
+                        env_extra=limits, prefect=prefect_server)
+    assert proc.returncode == 2 and doc["error"] == "too_many_ids"
+    proc, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids-file", _ids_file(tmp_path, mine[6:8], "a"),
+                        "--ids-file", _ids_file(tmp_path, mine[8:10], "b"), "--json", env_extra=limits,
+                        prefect=prefect_server)
+    assert proc.returncode == 2 and doc["error"] == "too_many_ids" and "one file" in doc["message"]
