@@ -41,6 +41,7 @@ from videolib.cleanup import (
     Rules,
     find_claims,
     find_exports,
+    find_manifests,
     find_orphans,
     find_reports,
     find_tombstones,
@@ -50,10 +51,11 @@ from videolib.cleanup import (
 from videolib.delete import write_manifest
 from videolib.operation import BATCH_ERROR, ItemError, OperationResult, effective_batch_size
 from videolib.records import read_record, record_key
+from videolib.staging import drop_staged, staged_operations
 
 log = logging.getLogger(__name__)
 
-KINDS = ("tombstone", "trash", "claim", "export", "leftover", "report", "orphan", "run")
+KINDS = ("tombstone", "trash", "claim", "export", "leftover", "report", "manifest", "orphan", "run")
 
 
 def run_name() -> str:
@@ -152,8 +154,10 @@ def scan(result: OperationResult, rules: Rules, operation_id: str, flow_operatio
     expired, leftovers = find_exports(store(), rules, expiry=link_expiry, runs=HOLDERS)
     found["export"] = [[key] for key in expired]
     reports, temporary = find_reports(store(), rules)
-    found["leftover"] = [[key] for key in leftovers + temporary]
+    manifests, uploads = find_manifests(store(), rules)
+    found["leftover"] = [[key] for key in leftovers + temporary + uploads]
     found["report"] = reports
+    found["manifest"] = manifests
     orphans = scan_orphans(rules, workers=settings.task_workers)
     result.cleanup["orphans_found"] = len(orphans)
     if rules.delete_orphans:
@@ -162,10 +166,22 @@ def scan(result: OperationResult, rules: Rules, operation_id: str, flow_operatio
         logger.warning("%s orphaned videos (objects with no row, older than %ss) are kept: set "
                        "BULKOPS_CLEANUP_DELETE_ORPHANS=true to remove them; e.g. %s", len(orphans),
                        int(rules.orphan_grace), orphans[0][0].rsplit("/", 1)[0] + "/")
+    if not result.dry_run:
+        drop_ended_staging()
     found["run"] = history_items(operation_id, flow_operations, settings.history_retention, rules.now)
     logger.info("cleanup found in %.1fs: %s", time.monotonic() - began,
                 ", ".join(f"{len(items)} {kind}" for kind, items in found.items()))
     return found
+
+
+def drop_ended_staging() -> None:
+    """The staged manifest ids of runs that ended without removing them (killed)."""
+    operations = staged_operations(engine())
+    ended = HOLDERS.finished(operations) if operations else set()
+    for operation_id in ended:
+        drop_staged(engine(), operation_id)
+    if ended:
+        get_run_logger().info("dropped the staged manifest ids of %s ended runs", len(ended))
 
 
 def link_expiry(operation_id: str) -> float | None:

@@ -439,6 +439,9 @@ class CleanupRequest(BaseModel):
     def check_library(self, engine: Engine) -> None:
         """The schema is current (the steps read and write the videos table)."""
 
+    def check_storage(self, store) -> None:
+        """Nothing to read before a cleanup: it finds what is due itself."""
+
     @property
     def label(self) -> str:
         return "cleanup (dry run)" if self.dry_run else "cleanup"

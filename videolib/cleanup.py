@@ -48,13 +48,16 @@ COUNTS = ("tombstones_finished", "claims_released", "exports_expired", "parts_re
           "manifests_expired", "orphans_found", "orphans_deleted", "runs_archived", "runs_pruned", "trash_purged")
 # What each kind of item counts under in the result's "cleanup".
 COUNTED_AS = {"tombstone": "tombstones_finished", "claim": "claims_released", "export": "exports_expired",
-              "leftover": "parts_removed", "report": "reports_expired", "orphan": "orphans_deleted",
+              "leftover": "parts_removed", "report": "reports_expired", "manifest": "manifests_expired",
+              "orphan": "orphans_deleted",
               "run": "runs_pruned", "trash": "trash_purged"}
 ALREADY_DONE = "already_done"  # an item someone else finished between the plan and its batch
 LEFTOVER_IDLE_S = 15 * 60  # an unfinished object untouched this long belongs to nothing running
 _EXPORT_FILE = re.compile(r"^exports/[^/]+/(?P<op>[0-9a-f-]{36})\.(?:parquet|csv)$")
 _TEMPORARY = re.compile(r"(?:^|/)\.[^/]+\.\d+\.\d+\.tmp$")  # ObjectStore.put's name while it writes
 _AUDIT = re.compile(r"^audit/delete/(?P<op>[^/]+)/")
+_MANIFEST = re.compile(r"^manifests/[^/]+/[A-Za-z0-9][^/]*$")  # uploaded id manifests (videolib/manifests.py)
+_UPLOAD = re.compile(r"^manifests/[^/]+/\.upload-")  # an upload that never finished
 _REPORT = re.compile(r"^(?:reports/[^/]+\.csv|requests/[^/]+/invalid-ids-[0-9a-f]+\.json)$")
 
 
@@ -182,6 +185,18 @@ def find_reports(store: ObjectStore, rules: Rules) -> tuple[list[list[str]], lis
             manifests[match.group("op")] = (keys, max(newest, modified))
     due += [keys for keys, newest in manifests.values() if newest < cutoff]
     return due, temporary + temporary_files(listing, rules)
+
+
+def find_manifests(store: ObjectStore, rules: Rules) -> tuple[list[list[str]], list[str]]:
+    """(uploaded id manifests past the report retention; uploads left unfinished, idle
+    for a while). A manifest is read only while its run plans, and an upload of the same
+    ids again renews it."""
+    listing = store.list_modified("manifests")
+    cutoff = rules.now - rules.report_retention
+    due = [[key] for key, modified in sorted(listing.items()) if _MANIFEST.match(key) and modified < cutoff]
+    unfinished = [key for key, modified in sorted(listing.items())
+                  if _UPLOAD.match(key) and rules.now - modified > LEFTOVER_IDLE_S]
+    return due, unfinished + temporary_files(listing, rules)
 
 
 def find_orphans(engine: Engine, store: ObjectStore, creator_id: str, rules: Rules) -> list[list[str]]:

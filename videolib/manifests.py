@@ -216,10 +216,7 @@ def upload_manifest(store, creator_id: str, source: IO[bytes], *, max_ids: int, 
         lines = sum(len(part) for part in iter_manifest(store, upload, max_ids=max_ids))
         if lines == 0:
             raise RequestError("empty_selection", "the manifest lists no ids")
-        if store.exists(key):
-            store.delete(upload)
-        else:
-            store.publish(upload, key)
+        store.publish(upload, key)  # the same ids again: replaced, so its retention starts anew
     except BaseException:
         store.delete(upload)
         raise

@@ -25,8 +25,8 @@ from videolib.db.models import Video
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 HOUR, DAY = 3600, 86400
-EXPECTED = {"tombstones_finished": 2, "claims_released": 2, "exports_expired": 1, "parts_removed": 2,
-            "reports_expired": 3, "manifests_expired": 0, "orphans_found": 1, "orphans_deleted": 0, "runs_archived": 1,
+EXPECTED = {"tombstones_finished": 2, "claims_released": 2, "exports_expired": 1, "parts_removed": 3,
+            "reports_expired": 3, "manifests_expired": 1, "orphans_found": 1, "orphans_deleted": 0, "runs_archived": 1,
             "runs_pruned": 0, "trash_purged": 0}
 NOTHING = dict.fromkeys(EXPECTED, 0)
 
@@ -143,6 +143,16 @@ def _prepare_mess(lib) -> dict:
                         _put(store, f"audit/delete/{old_delete}/manifest.json", age=100 * DAY),
                         _put(store, f"requests/creator-001/invalid-ids-{uuid.uuid4().hex}.json", age=100 * DAY)]
     m["young_report"] = _put(store, f"reports/{uuid.uuid4()}.csv", age=10 * DAY)
+    # Id manifests past 90 days go, a young one stays; an upload that died an hour ago goes
+    # (a leftover); the staged ids of an ended run go, a running one's stay.
+    m["old_manifest"] = _put(store, f"manifests/creator-001/{'a' * 64}.txt", age=100 * DAY)
+    m["young_manifest"] = _put(store, f"manifests/creator-002/{'b' * 64}.csv", age=10 * DAY)
+    m["leftovers"].append(_put(store, "manifests/creator-001/.upload-0123456789abcdef.txt", age=HOUR))
+    from videolib.staging import stage_manifest
+
+    stage_manifest(engine, ended, iter([mine[:3]]))
+    stage_manifest(engine, alive, iter([mine[3:5]]))
+    m["staging"] = {"ended": ended, "alive": alive}
     # Orphans: objects of a video with no row, two days old, are found (and kept: deleting
     # them is a setting); a fresh upload is not one yet; a seeded video's old files are no orphans.
     orphan = str(uuid.uuid4())
@@ -170,7 +180,7 @@ def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(libra
     dry = _run_cleanup(dry_run=True)
     assert dry["status"] == "completed" and dry["dry_run"] is True, dry
     assert dry["cleanup"] == EXPECTED, dry["cleanup"]
-    assert dry["plan"]["items"] == dry["requested"] == 11 and dry["plan"]["bytes"] > 0
+    assert dry["plan"]["items"] == dry["requested"] == 13 and dry["plan"]["bytes"] > 0
     after_dry = _snapshot(library)
     assert after_dry[0] == before[0]
     assert [k for k in after_dry[1] if not k.startswith("operations/")] == [
@@ -180,7 +190,7 @@ def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(libra
     assert done["status"] == "completed", done
     assert done["operation"] == "cleanup" and done["creator_id"] is None
     assert done["cleanup"] == EXPECTED, done["cleanup"]
-    assert done["requested"] == done["succeeded"] == 11 and done["failed"] == 0
+    assert done["requested"] == done["succeeded"] == 13 and done["failed"] == 0
     assert status_of(done["operation_id"])["result"] == done
 
     store, keys = library.store, set(library.store.list_keys(""))
@@ -194,9 +204,13 @@ def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(libra
         assert rows[vid].status in {"ready", "failed"} and rows[vid].processing_by is None
     for vid in m["held"] + [m["pipeline"]]:
         assert rows[vid].status == "processing"
-    gone = [m["expired_export"], *m["leftovers"], *m["old_reports"]]
-    kept = [m["fresh_export"], m["valid_export"], m["writing"], m["young_report"], *m["orphan"], m["upload"]]
+    gone = [m["expired_export"], *m["leftovers"], *m["old_reports"], m["old_manifest"]]
+    kept = [m["fresh_export"], m["valid_export"], m["writing"], m["young_report"], *m["orphan"], m["upload"],
+            m["young_manifest"]]
     assert not set(gone) & keys and set(kept) <= keys
+    from videolib.staging import staged_operations
+
+    assert staged_operations(library.engine) == [m["staging"]["alive"]]
     # The crashed run got its record (failed, saying why); status reads it.
     record = json.loads(store.get(f"operations/{m['crashed']}.json"))
     assert record["status"] == "failed" and "Crashed" in record["message"] and record["operation"] == "delete"
