@@ -35,7 +35,7 @@ class Ticker(Protocol):
     def stopping(self) -> bool: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a run may hold hundreds of thousands
 class ItemError:
     video_id: str
     error: str

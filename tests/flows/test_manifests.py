@@ -102,3 +102,63 @@ def test_export_and_reprocess_from_smaller_manifests(library):
     assert reprocessed["status"] == "completed" and reprocessed["succeeded"] == 10, reprocessed
     assert reprocessed["manifest"]["key"] == "manifests/creator-001/some.csv"
     assert _staged_rows(library) == 0
+
+
+_PEAK = """
+import json, resource, sys
+from flows.bulk_delete import bulk_delete
+doc = bulk_delete(creator_id="creator-001", manifest=sys.argv[1], return_state=True).result(raise_on_failure=False)
+print(json.dumps({"doc": {k: doc[k] for k in ("status", "requested", "succeeded", "failed", "manifest")},
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _delete_in_a_process(lib, key: str) -> tuple[dict, int]:
+    """The delete of a manifest in a process of its own (its peak memory is the run's);
+    on the harness's Prefect server."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, **lib.env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.run([sys.executable, "-c", _PEAK, key], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    return answer["doc"], answer["peak_kb"] * 1024
+
+
+@pytest.mark.slow
+def test_a_200k_line_manifest_is_deleted_exactly_in_bounded_memory(library):
+    """200,000 lines mixing owned, foreign, unknown, malformed and duplicate ids: exact
+    counts, nothing foreign touched; the run's peak memory within 50 MB of a 20,000-line
+    run of the same mix (the list is streamed and staged, never held)."""
+    from videolib.seed import seed_library
+
+    seed_library(library.engine, None, None, videos=180_000, creators=2, seed=3, transcript_ratio=0.0)
+    mine, theirs = library.ids("creator-001"), library.ids("creator-002")
+    assert len(mine) > 88_000 and len(theirs) > 44_000
+
+    def manifest(name: str, owned: list[str], foreign: list[str], n: int) -> tuple[str, list[str]]:
+        unknown = [str(uuid.UUID(int=(hash(name) & 0xFFFF) << 64 | i)) for i in range(n // 5)]
+        malformed = [f"bad-{name}-{i}" for i in range(n // 10)]
+        lines = owned + foreign + unknown + malformed + owned[: n // 10]
+        assert len(lines) == n
+        key = f"manifests/creator-001/{name}.txt"
+        library.store.put(key, ("\n".join(lines) + "\n").encode())
+        return key, lines
+
+    small_key, _ = manifest("small", mine[:8_000], theirs[:4_000], 20_000)
+    big_key, lines = manifest("big", mine[8_000:88_000], theirs[4_000:44_000], 200_000)
+
+    small, small_peak = _delete_in_a_process(library, small_key)
+    big, big_peak = _delete_in_a_process(library, big_key)
+
+    assert (small["requested"], small["succeeded"], small["failed"]) == (18_000, 8_000, 10_000)
+    assert (big["requested"], big["succeeded"], big["failed"]) == (180_000, 80_000, 100_000)
+    assert big["status"] == "partial" and big["manifest"]["lines"] == len(lines) == 200_000
+    assert set(library.ids("creator-001")) == set(mine[88_000:]) and library.ids("creator-002") == theirs
+    assert _staged_rows(library) == 0
+    assert big_peak - small_peak <= 50 * 2**20, f"peak {small_peak / 2**20:.0f} MiB -> {big_peak / 2**20:.0f} MiB"
