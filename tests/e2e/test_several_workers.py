@@ -70,8 +70,10 @@ class Cluster:
         assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
-    def bulkops(self, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, dict | None]:
-        proc = subprocess.run([BULKOPS, *args], cwd=self.root / "operator", env=self.env("operator"), text=True,
+    def bulkops(self, *args: str, timeout: float = 300, env_extra: dict[str, str] | None = None
+                ) -> tuple[subprocess.CompletedProcess, dict | None]:
+        proc = subprocess.run([BULKOPS, *args], cwd=self.root / "operator", env={**self.env("operator"), **(env_extra or {})},
+                              text=True,
                               capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         return proc, (json.loads(lines[-1]) if "--json" in args and lines else None)
@@ -294,13 +296,19 @@ def test_one_operation_split_across_the_two_workers(cluster):
     table = pq.read_table(io.BytesIO(requests.get(exported["output"]["url"], timeout=60).content))
     assert table.column("id").to_pylist() == expected
     assert len(_children(cluster, exported["operation_id"])) == 2
-    # A delete in two shares: one audit manifest, everything read back as gone.
+    # A delete in two shares, its ids from a file over BULKOPS_MAX_IDS (an id manifest in
+    # S3, staged in PostgreSQL, each share reading its ranges): one audit manifest,
+    # everything read back as gone.
     doomed = expected[:40]
-    proc, deleted = cluster.bulkops("delete", "--creator", creator, "--ids", ",".join(doomed), "--batch-size", "5",
-                                    "--split", "2", "--json")
+    ids_file = cluster.root / "doomed.txt"
+    ids_file.write_text("\n".join(doomed) + "\n")
+    proc, deleted = cluster.bulkops("delete", "--creator", creator, "--ids-file", str(ids_file), "--batch-size", "5",
+                                    "--split", "2", "--json", env_extra={"BULKOPS_MAX_IDS": "10"})
     assert proc.returncode == 0 and deleted["succeeded"] == 40, (deleted, proc.stderr[-3000:])
+    assert deleted["manifest"]["lines"] == 40 and deleted["manifest"]["key"].startswith(f"manifests/{creator}/")
     assert deleted["verified"]["rows_absent"] == 40 and deleted["manifest_path"]
     assert not set(doomed) & set(lib.ids(creator))
+    assert len(_children(cluster, deleted["operation_id"])) == 2
 
 
 def test_a_share_killed_mid_run_is_run_again_and_the_operation_converges(cluster):

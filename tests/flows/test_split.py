@@ -33,12 +33,13 @@ def test_a_share_document_round_trips_and_names_only_data(sqlite_library):
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     kwargs = {"creator_id": "creator-001", "columns": ["id", "title"], "export_filter": ExportFilter(
         status="ready", created_after=when), "format": "csv", "formula_guard": True}
-    batches = [ExportBatch(lo="a", hi="m", rows=3), ExportBatch(ids=["x", "y"], rows=2), ExportBatch(lo="n", rows=1)]
+    batches = [ExportBatch(lo="a", hi="m", rows=3), ExportBatch(ids=["x", "y"], rows=2), ExportBatch(lo="n", rows=1),
+               ExportBatch(staged={"staged": str(uuid.uuid4()), "after": 10, "through": 20, "count": 7}, rows=7)]
     assert decode(json.loads(json.dumps(encode(kwargs)))) == kwargs
     parent = str(uuid.uuid4())
-    write_share(parent, 0, operation="export", indices=[1, 2], batches=batches, task_kwargs=kwargs)
+    write_share(parent, 0, operation="export", indices=[1, 2, 3], batches=batches, task_kwargs=kwargs)
     share = read_share(parent, 0)
-    assert share["indices"] == [1, 2] and share["batches"] == batches[1:] and share["task_kwargs"] == kwargs
+    assert share["indices"] == [1, 2, 3] and share["batches"] == batches[1:] and share["task_kwargs"] == kwargs
     with pytest.raises(TypeError):
         encode({"callback": object()})
     # A document that names another operation, an unknown one, or a type that is not data.
