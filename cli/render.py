@@ -155,6 +155,9 @@ def print_result(document: dict[str, Any]) -> None:
         table.add_column(column, justify="right")
     table.add_row(*(str(document.get(c, 0)) for c in ("requested", "succeeded", "failed", "skipped")))
     out.print(table)
+    if document.get("manifest"):
+        m = document["manifest"]
+        out.print(f"Ids from manifest {m['key']} ({m['lines']} lines, sha256 {m['sha256'][:12]}…)", markup=False)
     if document.get("not_selected") and any(document["not_selected"].values()):
         out.print(f"Not selected (left out on purpose, not failures): {describe_not_selected(document['not_selected'])}",
                   markup=False)
