@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-batch", type=int, help="delete's batch size (default: as the flow plans it)")
     parser.add_argument("--export-batch", type=int, help="export's batch size (default: the flow's 20,000)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (300 videos a variant, batches of 50/100)")
-    parser.add_argument("--work", type=Path, help="keep the servers' files here (default: a temporary directory)")
+    parser.add_argument("--work-dir", type=Path, help="keep the servers' files here (default: a temporary directory)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     variants = [v for v in "iws" if v in args.variants]
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with contextlib.ExitStack() as cleanup:
-        work = args.work or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-scale-")))
+        work = args.work_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-scale-")))
         work.mkdir(parents=True, exist_ok=True)
         stack = Stack(work, args.query_seconds)
         cleanup.callback(stack.stop)

@@ -32,6 +32,7 @@ COLUMN = "video_id"
 CHUNK = 50_000  # ids per chunk read from a manifest
 READ_BYTES = 1 << 20
 KEY_MAX = 512
+MAX_LINE = 4096  # bytes: an id is 36; a longer line is not an id list (and must not fill memory)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -85,14 +86,19 @@ def _open(store, key: str) -> IO[bytes]:
 
 
 def _text_lines(raw: IO[bytes], key: str) -> Iterator[str]:
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-    try:
-        for line in text:
-            line = line.strip("\r\n")
-            if line.strip():
-                yield line
-    except UnicodeDecodeError:
-        raise RequestError("manifest_unreadable", f"manifest {key!r} is not UTF-8 text") from None
+    reader = io.BufferedReader(raw, READ_BYTES) if not isinstance(raw, io.BufferedIOBase) else raw
+    number = 0
+    while line := reader.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            raise RequestError("manifest_unreadable", f"line {number} of manifest {key!r} is over {MAX_LINE} bytes: "
+                                                      "a manifest holds one id per line")
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8").strip("\r\n")
+        except UnicodeDecodeError:
+            raise RequestError("manifest_unreadable", f"manifest {key!r} is not UTF-8 text (line {number})") from None
+        if text.strip():
+            yield text
 
 
 def _csv_values(raw: IO[bytes], key: str) -> Iterator[str]:

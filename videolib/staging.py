@@ -10,6 +10,7 @@ a parameter, a task input or one list in memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class Staged:
 
     ids: int = 0
     invalid: list[ItemError] = field(default_factory=list)
-    _bad_seen: set[str] = field(default_factory=set)
+    _bad_seen: set[bytes] = field(default_factory=set)
 
     @property
     def requested(self) -> int:
@@ -58,8 +59,9 @@ def stage_manifest(engine: Engine, operation_id: str, parts: Iterator[list[str]]
         for raw in part:
             vid = normalize_video_id(raw)
             if vid is None:
-                if raw not in staged._bad_seen:
-                    staged._bad_seen.add(raw)
+                seen = hashlib.blake2b(str(raw).encode(), digest_size=16).digest()  # not the (long) text itself
+                if seen not in staged._bad_seen:
+                    staged._bad_seen.add(seen)
                     staged.invalid.append(ItemError(echo_id(raw), INVALID_ID, INVALID_DETAIL))
                 continue
             seq += 1

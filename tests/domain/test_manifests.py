@@ -131,3 +131,34 @@ def test_staging_collapses_duplicates_keeps_the_creators_own_and_cuts_ranges(lib
     drop_staged(library.engine, op)
     assert batch_ids(library.engine, batches[0]) == []
     assert batch_ids(library.engine, staged_batches(library.engine, other, 10)[0]) == mine[:3]
+
+
+def test_a_line_longer_than_any_id_list_is_refused_not_read_whole(sqlite_library):
+    store = sqlite_library.store
+    store.put("manifests/creator-001/long.txt", b"\xef\xbb\xbf" + _ids(1)[0].encode() + b"\n" + b"x" * 100_000 + b"\n")
+    store.put("manifests/creator-001/bom.txt", b"\xef\xbb\xbf" + ("\n".join(_ids(3))).encode())
+    assert _codes(lambda: inspect_manifest(store, C, "manifests/creator-001/long.txt", max_ids=10)) \
+        == "manifest_unreadable"
+    assert [v for part in iter_manifest(store, "manifests/creator-001/bom.txt") for v in part] == _ids(3)
+
+
+def test_manifests_on_the_s3_endpoint(s3_library):
+    """Uploads, reads in every format and refusals on S3 as on local files."""
+    store = s3_library.store
+    ids = _ids(2500)
+    info = upload_manifest(store, C, io.BytesIO(("\r\n".join(ids) + "\r\n").encode()), max_ids=2500)
+    assert info.lines == 2500 and store.exists(info.key)
+    assert [v for part in iter_manifest(store, info.key, chunk=1000) for v in part] == ids
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"video_id": ids[:10]}), buffer)
+    parquet = upload_manifest(store, C, io.BytesIO(buffer.getvalue()), max_ids=10, suffix=".parquet")
+    assert inspect_manifest(store, C, parquet.key, max_ids=10).lines == 10
+    store.put("manifests/creator-001/long.txt", b"x" * 10_000 + b"\n")
+    assert _codes(lambda: inspect_manifest(store, C, "manifests/creator-001/long.txt", max_ids=10)) \
+        == "manifest_unreadable"
+    assert _codes(lambda: inspect_manifest(store, C, "manifests/creator-001/none.txt", max_ids=10)) \
+        == "manifest_not_found"
+    assert _codes(lambda: upload_manifest(store, C, io.BytesIO(("\n".join(ids) + "\n").encode()), max_ids=100)) \
+        == "manifest_too_large"
+    assert sorted(store.list_keys("manifests/creator-001/")) == sorted([info.key, parquet.key,
+                                                                        "manifests/creator-001/long.txt"])
