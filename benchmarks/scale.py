@@ -543,6 +543,22 @@ def print_report(machine: dict, setup: dict, results: list[Measurement], idle_rp
 # --------------------------------------------------------------------------- main
 
 
+def import_library() -> None:
+    """Import what this process runs now: the in-process variants then run the code that
+    was there when the benchmark started, even if the sources change while it seeds."""
+    import flows.bulk_delete  # noqa: F401
+    import flows.bulk_export  # noqa: F401
+    import flows.bulk_share  # noqa: F401
+    import flows.split  # noqa: F401
+    import service.launch  # noqa: F401
+    import service.requests  # noqa: F401
+    import service.status  # noqa: F401
+    import tasks.delete  # noqa: F401
+    import tasks.export  # noqa: F401
+    import tasks.history  # noqa: F401
+    import videolib.seed  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=100_000, help="videos per variant (default 100,000)")
@@ -576,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(work, args.query_seconds)
         cleanup.callback(stack.stop)
         stack.use_here()
+        import_library()  # after: Prefect reads its settings (PREFECT_API_URL) when imported
         creators_needed = max(len(variants) if "delete" in operations else 1, 1)
         started = time.monotonic()
         counts = seed(stack, creators_needed, args.videos, args.chunks)
