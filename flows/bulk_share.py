@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Annotated
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.states import Cancelled, Completed
 from pydantic import Field
@@ -40,12 +40,8 @@ def bulk_share(
     spec = read_share(parent_id, share)
     task, indices = batch_task(spec["operation"]), spec["indices"]
     logger.info("%s: batches %s..%s of operation %s", spec["operation"], indices[0], indices[-1], parent_id)
-    futures = task.map(spec["batches"], indices, operation_id=unmapped(parent_id), stop=unmapped(VARIABLES),
-                       **{k: unmapped(v) for k, v in spec["task_kwargs"].items()})
-    index_of = {future.task_run_id: index for future, index in zip(futures, indices)}
     stopped = False  # a batch skipped its items: the operation's stop flag was up
-    for future in as_completed(futures):
-        index = index_of[future.task_run_id]
+    for index, future in _in_flight(task, spec, indices, parent_id, spec.get("in_flight") or len(indices)):
         try:
             outcome = future.result()
         except Exception as exc:  # retries exhausted: the parent reports the batch's items
@@ -55,3 +51,24 @@ def bulk_share(
     if stopped or VARIABLES.requested(parent_id):
         return Cancelled(message=f"operation {parent_id} was stopped; batches not started were skipped")
     return Completed(message=f"{len(indices)} batches of operation {parent_id}")
+
+
+def _in_flight(task, spec: dict, indices: list[int], parent_id: str, window: int):
+    """``(index, future)`` of the share's batches as they end, with at most ``window``
+    submitted at once (the share's part of the operation's BULKOPS_TASK_WORKERS)."""
+    queue = list(zip(spec["batches"], indices))
+    queue.reverse()
+    pending: dict = {}
+
+    def submit() -> None:
+        batch, index = queue.pop()
+        future = task.submit(batch, index, operation_id=parent_id, stop=VARIABLES, **spec["task_kwargs"])
+        pending[future.task_run_id] = (index, future)
+
+    while queue and len(pending) < window:
+        submit()
+    while pending:
+        done = next(as_completed([future for _index, future in pending.values()]))
+        yield pending.pop(done.task_run_id)
+        if queue:
+            submit()

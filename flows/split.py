@@ -21,6 +21,7 @@ them again).
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import asdict, fields, is_dataclass
@@ -117,9 +118,10 @@ def decode(value: Any) -> Any:
 
 
 def write_share(parent_id: str, share: int, *, operation: str, indices: list[int], batches: list,
-                task_kwargs: dict) -> None:
+                task_kwargs: dict, in_flight: int | None = None) -> None:
     document = {"parent_id": parent_id, "share": share, "operation": operation, "indices": indices,
-                "batches": encode([batches[i] for i in indices]), "task_kwargs": encode(task_kwargs)}
+                "batches": encode([batches[i] for i in indices]), "task_kwargs": encode(task_kwargs),
+                "in_flight": in_flight}
     store().put(share_key(parent_id, share), json.dumps(document).encode())
 
 
@@ -195,8 +197,11 @@ class Dispatch:
             time.sleep(POLL_S)
 
     def _start(self, n: int, indices: list[int], run_deployment, *, attempt: int) -> None:
+        # The operation keeps BULKOPS_TASK_WORKERS batches in flight against the database
+        # and storage however many shares run them: each share runs its part of that.
+        in_flight = max(1, math.ceil(get_settings().task_workers / len(self.shares)))
         write_share(self.parent, n, operation=self.op.result.operation, indices=indices,
-                    batches=self.plan.batches, task_kwargs=self.task_kwargs)
+                    batches=self.plan.batches, task_kwargs=self.task_kwargs, in_flight=in_flight)
         child = run_deployment(SHARE_DEPLOYMENT, parameters={"parent_id": self.parent, "share": n}, timeout=0,
                                tags=[f"share-of:{self.parent}"])
         self.children[str(child.id)] = (n, indices, attempt)

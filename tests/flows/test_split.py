@@ -83,3 +83,39 @@ def test_split_without_workers_is_refused_before_anything_runs(sqlite_library, m
     finally:
         get_settings.cache_clear()
     assert sqlite_library.ids("creator-001") == before
+
+
+def test_a_share_keeps_its_part_of_the_batches_in_flight():
+    """Split over N shares, an operation still runs BULKOPS_TASK_WORKERS batches at once
+    against the database and storage: each share at most its part (the share document's
+    ``in_flight``), every batch once."""
+    import threading
+    import time
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.bulk_share import _in_flight
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    @task
+    def batch(items, index, *, operation_id, stop, label):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+        return {"index": index, "items": items, "label": label}
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=8))
+    def share():
+        spec = {"batches": [[i] for i in range(10)], "task_kwargs": {"label": "x"}}
+        return [(index, future.result()) for index, future in _in_flight(batch, spec, list(range(10, 20)),
+                                                                           str(uuid.uuid4()), 3)]
+
+    done = share()
+    assert sorted(index for index, _ in done) == list(range(10, 20))
+    assert all(result["index"] == index and result["items"] == [index - 10] for index, result in done)
+    assert most[0] == 3
