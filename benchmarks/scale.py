@@ -588,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
+    # SIGTERM (a timeout, a kill) unwinds like Ctrl-C: the servers and workers stop with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.ExitStack() as cleanup:
         work = args.work_dir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-scale-")))
         work.mkdir(parents=True, exist_ok=True)
