@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/reprocess.py
 	$(BIN)/python benchmarks/cleanup.py
+	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/manifest.py
 
 clean:
 	rm -rf .data $(VENV) *.egg-info .pytest_cache
