@@ -84,14 +84,14 @@ def test_scale_benchmark_smoke(tmp_path):
     """PostgreSQL, SeaweedFS, a PostgreSQL-backed `prefect server`, the pool and two workers:
     each variant verifies, the split ran one share on each worker, and the figures the
     issue asks for are there (memory per process, Prefect requests per batch, CPU)."""
-    run_smoke("scale.py", "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"), timeout=600,
-              rows=("in-process", "one worker", "split over two", "s/w"))
+    run_smoke("scale.py", "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "scale.json"),
+              "--only", "delete", "--variants", "ws", timeout=600, rows=("one worker", "split over two", "s/w"))
     doc = json.loads((tmp_path / "scale.json").read_text())
     results = {(r["operation"], r["variant"]): r for r in doc["results"]}
-    assert set(results) == {(op, v) for op in ("export", "delete") for v in "iws"}
+    assert set(results) == {("delete", "w"), ("delete", "s")}  # (in-process and export: the same code paths)
     for key, r in results.items():
         assert r["verified"], (key, r["verify_detail"])
         assert r["batches"] > 1 and r["requests"] > 0 and sum(r["cpu"].values()) > 0, (key, r)
     assert sorted(results[("delete", "s")]["workers"]) == ["worker-a", "worker-b"]
     assert any(label.startswith("worker-") for label in results[("delete", "w")]["peak_rss"])
-    assert {r["ratio"] for r in doc["ratios"]} >= {"s/w", "w/i"}
+    assert [r["ratio"] for r in doc["ratios"]] == ["s/w"]
