@@ -20,8 +20,13 @@ install dev: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulkops demo
 
+# Two pytest processes (TEST_WORKERS=1 for one): the tests that wait on servers, workers
+# and heartbeats overlap. The modules that share one stack of servers stay on one process
+# (their `xdist_group`).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 # The quick loop: the domain and flow tests on SQLite, local files and Prefect's test
 # harness, and the API in-process; no PostgreSQL, S3, CLI processes or `prefect server`

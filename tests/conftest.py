@@ -105,6 +105,15 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A Prefect home of each pytest process's own (`make test` runs two): the test harness's
+# server keeps its concurrency leases there (`expirations.json`), and two servers
+# rewriting one index would drop each other's leases. Nothing lands in ~/.prefect.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="bulkops-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # The harness's server takes ~10 s to start here; Prefect's default timeout is tighter.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

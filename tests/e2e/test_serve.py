@@ -23,7 +23,8 @@ from tests.conftest import Library
 from tests.servers import free_port
 from videolib.db.models import Video
 
-pytestmark = pytest.mark.slow
+# One stack of servers for the whole module (`served`): its tests stay on one pytest process.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
 SECRET = "e2e-secret-for-bulkops-serve-0123456789abcdef"
 FINAL = {"completed", "partial", "failed", "cancelled"}

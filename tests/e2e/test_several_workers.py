@@ -29,7 +29,8 @@ from tests.conftest import Library
 from tests.servers import free_port, start_prefect_server, stop_prefect_server
 from videolib.db.models import Video
 
-pytestmark = pytest.mark.slow
+# One stack of servers for the whole module: its tests stay on one pytest process.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("several_workers")]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
