@@ -557,3 +557,45 @@ def test_an_export_clears_what_killed_exports_left_and_nothing_live(library):
     from videolib.export import used_export_bytes
 
     assert used_export_bytes(store, "creator-001") == first["output"]["bytes"] + second["output"]["bytes"]
+
+
+def test_postgres_reads_a_batch_of_listed_ids_a_chunk_at_a_time_in_id_order(pg_library, monkeypatch):
+    """A manifest's batch lists up to 20,000 ids; PostgreSQL reads them PG_IN_CHUNK sorted
+    ids per query (one huge IN list is a scan of the whole table): the same rows, in id
+    order across the chunks, chunk counts and filters applied in each."""
+    import random
+
+    import videolib.export.readers as export
+    from videolib.export import ExportBatch, ExportFilter, read_batch
+
+    lib = pg_library
+    lib.seed(40, creators=2, transcript_ratio=1.0, files=False)
+    ids = lib.ids("creator-001")
+    listed = random.Random(7).sample(ids, len(ids))  # manifest order, not id order
+    columns = ["id", "title", "chunk_count"]
+
+    def read(flt=ExportFilter()):
+        rows = []
+        for record_batch in read_batch(lib.engine, "creator-001", columns, ExportBatch(ids=listed, rows=len(listed)),
+                                       flt):
+            rows.extend(record_batch.to_pylist())
+        return rows
+
+    whole = read()  # one query (PG_IN_CHUNK is 1000)
+    queries: list[int] = []
+    original = export._sql
+    monkeypatch.setattr(export, "_sql", lambda *a, **k: queries.append(1) or original(*a, **k))
+    monkeypatch.setattr(export, "PG_IN_CHUNK", 3)
+    chunked = read()
+    assert len(queries) == -(-len(ids) // 3)
+    assert chunked == whole and [r["id"] for r in chunked] == sorted(ids)
+    with lib.engine.connect() as conn:
+        counts = dict(conn.execute(text("SELECT video_id, count(*) FROM video_chunks GROUP BY video_id")).all())
+    assert [r["chunk_count"] for r in chunked] == [counts.get(r["id"], 0) for r in chunked]
+    assert any(r["chunk_count"] for r in chunked)
+    # A filter holds in every chunk.
+    with lib.engine.connect() as conn:
+        ready = set(conn.execute(select(Video.id).where(Video.creator_id == "creator-001",
+                                                        Video.status == "ready")).scalars())
+    assert 0 < len(ready) < len(ids)
+    assert [r["id"] for r in read(ExportFilter(status="ready"))] == sorted(ready)
