@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2,000 videos")
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=["export", "delete"], help="run one of the two flows (both by default)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.videos, args.chunks = 2000, 1
@@ -186,29 +187,31 @@ def main(argv: list[str] | None = None) -> int:
             from service.launch import run
             from service.requests import DeleteRequest, ExportRequest
 
-            note("export from the manifest ...")
-            m, doc = run_flow("(x) export", report.videos, lambda: run(ExportRequest.build(
-                creator_id=CREATOR, format="parquet", manifest=info.key)), pg, dbname)
-            import pyarrow.parquet as pq
+            if args.only in (None, "export"):
+                note("export from the manifest ...")
+                m, doc = run_flow("(x) export", report.videos, lambda: run(ExportRequest.build(
+                    creator_id=CREATOR, format="parquet", manifest=info.key)), pg, dbname)
+                import pyarrow.parquet as pq
 
-            rows = pq.ParquetFile(str(work / "storage" / doc["output"]["path"])).metadata.num_rows \
-                if doc.get("output") else 0
-            m.verified = doc.get("status") == "completed" and rows == report.videos
-            m.detail = f"{doc.get('status')}, {rows:,} rows, {human_bytes((doc.get('output') or {}).get('bytes', 0))}"
-            results.append(m)
-
-            note("delete from the manifest ...")
-            m, doc = run_flow("(d) delete", report.videos, lambda: run(DeleteRequest.build(
-                creator_id=CREATOR, manifest=info.key)), pg, dbname)
-            with engine.connect() as conn:
-                left = conn.exec_driver_sql("SELECT count(*) FROM videos").scalar()
-                chunks_left = conn.exec_driver_sql("SELECT count(*) FROM video_chunks").scalar()
-            objects_left = sum(1 for p in (work / "storage" / "videos").rglob("*") if p.is_file())
-            m.verified = (doc.get("status") == "completed" and doc.get("succeeded") == report.videos
-                          and left == chunks_left == objects_left == 0)
-            m.detail = (f"{doc.get('status')}, {doc.get('succeeded'):,} deleted, verified {doc.get('verified')}; "
-                        f"left: {left} rows, {chunks_left} chunks, {objects_left} objects")
-            results.append(m)
+                rows = pq.ParquetFile(str(work / "storage" / doc["output"]["path"])).metadata.num_rows \
+                    if doc.get("output") else 0
+                m.verified = doc.get("status") == "completed" and rows == report.videos
+                m.detail = (f"{doc.get('status')}, {rows:,} rows, "
+                            f"{human_bytes((doc.get('output') or {}).get('bytes', 0))}")
+                results.append(m)
+            if args.only in (None, "delete"):
+                note("delete from the manifest ...")
+                m, doc = run_flow("(d) delete", report.videos, lambda: run(DeleteRequest.build(
+                    creator_id=CREATOR, manifest=info.key)), pg, dbname)
+                with engine.connect() as conn:
+                    left = conn.exec_driver_sql("SELECT count(*) FROM videos").scalar()
+                    chunks_left = conn.exec_driver_sql("SELECT count(*) FROM video_chunks").scalar()
+                objects_left = sum(1 for p in (work / "storage" / "videos").rglob("*") if p.is_file())
+                m.verified = (doc.get("status") == "completed" and doc.get("succeeded") == report.videos
+                              and left == chunks_left == objects_left == 0)
+                m.detail = (f"{doc.get('status')}, {doc.get('succeeded'):,} deleted, verified {doc.get('verified')}; "
+                            f"left: {left} rows, {chunks_left} chunks, {objects_left} objects")
+                results.append(m)
         engine.dispose()
 
         machine = machine_info(postgresql="15")
