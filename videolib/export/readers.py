@@ -27,7 +27,6 @@ from videolib.export.spec import _POSTGRES_COLUMNS, EXPORT_COLUMNS, TS, ExportBa
 from videolib.export.sqlite_arrow import ReaderPool, held_pool, null_safe_select, pool_for, restore_nulls
 from videolib.ids import RequestError
 from videolib.operation import BAD_VALUE, ItemError
-from videolib.selection import chunked
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,10 @@ def where_terms(batch: ExportBatch, flt: ExportFilter, placeholder: str, creator
     for value, op in ((flt.created_after, ">="), (flt.created_before, "<")):
         if value is not None:
             where.append(f"v.created_at {op} {p(_db_timestamp(value, placeholder))}")
-    if batch.ids is not None:
+    if batch.ids is not None and placeholder != "?":
+        # PostgreSQL: the ids as one text[] parameter (see read_batch).
+        where.append(f"v.id = ANY({p(sorted(batch.ids))})")
+    elif batch.ids is not None:
         where.append(f"v.id IN ({', '.join(p(i) for i in batch.ids)})")
     else:
         where.append(f"v.id >= {p(batch.lo)}")
@@ -187,10 +189,6 @@ def _db_timestamp(value: datetime, placeholder: str):
     return sqlite_text(value) if placeholder == "?" else to_utc(value)
 
 
-# Ids per query when a PostgreSQL batch lists its ids (see read_batch).
-PG_IN_CHUNK = 1000
-
-
 def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: ExportBatch,
                flt: ExportFilter, *, errors: list[ItemError] | None = None) -> Iterator[pa.RecordBatch]:
     """The batch's rows as Arrow record batches with the export schema.
@@ -204,20 +202,17 @@ def read_batch(engine: Engine, creator_id: str, columns: Sequence[str], batch: E
     # The id is read even when not exported: it names the rows :func:`conform` leaves out.
     read_columns = list(columns) if "id" in columns else ["id", *columns]
     if engine.dialect.name == "postgresql":
-        # A batch of listed ids (a manifest's) is read PG_IN_CHUNK sorted ids at a time:
-        # PostgreSQL answers one `id IN (20,000 ids)` with a scan of the whole table
-        # (1,038,448 rows fetched per 20,000-id batch of a 1M-video library), and a few
-        # hundred ids with index probes. Sorted chunks keep the batch in id order.
-        parts = ([batch] if batch.ids is None else
-                 [ExportBatch(ids=list(part), rows=len(part)) for part in chunked(sorted(batch.ids), PG_IN_CHUNK)])
+        # A batch of listed ids (a manifest's, up to 20,000) binds them as one text[]
+        # (`v.id = ANY($2)`): 0.19 s for 20,000 ids of a 200,000-video library, where
+        # `v.id IN ($2, ..., $20001)` took 0.84 s (ADBC binds and PostgreSQL plans each
+        # parameter) and read the whole table at 1M (1,038,448 rows fetched per batch).
+        sql, params = _sql(read_columns, batch, flt, "$", creator_id)
         with pg_connection(engine) as conn:
             cursor = conn.cursor()
             try:
-                for part in parts:
-                    sql, params = _sql(read_columns, part, flt, "$", creator_id)
-                    cursor.execute(sql, params)
-                    for record_batch in cursor.fetch_record_batch():
-                        yield conform(record_batch, schema, errors)
+                cursor.execute(sql, params)
+                for record_batch in cursor.fetch_record_batch():
+                    yield conform(record_batch, schema, errors)
             finally:
                 cursor.close()
         return
