@@ -576,7 +576,13 @@ def test_postgres_reads_a_batch_of_listed_ids_as_one_array_parameter_in_id_order
     columns = ["id", "title", "chunk_count"]
     queries: list[list] = []
     original = export._sql
-    monkeypatch.setattr(export, "_sql", lambda *a, **k: queries.append(original(*a, **k)[1]) or original(*a, **k))
+
+    def spy(*args, **kwargs):
+        sql, params = original(*args, **kwargs)
+        queries.append(params)
+        return sql, params
+
+    monkeypatch.setattr(export, "_sql", spy)
 
     def read(batch_ids, flt=ExportFilter()):
         rows = []
