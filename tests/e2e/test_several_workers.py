@@ -269,9 +269,21 @@ def _wait_children_final(cluster: Cluster, parent: str, count: int, timeout: flo
 
 def _wait_workers_idle(cluster: Cluster, timeout: float = 180) -> None:
     """Until no flow-run process of either worker is left (an earlier test's run is final
-    in Prefect a moment before its process exits and the worker's slot is free)."""
+    in Prefect a moment before its process exits and the worker's slot is free), and the
+    server counts both workers online and the pool ready (a worker busy killing a
+    cancelled run, on a loaded machine, can miss heartbeats for long enough that the
+    server marks it offline until its next one)."""
     homes = [f"PREFECT_HOME={cluster.root / name / 'prefect-home'}".encode() for name in cluster.workers]
     deadline = time.monotonic() + timeout
+    while True:
+        pool = requests.get(f"{cluster.api}/work_pools/bulkops", timeout=30).json()
+        online = {w["name"] for w in requests.post(f"{cluster.api}/work_pools/bulkops/workers/filter", json={},
+                                                   timeout=30).json() if w.get("status") == "ONLINE"}
+        if pool.get("status") == "READY" and set(cluster.workers) <= online:
+            break
+        assert time.monotonic() < deadline, f"pool {pool.get('status')}, workers online {online}\n" + "\n".join(
+            f"--- {name}\n{cluster.worker_log(name)}" for name in cluster.workers)
+        time.sleep(1)
     while True:
         busy = []
         for entry in Path("/proc").iterdir():
