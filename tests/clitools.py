@@ -75,10 +75,19 @@ def create_deployment_run(api_url: str, deployment: str, parameters: dict) -> st
     UI's Run button does; its id."""
     import requests
 
-    found = requests.get(f"{api_url}/deployments/name/{deployment}", timeout=30)
+    def call(method: str, path: str, **kwargs):
+        # A loaded server answers 503 for a moment (its database busy): retried, as
+        # Prefect's own client retries 502/503 (PREFECT_CLIENT_MAX_RETRIES).
+        for attempt in range(6):
+            answer = requests.request(method, f"{api_url}{path}", timeout=30, **kwargs)
+            if answer.status_code not in (502, 503):
+                break
+            time.sleep(1 + attempt)
+        return answer
+
+    found = call("GET", f"/deployments/name/{deployment}")
     assert found.status_code == 200, found.text
-    created = requests.post(f"{api_url}/deployments/{found.json()['id']}/create_flow_run",
-                            json={"parameters": parameters}, timeout=30)
+    created = call("POST", f"/deployments/{found.json()['id']}/create_flow_run", json={"parameters": parameters})
     assert created.status_code in (200, 201), created.text
     return created.json()["id"]
 

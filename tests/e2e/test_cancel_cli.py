@@ -116,10 +116,14 @@ def test_a_signal_stops_the_run_softly_and_prints_its_result(seeded_for_minilm, 
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=180)
     took = time.monotonic() - sent
     assert proc.returncode == 1, stderr.read_text()[-3000:]
-    assert took < 30, f"the stop took {took:.0f}s"  # 20 s for batches in flight, then the result
+    # 20 s of grace for the batches in flight, then the result and the temporary server's
+    # stop: under 30 s on an idle machine, 63 s once with a second test process on the
+    # same 2 cores. The bound catches a stop that waits out Prefect's own timeouts; that
+    # it did not run to the end is the skipped count (_check_cancelled).
+    assert took < 120, f"the stop took {took:.0f}s"
     doc = json.loads(out)
     _check_cancelled(lib, doc, operation_id)
     assert "Traceback" not in stderr.read_text()
