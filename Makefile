@@ -23,7 +23,7 @@ demo: $(STAMP)
 # Two pytest processes (TEST_WORKERS=1 for one): the tests that wait on servers, workers
 # and heartbeats overlap. The modules that share one stack of servers stay on one process
 # (their `xdist_group`).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
