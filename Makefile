@@ -20,7 +20,8 @@ install dev: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulkops demo
 
-# Two pytest processes (TEST_WORKERS=1 for one): the tests that wait on servers, workers
+# One pytest process by default; TEST_WORKERS=2 for two (on 2 cores some timing-bound e2e
+# tests fail under the second one's load). With two, the tests that wait on servers, workers
 # and heartbeats overlap. The modules that share one stack of servers stay on one process
 # (their `xdist_group`).
 TEST_WORKERS ?= 1
