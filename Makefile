@@ -20,11 +20,10 @@ install dev: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulkops demo
 
-# One pytest process by default; TEST_WORKERS=2 for two (on 2 cores some timing-bound e2e
-# tests fail under the second one's load). With two, the tests that wait on servers, workers
-# and heartbeats overlap. The modules that share one stack of servers stay on one process
-# (their `xdist_group`).
-TEST_WORKERS ?= 1
+# Two pytest processes by default: every e2e test on one of them, one after another
+# (their `xdist_group`, tests/e2e/__init__.py), the rest of the suite on the other.
+# TEST_WORKERS=1 runs everything in one process.
+TEST_WORKERS ?= 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=30 $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)

@@ -17,6 +17,7 @@ from flows.runners import task_runner
 from flows.split import MAX_SPLIT, batch_task, outcome_key, read_share
 from tasks.resources import store
 from tasks.stop import VARIABLES
+from tasks.ticks import forget, release
 
 
 @flow(
@@ -48,6 +49,8 @@ def bulk_share(
             outcome = {"batch_error": f"{type(exc).__name__}: {exc}"[:500]}
         stopped = stopped or bool(outcome.get("skipped"))
         store().put(outcome_key(parent_id, index), json.dumps(outcome).encode())
+        forget(parent_id, index)  # counted from its outcome now: its in-batch count goes
+    release(parent_id)
     if stopped or VARIABLES.requested(parent_id):
         return Cancelled(message=f"operation {parent_id} was stopped; batches not started were skipped")
     return Completed(message=f"{len(indices)} batches of operation {parent_id}")

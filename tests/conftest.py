@@ -93,6 +93,20 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_collection_finish(session) -> None:
+    """With two pytest processes, the e2e tests must stay on one (tests/e2e/__init__.py):
+    refuse to run if pytest-xdist's ``loadgroup`` no longer groups (it silently stopped
+    with pytest 9.2, pytest-xdist#1386)."""
+    config = session.config
+    if not hasattr(config, "workerinput") or not config.getvalue("loadgroup"):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist's --dist loadgroup is not grouping {lost[0]} (and {len(lost) - 1} "
+                                "more): install the pytest this project pins (`make install`)")
+
+
 # =============================================================================
 # bulkops: a library (database + storage) per test, and Prefect's test harness.
 # =============================================================================

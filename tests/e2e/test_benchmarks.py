@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # each starts its own Prefect server and libraries
+from tests.e2e import E2E
+
+pytestmark = [pytest.mark.slow, E2E]  # each starts its own Prefect server and libraries
 
 REPO = Path(__file__).resolve().parents[2]
 

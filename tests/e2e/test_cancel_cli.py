@@ -19,7 +19,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.clitools import BULKOPS, held_by, run_cli
+from tests.e2e import E2E
 from videolib.db.models import Video
+
+pytestmark = E2E
 
 
 REPROCESS = ["reprocess", "--creator", "creator-001", "--all", "--embedder", "minilm", "--batch-size", "40", "--json"]
@@ -124,6 +127,7 @@ def test_a_signal_stops_the_run_softly_and_prints_its_result(seeded_for_minilm, 
     # same 2 cores. The bound catches a stop that waits out Prefect's own timeouts; that
     # it did not run to the end is the skipped count (_check_cancelled).
     assert took < 120, f"the stop took {took:.0f}s"
+    assert out.strip(), f"no result document on stdout; stderr: {stderr.read_text()[-3000:]}"
     doc = json.loads(out)
     _check_cancelled(lib, doc, operation_id)
     assert "Traceback" not in stderr.read_text()

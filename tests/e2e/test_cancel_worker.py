@@ -19,7 +19,10 @@ import requests
 from sqlalchemy import func, select
 
 from tests.clitools import create_deployment_run, held_by, run_cli
+from tests.e2e import E2E
 from videolib.db.models import Video
+
+pytestmark = E2E
 
 
 ROOT = Path(__file__).resolve().parents[2]

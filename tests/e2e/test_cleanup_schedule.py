@@ -18,10 +18,11 @@ import pytest
 import requests
 from sqlalchemy import update
 
+from tests.e2e import E2E
 from videolib.db.models import Video
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, E2E]
 
 
 def test_a_scheduled_cleanup_runs_on_a_worker(sqlite_library, tmp_path):

@@ -13,7 +13,10 @@ import requests
 from sqlalchemy import select
 
 from tests.clitools import BULKOPS, counts, ids_file as _ids_file, kill_after_first_batch, run_cli
+from tests.e2e import E2E
 from videolib.db.models import Video, VideoChunk
+
+pytestmark = E2E
 
 
 def test_malformed_ids_never_travel_as_flow_parameters(seeded, prefect_server, tmp_path):

@@ -8,7 +8,12 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
+
+from tests.e2e import E2E
+
+pytestmark = E2E
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,11 +20,12 @@ from sqlalchemy import func, select
 
 from tests.clitools import BULKOPS, held_by, wait_healthy
 from tests.conftest import Library
+from tests.e2e import E2E
 from tests.servers import free_port
 from videolib.db.models import Video
 
 # One stack of servers for the whole module (`served`): its tests stay on one pytest process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+pytestmark = [pytest.mark.slow, E2E]
 
 SECRET = "e2e-secret-for-bulkops-serve-0123456789abcdef"
 FINAL = {"completed", "partial", "failed", "cancelled"}

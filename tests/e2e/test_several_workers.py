@@ -26,11 +26,12 @@ from sqlalchemy import func, select, update
 from tests.clitools import BULKOPS, create_deployment_run, held_by, wait_healthy
 from tests.e2e.test_cancel_worker import run_processes
 from tests.conftest import Library
+from tests.e2e import E2E
 from tests.servers import free_port, start_prefect_server, stop_prefect_server
 from videolib.db.models import Video
 
 # One stack of servers for the whole module: its tests stay on one pytest process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("several_workers")]
+pytestmark = [pytest.mark.slow, E2E]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
