@@ -87,7 +87,13 @@ def _assert_no_server_left(home: Path, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while _servers_of(home) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _servers_of(home) == [], "a temporary Prefect server outlived its command"
+    assert _servers_of(home) == [], f"a temporary Prefect server outlived its command by {timeout:.0f}s"
+
+
+# After a SIGKILL nothing of the CLI runs: the kernel sends its server SIGTERM, and the
+# server shuts down on its own (Prefect's services, its database): a few seconds idle, more
+# than 15 once in CI with the rest of the suite running beside it on 2 cores.
+KILLED_SERVER_EXIT_S = 60
 
 
 def _check_cancelled(lib, doc, operation_id) -> None:
@@ -170,7 +176,7 @@ def test_a_killed_cli_leaves_no_server_behind(seeded_for_minilm, tmp_path):
     assert _servers_of(home), "the CLI runs on a temporary server of its own"
     proc.kill()
     proc.communicate(timeout=30)
-    _assert_no_server_left(home)
+    _assert_no_server_left(home, KILLED_SERVER_EXIT_S)
 
 
 def test_a_killed_cli_run_does_not_hold_its_creator_back(seeded_for_minilm, tmp_path):
@@ -192,7 +198,7 @@ def test_a_killed_cli_run_does_not_hold_its_creator_back(seeded_for_minilm, tmp_
     proc.kill()
     proc.communicate(timeout=30)
     killed_at = time.monotonic()
-    _assert_no_server_left(home)
+    _assert_no_server_left(home, KILLED_SERVER_EXIT_S)
     time.sleep(max(0.0, 95 - (time.monotonic() - killed_at)))
     limit = {"PREFECT_HOME": str(home), "BULKOPS_MAX_RUNNING_PER_CREATOR": "1", "BULKOPS_SLOT_LEASE": "60s"}
     delete, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", free, "--json", env_extra=limit)
