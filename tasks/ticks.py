@@ -39,11 +39,11 @@ from tasks.stop import StopFlag
 log = logging.getLogger(__name__)
 
 TICK_PREFIX = "bulkops-tick-"
-PUBLISH_S = 1.0  # a batch in another process sends its count at most this often
+PUBLISH_S = 1.0  # a process running batches of another process's flow sends their counts at most this often
 
 _counts: dict[str, dict[int, int]] = {}
 _home: dict[str, int] = {}  # operation -> pid of the process whose flow sums its slots
-_lock = threading.RLock()
+_lock = threading.RLock()  # re-entered: a publisher is made under it and names itself under it
 
 
 def watch(operation_id: str) -> None:
