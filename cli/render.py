@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
@@ -169,7 +170,8 @@ def print_result(document: dict[str, Any]) -> None:
             f"Would delete {plan.get('videos', 0)} videos: {plan.get('objects', 0)} objects, "
             f"{human_bytes(plan.get('bytes', 0))}. Nothing was changed."
         )
-    _print_errors(document.get("errors") or [])
+    _print_errors(document.get("errors") or [], failed=document.get("failed"),
+                  truncated=bool(document.get("errors_truncated")))
     output = document.get("output")
     if output:
         out.print(
@@ -220,18 +222,19 @@ def _print_cleanup(document: dict[str, Any]) -> None:
         out.print(f"{plan.get('objects', 0)} objects, {human_bytes(plan.get('bytes', 0))}. Nothing was changed.")
 
 
-def _print_errors(errors: list[dict[str, Any]]) -> None:
+def _print_errors(errors: list[dict[str, Any]], *, failed: int | None = None, truncated: bool = False) -> None:
+    """The failed items by kind, the first ten (past 10,000 the document lists the first)."""
     if not errors:
         return
-    counts: dict[str, int] = {}
-    for item in errors:
-        counts[item["error"]] = counts.get(item["error"], 0) + 1
-    out.print("Failed items: " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())))
+    total = failed if truncated and failed else len(errors)
+    kinds = ", ".join(f"{n} {name}" for name, n in sorted(Counter(item["error"] for item in errors).items()))
+    out.print(f"Failed items: {total} (the result lists the first {len(errors)}: {kinds})" if truncated
+              else f"Failed items: {kinds}")
     for item in errors[:10]:
         detail = item["detail"] if len(item["detail"]) <= 160 else item["detail"][:157] + "..."
         out.print(f"  {item['video_id']!r}: {item['error']} — {detail}", markup=False)
-    if len(errors) > 10:
-        out.print(f"  … and {len(errors) - 10} more")
+    if total > 10:
+        out.print(f"  … and {total - 10} more")
 
 
 def print_status(document: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ from videolib.gc_tuning import bulk_gc
 from videolib.ids import RequestError
 from videolib.operation import BATCH_ERROR, BatchOutcome, ItemError, OperationResult, plan_batches
 from videolib.records import record_key, write_record
-from videolib.report import render_error_report, report_key
+from videolib.report import report_key
 from videolib.storage import StorageUnavailable
 
 DRY_RUN_TAG = "dry-run"
@@ -367,10 +367,10 @@ class Operation:
         result = self.result
         result.duration_s = time.monotonic() - self.started
         result.count_unstarted()
-        if result.failed and not result.dry_run:
+        if result.failed and not result.dry_run and result.report_path is None:
             key = report_key(result.operation_id)
             try:
-                store().put(key, render_error_report(result.errors))
+                result.write_report(store(), key)
                 result.report_path = key
             except Exception:
                 self.logger.exception("could not write the error report %s", key)
@@ -394,6 +394,7 @@ class Operation:
         done = result.succeeded + result.failed  # skipped items were not done (a cancel)
         notify(Progress(result.operation_id, result.operation, total=result.requested, batches=0,
                         current=done).event(result=document))
+        result.close()  # the report's spool (written above, or never to be)
         return final_state(document)
 
 

@@ -19,15 +19,15 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.states import Cancelled, Completed, Failed, State
 
 from tasks.history import RESULT_ARTIFACT_DESCRIPTION, RESULT_ARTIFACT_TYPE
-from videolib.operation import describe_not_selected
+from videolib.operation import DOCUMENT_ERROR_ROWS, describe_not_selected
 
 ARTIFACT_ERROR_ROWS = 1000  # rows of the errors table artifact (the UI renders it)
-# Errors kept in the stored result document, which `bulkops status` and the API read
-# back. Enough for every error of a request listing ids (BULKOPS_MAX_IDS, at most
-# 13,000; 10,000 by default), so that failed == len(errors) holds there too, even for a
-# dry run (which writes no report); past it (whole-library runs) the report in storage
-# has them all.
-RESULT_ERROR_ROWS = 10_000
+# Errors kept in the result document (the one the run returns, prints and stores, which
+# `bulkops status` and the API read back). Enough for every error of a request listing ids
+# (BULKOPS_MAX_IDS, 10,000 by default), so that failed == len(errors) holds there too,
+# even for a dry run (which writes no report); past it (whole-library runs, manifests)
+# the report in storage has them all.
+RESULT_ERROR_ROWS = DOCUMENT_ERROR_ROWS
 
 
 def stored_document(document: dict[str, Any]) -> dict[str, Any]:

@@ -108,12 +108,11 @@ def select_manifest(result: OperationResult, *, creator_id: str, manifest: str, 
             lines += len(part)
             yield part
 
-    staged = stage_manifest(engine(), result.operation_id, counted())
+    staged = stage_manifest(engine(), result.operation_id, counted(), on_invalid=result.add_errors)
     if lines == 0:
         raise RequestError("empty_selection", f"manifest {manifest!r} lists no ids")
     result.manifest = {"key": manifest, "sha256": manifest_sha256(store(), manifest), "lines": lines}
     result.requested = staged.requested
-    result.add_errors(staged.invalid)
     owned = keep_owned(engine(), result.operation_id, creator_id, exclude_statuses=exclude_statuses,
                        on_missing=result.add_errors)
     size = effective_batch_size(owned, batch_size, settings.max_batches, workers=settings.task_workers)

@@ -13,6 +13,12 @@ from videolib.ids import RequestError, normalize_video_id
 
 OPERATIONS = ("delete", "export", "reprocess", "cleanup", "restore")
 
+# Errors a result document lists (CONTRACT.md: at most 10,000, ``errors_truncated``
+# past that; the CSV report has them all). Also what a run keeps of them in memory: the
+# rest go to the report's spool on disk (videolib/report.py), so that a selection of
+# millions of foreign ids costs disk, not memory.
+DOCUMENT_ERROR_ROWS = 10_000
+
 # Per-item error names. The first four count as failed items (CONTRACT.md).
 NOT_FOUND = "not_found"
 INVALID_ID = "invalid_id"
@@ -216,6 +222,8 @@ class OperationResult:
     requested: int = 0
     succeeded: int = 0
     skipped: int = 0
+    # The first DOCUMENT_ERROR_ROWS per-item errors; every one (``failed`` of them) is
+    # in the report's spool. Add them with :meth:`add` or :meth:`add_errors` only.
     errors: list[ItemError] = field(default_factory=list)
     report_path: str | None = None
     output: dict[str, Any] | None = None
@@ -237,10 +245,21 @@ class OperationResult:
     # Not part of the document: totals the flows use for manifests and summaries.
     objects: int = 0
     batches: int = 0
+    failed_count: int = field(default=0, init=False)
+    spool: Any = field(default=None, init=False, repr=False)  # videolib.report.ErrorSpool, once an error came
+
+    def __post_init__(self) -> None:
+        given, self.errors = self.errors, []
+        if given:
+            self.add_errors(given)
 
     @property
     def failed(self) -> int:
-        return len(self.errors)
+        return self.failed_count
+
+    @property
+    def errors_truncated(self) -> bool:
+        return self.failed_count > len(self.errors)
 
     @property
     def status(self) -> str:
@@ -250,7 +269,7 @@ class OperationResult:
 
     def add(self, outcome: BatchOutcome) -> None:
         self.succeeded += outcome.n_succeeded
-        self.errors.extend(outcome.errors)
+        self.add_errors(outcome.errors)
         self.skipped += outcome.skipped
         self.objects += outcome.objects
         if outcome.not_selected:
@@ -273,7 +292,34 @@ class OperationResult:
             self.plan["bytes"] = self.plan.get("bytes", 0) + outcome.bytes
 
     def add_errors(self, errors: Iterable[ItemError]) -> None:
-        self.errors.extend(errors)
+        """Count these per-item errors: the document keeps the first
+        DOCUMENT_ERROR_ROWS, the report's spool every one (a dry run writes no report)."""
+        errors = errors if isinstance(errors, list) else list(errors)
+        if not errors:
+            return
+        room = DOCUMENT_ERROR_ROWS - len(self.errors)
+        if room > 0:
+            self.errors.extend(errors[:room])
+        self.failed_count += len(errors)
+        if not self.dry_run:
+            if self.spool is None:
+                from videolib.report import ErrorSpool
+
+                self.spool = ErrorSpool()
+            self.spool.add(errors)
+
+    def write_report(self, store, key: str) -> None:
+        """Every per-item error as the CSV report at ``key`` (streamed from the spool)."""
+        if self.spool is None:
+            raise RuntimeError("no errors spooled for a report (a dry run, or the spool was closed)")
+        self.spool.write_to(store, key)
+
+    def close(self) -> None:
+        """Drop the report's spool (a temporary file once it outgrew memory); no report
+        can be written after this."""
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
     def count_unstarted(self) -> None:
         """A run that could not proceed never reached some of what it selected: those
@@ -308,4 +354,5 @@ class OperationResult:
             **({"verified": dict(self.verified)} if self.verified is not None else {}),
             **({"trashed": self.trashed, "purge_after": self.purge_after} if self.trashed is not None else {}),
             **({"error": self.error} if self.error else {}),
+            **({"errors_truncated": True} if self.errors_truncated else {}),
         }

@@ -31,12 +31,13 @@ class Staged:
     """What staging a manifest found: distinct valid ids staged, malformed ones."""
 
     ids: int = 0
-    invalid: list[ItemError] = field(default_factory=list)
+    invalid: list[ItemError] = field(default_factory=list)  # when no ``on_invalid`` takes them
+    n_invalid: int = 0
     _bad_seen: set[bytes] = field(default_factory=set)
 
     @property
     def requested(self) -> int:
-        return self.ids + len(self.invalid)
+        return self.ids + self.n_invalid
 
 
 def _insert(engine: Engine):
@@ -47,28 +48,38 @@ def _insert(engine: Engine):
     return insert(StagedId).on_conflict_do_nothing(index_elements=["operation_id", "video_id"])
 
 
-def stage_manifest(engine: Engine, operation_id: str, parts: Iterator[list[str]]) -> Staged:
+def stage_manifest(engine: Engine, operation_id: str, parts: Iterator[list[str]], *,
+                   on_invalid: Callable[[list[ItemError]], None] | None = None) -> Staged:
     """Stage the distinct valid ids of ``parts`` (chunks of raw lines) in order; the
-    malformed ones, once each, as ``invalid_id`` items."""
+    malformed ones, once each, as ``invalid_id`` items: given to ``on_invalid`` a chunk
+    at a time (a manifest of millions of bad lines is not held here), else kept in
+    ``Staged.invalid``."""
     drop_staged(engine, operation_id)  # a run started again begins from its manifest
     staged = Staged()
     seq = 0
     statement = _insert(engine)
     for part in parts:
         rows = []
+        invalid: list[ItemError] = []
         for raw in part:
             vid = normalize_video_id(raw)
             if vid is None:
                 seen = hashlib.blake2b(str(raw).encode(), digest_size=16).digest()  # not the (long) text itself
                 if seen not in staged._bad_seen:
                     staged._bad_seen.add(seen)
-                    staged.invalid.append(ItemError(echo_id(raw), INVALID_ID, INVALID_DETAIL))
+                    invalid.append(ItemError(echo_id(raw), INVALID_ID, INVALID_DETAIL))
                 continue
             seq += 1
             rows.append({"operation_id": operation_id, "video_id": vid, "seq": seq})
         if rows:
             with engine.begin() as conn:
                 conn.execute(statement, rows)
+        staged.n_invalid += len(invalid)
+        if invalid:
+            if on_invalid is not None:
+                on_invalid(invalid)
+            else:
+                staged.invalid.extend(invalid)
     staged._bad_seen.clear()
     with engine.connect() as conn:
         staged.ids = conn.execute(select(func.count()).select_from(StagedId)

@@ -79,3 +79,20 @@ def test_status_says_how_the_webhook_went(capsys):
     assert "Webhook: delivered (3 attempts, last answer HTTP 200)" in capsys.readouterr().out
     print_status({**document, "webhook": {"attempts": 1, "last_status": None, "delivered": False}})
     assert "Webhook: not delivered yet (1 attempt)" in capsys.readouterr().out
+
+
+def test_the_summary_counts_every_failed_item_when_the_result_lists_the_first(capsys):
+    from cli.render import print_result
+
+    listed = [{"video_id": f"id-{i}", "error": "not_found", "detail": "no such video for this creator"}
+              for i in range(10_000)]
+    document = {"operation_id": "op-1", "operation": "delete", "creator_id": "creator-001", "status": "partial",
+                "requested": 30_001, "succeeded": 1, "failed": 30_000, "skipped": 0, "errors": listed,
+                "errors_truncated": True, "report_path": "reports/op-1.csv", "dry_run": False, "duration_s": 1.0}
+    print_result(document)
+    text = capsys.readouterr().out
+    assert "Failed items: 30000 (the result lists the first 10000: 10000 not_found)" in text
+    assert "… and 29990 more" in text and "reports/op-1.csv" in text
+    print_result({**document, "failed": 3, "errors": listed[:3], "errors_truncated": False, "requested": 4})
+    text = capsys.readouterr().out
+    assert "Failed items: 3 not_found" in text and "more" not in text

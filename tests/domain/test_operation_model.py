@@ -196,3 +196,41 @@ def test_runs_recorded_in_the_old_form_still_read_back():
     artifacts = Artifact.model_validate_list([recorded["progress_artifact"], recorded["result_artifact"]])
     assert _result(artifacts) == recorded["document"]
     assert _progress(artifacts) == {"current": 3, "total": 4, "eta_seconds": 7.0}
+
+
+def test_a_result_of_many_failed_items_keeps_the_first_in_memory_and_spools_every_one(tmp_path):
+    """A selection of millions of foreign ids: the result holds the first 10,000 errors
+    (what the document lists), counts all, and spools all as report rows (to disk past
+    a few MB), streamed to storage as one CSV at the end."""
+    from videolib.operation import DOCUMENT_ERROR_ROWS
+    from videolib.storage import ObjectStore
+
+    n = 150_000  # about 6 MB of report rows
+    result = OperationResult(operation_id="op", operation="delete", creator_id="c", requested=n + 1)
+    result.add(BatchOutcome(succeeded=["a"], errors=[ItemError("=1+1", "invalid_id", "x")]))
+    for start in range(1, n, 50_000):  # as the staging gives them: a chunk at a time
+        result.add_errors([ItemError(f"id-{i}", "not_found", "no such video") for i in range(start, min(n, start + 50_000))])
+    doc = result.to_dict()
+    assert (doc["failed"], doc["succeeded"], len(doc["errors"])) == (n, 1, DOCUMENT_ERROR_ROWS)
+    assert doc["errors_truncated"] is True and doc["status"] == "partial"
+    assert doc["errors"][0] == {"video_id": "=1+1", "error": "invalid_id", "detail": "x"}
+    assert result.spool._file._rolled, "past a few MB the report's rows are on disk"
+
+    store = ObjectStore.from_url(str(tmp_path / "storage"))
+    result.write_report(store, "reports/op.csv")
+    result.close()
+    rows = list(csv.reader(io.StringIO(store.get("reports/op.csv").decode("utf-8"), newline="")))
+    assert rows[0] == ["video_id", "error", "detail"] and len(rows) == 1 + n
+    assert rows[1] == ["'=1+1", "invalid_id", "x"] and rows[-1] == [f"id-{n - 1}", "not_found", "no such video"]
+    assert store.list_keys("reports/") == ["reports/op.csv"], "no half-written report beside it"
+    with pytest.raises(RuntimeError):
+        result.write_report(store, "reports/op.csv")  # closed: never a report without its rows
+
+
+def test_a_dry_run_counts_its_failed_items_and_spools_nothing():
+    result = OperationResult(operation_id="op", operation="delete", creator_id="c", requested=3, dry_run=True,
+                             errors=[ItemError("x", "not_found")])
+    result.add_errors([ItemError("y", "invalid_id"), ItemError("z", "not_found")])
+    assert result.failed == 3 and result.spool is None
+    doc = result.to_dict()
+    assert len(doc["errors"]) == 3 and "errors_truncated" not in doc
