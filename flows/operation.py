@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -302,7 +303,7 @@ class Operation:
 
     def _collect(self, pending: dict, index_of: dict, plan: Plan, on_outcome, timeout: float | None = None) -> None:
         """Count each batch of ``pending`` as it finishes (removing it from ``pending``)."""
-        for future in as_completed(list(pending.values()), timeout=timeout):
+        for future in finished(list(pending.values()), timeout):
             pending.pop(future.task_run_id, None)
             index = index_of[future.task_run_id]
             try:
@@ -375,7 +376,11 @@ class Operation:
             except Exception:
                 self.logger.exception("could not write the error report %s", key)
         document = result.to_dict()
-        publish(document)
+        try:
+            publish(document)
+        except Exception:  # a Prefect server that cannot take them: the record below still has it
+            self.logger.exception("could not store the result artifacts in Prefect; the operation's record "
+                                  "in storage has its result")
         try:  # the record that outlives Prefect's history (status reads it once the run is pruned)
             write_record(store(), stored_document(document))
         except Exception:
@@ -396,6 +401,26 @@ class Operation:
                         current=done).event(result=document))
         result.close()  # the report's spool (written above, or never to be)
         return final_state(document)
+
+
+def finished(futures: list, timeout: float | None) -> Iterator:
+    """``futures`` as they finish; TimeoutError once ``timeout`` seconds have passed with
+    some still running. Not ``prefect.futures.as_completed(timeout=...)``: on the main
+    thread its deadline is a SIGALRM, raised wherever the thread is when it fires, in the
+    caller's code between two yields too: a drain's progress call to a slow Prefect server
+    got a ``CancelledError`` there and the run crashed without its result (CI, Ctrl-C)."""
+    if timeout is None:
+        yield from as_completed(futures)
+        return
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(done.put)  # called at once for one that has finished
+    deadline = time.monotonic() + timeout
+    for _ in range(len(futures)):
+        try:
+            yield done.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(f"batches still running after {timeout}s") from None
 
 
 def tag_run(operation_id: str, logger, *, creator_id: str | None, dry_run: bool) -> None:

@@ -78,7 +78,17 @@ def read_status(operation_id: str) -> dict[str, Any] | None:
         response = client.request("POST", "/artifacts/filter", json={
             "artifacts": {"flow_run_id": {"any_": [str(run_id)]}}, "sort": "CREATED_DESC", "limit": 200, "offset": 0})
         artifacts = Artifact.model_validate_list(response.json())
-    return build_status(run, operation, artifacts)
+    document = build_status(run, operation, artifacts)
+    if document["status"] in FINAL and _result(artifacts) is None:
+        # Ended without its result in Prefect: never started, crashed, or Prefect could
+        # not take the result artifact; a run that wrote its record has it there.
+        try:
+            recorded = status_from_record(str(run_id))
+        except Exception:  # noqa: BLE001 - storage unreachable: what Prefect knows stands
+            recorded = None
+        if recorded is not None:
+            document.update({key: recorded[key] for key in ("status", "progress", "eta_seconds", "result")})
+    return document
 
 
 def build_status(run, operation: str, artifacts: list[Artifact]) -> dict[str, Any]:

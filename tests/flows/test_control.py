@@ -98,6 +98,42 @@ def test_a_termination_signal_ends_the_run_cancelled_with_its_result(sqlite_libr
     assert status["progress"]["current"] == doc["succeeded"] < status["progress"]["total"] == 120
 
 
+def test_a_slow_call_while_draining_does_not_crash_the_run(sqlite_library, monkeypatch):
+    """The drain's deadline passes while the flow's own thread is busy counting a batch
+    (a progress call to a slow Prefect server: CI saw one wait a minute on a locked
+    SQLite server). The run still ends Cancelled with its result; it used to crash with
+    Prefect's CancelledError, raised by the SIGALRM of ``as_completed(timeout=...)``
+    wherever the thread was, and the CLI printed nothing."""
+    from prefect.exceptions import TerminationSignal
+
+    import flows.operation
+
+    monkeypatch.setattr(flows.operation, "DRAIN_S", 1.0)
+    lib = sqlite_library
+    lib.seed(120, creators=1, files=False)
+    seen: list[str] = []
+    slowed: list[bool] = []
+
+    def terminate_then_be_slow(event):
+        if event.phase == "created":
+            seen.append(event.operation_id)
+        elif event.result is None and event.batches_done == 3:
+            raise TerminationSignal(signal=15)
+        elif event.result is None and event.batches_done > 3 and not slowed:
+            slowed.append(True)
+            time.sleep(2.5)  # past the drain's deadline, in the flow's thread
+
+    remove = _listen(monkeypatch, terminate_then_be_slow)
+    try:
+        state = _delete(creator_id="creator-001", video_ids=lib.ids("creator-001"), batch_size=1)
+    finally:
+        remove()
+    assert slowed and state.is_cancelled(), state
+    doc = _status(seen[0])["result"]
+    assert doc["status"] == "cancelled" and doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"]
+    assert len(lib.ids("creator-001")) == doc["skipped"], "every item counted succeeded was really deleted"
+
+
 def test_a_run_set_cancelling_from_outside_stops_by_itself(sqlite_library, monkeypatch):
     """The Prefect UI's Cancel of a run that no runner executes (the CLI runs it in its own
     process): only the run's state says so. The flow reads its own state and stops."""

@@ -67,3 +67,25 @@ def test_no_run_and_no_record_is_still_unknown_and_ids_never_become_keys(sqlite_
         with pytest.raises(RequestError) as unknown:
             status_of(bad)
         assert unknown.value.code == "unknown_operation"
+
+
+def test_a_result_prefect_could_not_take_still_reaches_the_caller_and_status(sqlite_library, monkeypatch):
+    """The result artifacts fail to reach Prefect (a server that answers errors when the
+    run ends): the run still returns its document (what the CLI prints) and ends in its
+    state, and status reads the document from the run's record in storage."""
+    import flows.operation
+    from service.launch import run
+    from service.requests import DeleteRequest
+    from service.status import read_status
+
+    def refused(document):
+        raise RuntimeError("503 Service Unavailable: database is locked")
+
+    monkeypatch.setattr(flows.operation, "publish", refused)
+    sqlite_library.seed(4, creators=1)
+    ids = sqlite_library.ids("creator-001")
+    document = run(DeleteRequest.build(creator_id="creator-001", video_ids=ids[:2] + ["not-an-id"]))
+    assert (document["status"], document["succeeded"], document["failed"]) == ("partial", 2, 1)
+    status = read_status(document["operation_id"])
+    assert status["status"] == "partial" and status["result"] == document
+    assert status["progress"] == {"current": 3, "total": 3, "percent": 100.0}
