@@ -14,7 +14,7 @@ all of its new chunks or keeps its old ones (see ``videolib/reprocess.py``). By 
 from contextlib import ExitStack
 from typing import Annotated, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import Field
 
 from config import get_settings
@@ -29,7 +29,7 @@ from videolib.compute_pool import eligible, held_compute_pool
 from videolib.embedders import check_embedder, default_batch_size
 from videolib.ids import RequestError, check_creator_id
 from videolib.operation import BatchOutcome, OperationResult, describe_not_selected
-from videolib.reprocess import select_reprocessable
+from videolib.reprocess import release_left_claims, select_reprocessable
 from videolib.staging import drop_staged
 
 
@@ -75,6 +75,7 @@ def bulk_reprocess(
 
     def prepare(result: OperationResult) -> list[str] | Plan:
         check_creator_id(creator_id)
+        resources.callback(release_left, result.operation_id)  # when the run ends, however
         chunking = chunking_config(chunk_target, chunk_overlap, chunk_unit)
         # Load it now (a model loads once per process): a missing extra or a model that
         # cannot load is refused before any video is claimed.
@@ -110,6 +111,14 @@ def bulk_reprocess(
             # Dask the batches run in the cluster's processes already
             resources.enter_context(held_compute_pool())
         return ids
+
+    def release_left(operation_id: str) -> None:
+        # Batches still working when the run ends (a cancel's drain ran out of time)
+        # hold claims: their items were counted skipped, so give the videos back.
+        released = release_left_claims(engine(), creator_id, operation_id)
+        if released:
+            get_run_logger().warning("released %s claims of batches still running as the run ended; those "
+                                     "videos keep their old chunks", released)
 
     def on_outcome(_index: int, outcome: BatchOutcome) -> None:
         nonlocal chunk_count

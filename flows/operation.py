@@ -116,6 +116,7 @@ class Operation:
         self.progress: Progress | None = None
         self.stopped_by: str | None = None  # what stopped the run, when something did
         self.draining = False  # stopped by a signal, waiting for the batches in flight
+        self.abandoned = 0  # batches still running when that wait ran out
         # Batches run in this process (Prefect's thread pool) count into slots here; under
         # another task runner they may run elsewhere and send their counts through Prefect.
         context = FlowRunContext.get()
@@ -227,10 +228,12 @@ class Operation:
             self._dispatch(plan, split, task_kwargs, on_outcome)
         elif plan.batches:
             self._map(plan, batch_task, task_kwargs, on_outcome)
-        if result.skipped and not result.aborted:
+        if (result.skipped or self.abandoned) and not result.aborted:
             # Batches that had not started when the stop was requested returned unstarted
-            # (or rolled back what they had begun).
+            # (or rolled back what they had begun); batches still running when the drain
+            # ran out of time are not done either (their items count as skipped).
             result.cancelled = True
+            result.count_unstarted()
             result.message = (f"stopped on request ({self.stopped_by or 'the stop flag'}); "
                               f"{result.skipped} items left unstarted or rolled back")
         if finish is not None and not result.aborted:
@@ -271,6 +274,7 @@ class Operation:
                 try:
                     self._collect(pending, index_of, plan, on_outcome, timeout=DRAIN_S)
                 except TimeoutError:
+                    self.abandoned = len(pending)
                     self.logger.error("%s batches still running %ss after the cancel; their items are counted "
                                       "as skipped", len(pending), DRAIN_S)
                 self.draining = False
@@ -297,6 +301,7 @@ class Operation:
                 self._interrupted(exc)
                 self.draining = True
                 dispatch.collect(timeout=DRAIN_S)
+                self.abandoned = len(plan.batches) - len(dispatch.counted)
                 self.draining = False
         finally:
             dispatch.clear()
@@ -390,6 +395,8 @@ class Operation:
             self.stop.clear(result.operation_id)
         except Exception:
             log.debug("no stop flag to clear for %s", result.operation_id)
+        if self.abandoned:  # batches still running here must go on seeing the stop
+            self.stop.here(result.operation_id)
         forget(result.operation_id)
         if self.remote_batches:
             try:

@@ -54,7 +54,7 @@ from videolib.embedders import Embedder
 from videolib.gc_tuning import bulk_gc
 from videolib.operation import NO_TRANSCRIPT, NOT_FOUND, BatchOutcome, ItemError, Ticker
 from videolib.selection import chunked
-from videolib.takeover import Holders, Takeover, decide_takeover
+from videolib.takeover import Holders, Takeover, decide_takeover, released_status
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,21 @@ def release_claims(engine: Engine, operation_id: str, previous: dict[str, str]) 
     """Give claims back with their previous status (when a batch fails as a whole)."""
     with engine.begin() as conn:
         _end_claims(conn, previous, operation_id, datetime.now(UTC))
+
+
+def release_left_claims(engine: Engine, creator_id: str, operation_id: str) -> int:
+    """Give back every claim this operation still holds (compare-and-set on the claim),
+    with the status a claim ends with when its batch has no say (``released_status``):
+    how many. For a run that ends while batches are still working (a cancel whose
+    drain ran out of time): their items are counted skipped, and a write they attempt
+    later finds its claim gone and writes nothing."""
+    with engine.begin() as conn:
+        return conn.execute(
+            update(Video)
+            .where(Video.creator_id == creator_id, Video.status == "processing",
+                   Video.processing_by == operation_id)
+            .values(status=released_status(), processing_by=None, updated_at=datetime.now(UTC))
+        ).rowcount or 0
 
 
 def reprocess_batch(

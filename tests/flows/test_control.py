@@ -40,6 +40,64 @@ def _status(run_id: str):
 
 
 
+def test_batches_still_working_when_the_drain_runs_out_give_their_videos_back(sqlite_library, monkeypatch):
+    """A cancel whose drain runs out of time (a slow model on a loaded machine): the run
+    ends Cancelled with those batches' items skipped and none of their claims held; when
+    the batches get to their write, their claims are gone and they write nothing."""
+    from prefect.exceptions import TerminationSignal
+
+    import flows.operation
+    import tasks.reprocess as task_module
+
+    monkeypatch.setattr(flows.operation, "DRAIN_S", 0.5)
+    lib = sqlite_library
+    lib.seed(40, creators=1, transcript_ratio=1.0, files=False)
+    with lib.engine.connect() as conn:
+        ids = list(conn.execute(select(Video.id).order_by(Video.id)).scalars())
+        statuses = dict(conn.execute(select(Video.id, Video.status)).all())
+    slow = _SlowEmbedder(per_text_s=0.0)
+    calls = iter(range(1_000))
+
+    def first_quick_then_slow(texts):
+        if next(calls) > 0:
+            time.sleep(6.0)  # one slice of a heavy model, well past the drain's 0.5 s
+        return slow.inner.embed(texts)
+
+    slow.embed = first_quick_then_slow
+    monkeypatch.setattr(task_module, "embedder_for", lambda name: slow)
+    held_meanwhile: list[int] = []
+
+    def stop_after_the_first_batch(event):
+        if event.result is None and event.batches_done == 1:
+            # While the slow batches still sleep, once the run has ended its drain:
+            look = threading.Timer(3.5, lambda: held_meanwhile.append(held_by(lib, event.operation_id)))
+            look.start()
+            raise TerminationSignal(signal=15)
+
+    remove = _listen(monkeypatch, stop_after_the_first_batch)
+    try:
+        state = _reprocess(creator_id="creator-001", video_ids=ids, batch_size=5)
+    finally:
+        remove()
+    assert state.is_cancelled(), state
+    doc = _status(str(state.state_details.flow_run_id))["result"]
+    done = doc["succeeded"] + doc["failed"]  # the batches that got their quick slice (5 videos each)
+    assert doc["status"] == "cancelled" and 0 < done <= 20 and doc["skipped"] == 40 - done
+    assert held_meanwhile == [0], "the claims of the batches still working were given back as the run ended"
+    assert held_by(lib, doc["operation_id"]) == 0
+
+    def written() -> dict:
+        with lib.engine.connect() as conn:
+            return dict(conn.execute(select(Video.id, Video.embedding_model)).all())
+
+    now = written()
+    time.sleep(1.0)  # the batches have finished their slice, seen the stop, and written nothing
+    assert written() == now and held_by(lib, doc["operation_id"]) == 0
+    with lib.engine.connect() as conn:
+        after = dict(conn.execute(select(Video.id, Video.status)).all())
+    assert sum(after[v] != statuses[v] for v in ids) <= done, "only the finished batch changed its videos"
+
+
 class _SlowEmbedder:
     """The real hashing embedder, slowed to ``per_text_s`` per chunk (a heavy model)."""
 
