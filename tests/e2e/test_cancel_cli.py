@@ -106,6 +106,41 @@ def _check_cancelled(lib, doc, operation_id) -> None:
     assert ready == doc["succeeded"], "what the result counts is what was written"
 
 
+KILLED_TEST = "test_a_killed_cli_run_does_not_hold_its_creator_back"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def killed_before_the_rest(request, tmp_path_factory):
+    """The run that test_a_killed_cli_run_does_not_hold_its_creator_back (last in this
+    module) kills: started and SIGKILLed before the module's other tests, on a library and
+    Prefect home of its own, so that the 90 s it must then stay silent passes while they
+    run (about 90 s of the suite's time). Nothing when that test is not selected."""
+    if not any(item.name == KILLED_TEST and item.module is request.module for item in request.session.items):
+        yield None
+        return
+    from tests.conftest import Library
+    from videolib.db.migrate import upgrade
+
+    base = tmp_path_factory.mktemp("killed-cli")
+    lib = Library(f"sqlite:///{base / 'bulkops.db'}", str(base / "storage"), None, base / "data")
+    upgrade(lib.engine)
+    lib.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    home = base / "prefect-home"
+    # One video the reprocess will not claim (no transcript): how far the killed run got
+    # before dying (it may have claimed every other video) must not matter.
+    with lib.engine.begin() as conn:
+        free = conn.execute(select(Video.id).where(Video.creator_id == "creator-001")
+                            .order_by(Video.id.desc())).scalars().first()
+        conn.execute(update(Video).where(Video.id == free).values(transcript=None))
+    proc, stderr = _start(lib, REPROCESS, home=home, BULKOPS_SLOT_LEASE="60s")
+    victim = _operation_id(stderr, proc)
+    _wait_until_working(lib, victim)
+    proc.kill()
+    proc.communicate(timeout=30)
+    yield {"lib": lib, "home": home, "victim": victim, "free": free, "killed_at": time.monotonic()}
+    lib.engine.dispose()
+
+
 @pytest.fixture
 def seeded_for_minilm(sqlite_library):
     sqlite_library.seed(400, creators=1, transcript_ratio=1.0, files=False)
@@ -179,36 +214,6 @@ def test_a_killed_cli_leaves_no_server_behind(seeded_for_minilm, tmp_path):
     _assert_no_server_left(home, KILLED_SERVER_EXIT_S)
 
 
-def test_a_killed_cli_run_does_not_hold_its_creator_back(seeded_for_minilm, tmp_path):
-    """SIGKILL mid-run on a temporary server: the run is left Running in that server's
-    database, holding its creator's slot, and nothing watched it die. Once it has sent no
-    heartbeat for three periods (90 s), the next command's count marks it Crashed, and its
-    slot's lease (60 s here), kept on disk, is revoked by the next temporary server: at a
-    limit of one, the creator's next operation runs."""
-    lib, home = seeded_for_minilm, tmp_path / "prefect-home"
-    # One video the reprocess will not claim (no transcript): how far the killed run got
-    # before dying (it may have claimed every other video) must not matter here.
-    with lib.engine.begin() as conn:
-        free = conn.execute(select(Video.id).where(Video.creator_id == "creator-001")
-                            .order_by(Video.id.desc())).scalars().first()
-        conn.execute(update(Video).where(Video.id == free).values(transcript=None))
-    proc, stderr = _start(lib, REPROCESS, home=home, BULKOPS_SLOT_LEASE="60s")
-    victim = _operation_id(stderr, proc)
-    _wait_until_working(lib, victim)
-    proc.kill()
-    proc.communicate(timeout=30)
-    killed_at = time.monotonic()
-    _assert_no_server_left(home, KILLED_SERVER_EXIT_S)
-    time.sleep(max(0.0, 95 - (time.monotonic() - killed_at)))
-    limit = {"PREFECT_HOME": str(home), "BULKOPS_MAX_RUNNING_PER_CREATOR": "1", "BULKOPS_SLOT_LEASE": "60s"}
-    delete, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", free, "--json", env_extra=limit)
-    assert delete.returncode == 0, delete.stderr[-3000:]
-    assert doc["status"] == "completed" and doc["succeeded"] == 1
-    status_proc, status = run_cli(lib, "status", victim, "--json", env_extra=limit)
-    assert status_proc.returncode == 0 and status["status"] == "failed", status
-    assert f"run {victim}: no heartbeat for 90s" in delete.stderr  # what the count found, said once
-
-
 def test_bulkops_cancel_from_another_terminal(seeded_for_minilm, prefect_server):
     lib = seeded_for_minilm
     proc, stderr = _start(lib, REPROCESS, prefect=prefect_server)
@@ -245,3 +250,24 @@ def test_a_normal_run_prints_no_traceback(sqlite_library, tmp_path):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert "Operation " in proc.stderr and "completed" in proc.stdout
     _assert_no_server_left(home)
+
+
+def test_a_killed_cli_run_does_not_hold_its_creator_back(killed_before_the_rest):
+    """SIGKILL mid-run on a temporary server (done before this module's other tests: see
+    the fixture): the run is left Running in that server's database, holding its
+    creator's slot, and nothing watched it die. Once it has sent no heartbeat for three
+    periods (90 s), the next command's count marks it Crashed, and its slot's lease (60 s
+    here), kept on disk, is revoked by the next temporary server: at a limit of one, the
+    creator's next operation runs."""
+    killed = killed_before_the_rest
+    lib, home, victim = killed["lib"], killed["home"], killed["victim"]
+    _assert_no_server_left(home, KILLED_SERVER_EXIT_S)
+    time.sleep(max(0.0, 95 - (time.monotonic() - killed["killed_at"])))
+    limit = {"PREFECT_HOME": str(home), "BULKOPS_MAX_RUNNING_PER_CREATOR": "1", "BULKOPS_SLOT_LEASE": "60s"}
+    delete, doc = run_cli(lib, "delete", "--creator", "creator-001", "--ids", killed["free"], "--json",
+                          env_extra=limit)
+    assert delete.returncode == 0, delete.stderr[-3000:]
+    assert doc["status"] == "completed" and doc["succeeded"] == 1
+    status_proc, status = run_cli(lib, "status", victim, "--json", env_extra=limit)
+    assert status_proc.returncode == 0 and status["status"] == "failed", status
+    assert f"run {victim}: no heartbeat for 90s" in delete.stderr  # what the count found, said once
