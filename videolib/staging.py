@@ -18,12 +18,13 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
-from videolib.db.models import StagedId
+from videolib.db.models import StagedId, Video
 from videolib.ids import normalize_video_id
 from videolib.operation import INVALID_DETAIL, INVALID_ID, NOT_FOUND, ItemError, echo_id
-from videolib.selection import owned_statuses
+from videolib.selection import VISIBLE
 
 PAGE = 10_000  # staged rows read per query
+KEEP_PAGE = 50_000  # staged rows checked per statement by keep_owned
 
 
 @dataclass
@@ -106,20 +107,35 @@ def _pages(engine: Engine, operation_id: str, *, after: int = 0, through: int | 
 def keep_owned(engine: Engine, operation_id: str, creator_id: str, *,
                exclude_statuses: Sequence[str] = (), on_missing: Callable[[list[ItemError]], None]) -> int:
     """Remove the staged ids that are not the creator's (or are in ``exclude_statuses``),
-    giving them to ``on_missing`` as ``not_found`` items; how many stay."""
-    kept = 0
-    for page in _pages(engine, operation_id):
-        ids = [vid for _seq, vid in page]
-        statuses = owned_statuses(engine, creator_id, ids)
-        missing = [vid for vid in ids if statuses.get(vid) is None or statuses[vid] in exclude_statuses]
-        if missing:
-            with engine.begin() as conn:
-                for start in range(0, len(missing), 1000):
-                    conn.execute(delete(StagedId).where(StagedId.operation_id == operation_id,
-                                                        StagedId.video_id.in_(missing[start:start + 1000])))
-            on_missing([ItemError(vid, NOT_FOUND, "no such video for this creator") for vid in missing])
-        kept += len(ids) - len(missing)
-    return kept
+    giving them to ``on_missing`` as ``not_found`` items, in manifest order; how many stay.
+
+    One ``DELETE ... WHERE NOT EXISTS (the creator's video) RETURNING`` per range of
+    ``KEEP_PAGE`` staged rows: the database matches them by primary key, not a query
+    and an ``IN`` list of deletes per 10,000 ids from here (1M lines, 800k of them no
+    video's: 64-83 s before, on PostgreSQL)."""
+    owned = select(Video.id).where(Video.id == StagedId.video_id, Video.creator_id == creator_id, VISIBLE)
+    if exclude_statuses:
+        owned = owned.where(Video.status.not_in(list(exclude_statuses)))
+    owned = owned.correlate(StagedId)
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(StagedId.seq)).where(StagedId.operation_id == operation_id)).scalar()
+    after = 0
+    while last is not None and after < last:
+        through = after + KEEP_PAGE
+        with engine.begin() as conn:
+            gone = conn.execute(
+                delete(StagedId)
+                .where(StagedId.operation_id == operation_id, StagedId.seq > after, StagedId.seq <= through,
+                       ~owned.exists())
+                .returning(StagedId.seq, StagedId.video_id)
+            ).all()
+        if gone:
+            gone.sort()
+            on_missing([ItemError(vid, NOT_FOUND, "no such video for this creator") for _seq, vid in gone])
+        after = through
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(StagedId)
+                            .where(StagedId.operation_id == operation_id)).scalar() or 0
 
 
 def staged_batches(engine: Engine, operation_id: str, size: int) -> list[dict[str, Any]]:
