@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.clitools import BULKOPS, held_by, run_cli
-from tests.e2e import E2E
+from tests.e2e import E2E, early_library
 from videolib.db.models import Video
 
 pytestmark = E2E
@@ -115,16 +115,11 @@ def killed_before_the_rest(request, tmp_path_factory):
     module) kills: started and SIGKILLed before the module's other tests, on a library and
     Prefect home of its own, so that the 90 s it must then stay silent passes while they
     run (about 90 s of the suite's time). Nothing when that test is not selected."""
-    if not any(item.name == KILLED_TEST and item.module is request.module for item in request.session.items):
+    lib = early_library(request, tmp_path_factory, KILLED_TEST, "killed-cli")
+    if lib is None:
         yield None
         return
-    from tests.conftest import Library
-    from videolib.db.migrate import upgrade
-
-    base = tmp_path_factory.mktemp("killed-cli")
-    lib = Library(f"sqlite:///{base / 'bulkops.db'}", str(base / "storage"), None, base / "data")
-    upgrade(lib.engine)
-    lib.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    base = lib.data_dir.parent
     home = base / "prefect-home"
     # One video the reprocess will not claim (no transcript): how far the killed run got
     # before dying (it may have claimed every other video) must not matter.

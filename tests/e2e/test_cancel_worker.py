@@ -19,7 +19,7 @@ import requests
 from sqlalchemy import func, select
 
 from tests.clitools import create_deployment_run, held_by, run_cli
-from tests.e2e import E2E
+from tests.e2e import E2E, early_library
 from videolib.db.models import Video
 
 pytestmark = E2E
@@ -119,16 +119,11 @@ def machine_lost_before_the_rest(request, prefect_server, tmp_path_factory):
     is lost, before the module's other tests, on a library and Prefect home of their own;
     the 90 s the heartbeat automation waits pass while those tests run. Nothing when that
     test is not selected."""
-    if not any(item.name == KILLED_TEST and item.module is request.module for item in request.session.items):
+    lib = early_library(request, tmp_path_factory, KILLED_TEST, "lost-machine")
+    if lib is None:
         yield None
         return
-    from tests.conftest import Library
-    from videolib.db.migrate import upgrade
-
-    base = tmp_path_factory.mktemp("lost-machine")
-    lib = Library(f"sqlite:///{base / 'bulkops.db'}", str(base / "storage"), None, base / "data")
-    upgrade(lib.engine)
-    lib.seed(400, creators=1, transcript_ratio=1.0, files=False)
+    base = lib.data_dir.parent
     ops = Operators(lib, prefect_server, base)
     ops.prefect("work-pool", "create", "bulkops", "--type", "process", "--overwrite")
     ops.prefect("deploy", "--all")
