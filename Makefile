@@ -20,7 +20,7 @@ install dev: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulkops demo
 
-# One pytest process by default (about 26 min here). TEST_WORKERS=2 runs two: every e2e
+# One pytest process by default (about 24 min here). TEST_WORKERS=2 runs two: every e2e
 # test on one of them, one after another (their `xdist_group`, tests/e2e/__init__.py), the
 # rest on the other (about 21-26 min); on 2 cores some e2e tests that stop, kill and cancel
 # runs still failed under the other process's load (2026-12-07: 1 of 2 fresh-clone runs).
