@@ -15,6 +15,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from flows.progress import listening
 from tests.clitools import held_by
 from videolib.db.models import Video, VideoChunk
 
@@ -76,11 +77,8 @@ def test_batches_still_working_when_the_drain_runs_out_give_their_videos_back(sq
             look.start()
             raise TerminationSignal(signal=15)
 
-    remove = _listen(monkeypatch, stop_after_the_first_batch)
-    try:
+    with listening(stop_after_the_first_batch):
         state = _reprocess(creator_id="creator-001", video_ids=ids, batch_size=5)
-    finally:
-        remove()
     assert state.is_cancelled(), state
     doc = _status(str(state.state_details.flow_run_id))["result"]
     done = doc["succeeded"] + doc["failed"]  # the batches that ended before the drain did
@@ -117,13 +115,6 @@ class _SlowEmbedder:
         return self.inner.embed(texts)
 
 
-def _listen(monkeypatch, listener):
-    from flows.progress import add_progress_listener, remove_progress_listener
-
-    add_progress_listener(listener)
-    return lambda: remove_progress_listener(listener)
-
-
 def test_a_termination_signal_ends_the_run_cancelled_with_its_result(sqlite_library, monkeypatch):
     """SIGTERM, as a worker or runner sends it to cancel (Prefect raises TerminationSignal
     in the flow's thread): batches not started never start, the ones in flight finish,
@@ -141,11 +132,8 @@ def test_a_termination_signal_ends_the_run_cancelled_with_its_result(sqlite_libr
         elif event.result is None and event.batches_done == 3:
             raise TerminationSignal(signal=15)
 
-    remove = _listen(monkeypatch, terminate_after_three)
-    try:
+    with listening(terminate_after_three):
         state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1)
-    finally:
-        remove()
     assert state.is_cancelled(), state
     status = _status(seen[0])
     doc = status["result"]
@@ -183,11 +171,8 @@ def test_a_slow_call_while_draining_does_not_crash_the_run(sqlite_library, monke
             slowed.append(True)
             time.sleep(2.5)  # past the drain's deadline, in the flow's thread
 
-    remove = _listen(monkeypatch, terminate_then_be_slow)
-    try:
+    with listening(terminate_then_be_slow):
         state = _delete(creator_id="creator-001", video_ids=lib.ids("creator-001"), batch_size=1)
-    finally:
-        remove()
     assert slowed and state.is_cancelled(), state
     doc = _status(seen[0])["result"]
     assert doc["status"] == "cancelled" and doc["requested"] == doc["succeeded"] + doc["failed"] + doc["skipped"]
@@ -221,11 +206,8 @@ def test_a_run_set_cancelling_from_outside_stops_by_itself(sqlite_library, monke
             with get_client(sync_client=True) as client:  # as the UI does: the state, no stop flag
                 client.set_flow_run_state(uuid.UUID(event.operation_id), Cancelling(), force=True)
 
-    remove = _listen(monkeypatch, cancel_from_outside)
-    try:
+    with listening(cancel_from_outside):
         state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1)
-    finally:
-        remove()
     assert asked.is_set() and state.is_cancelled()
     doc = _status(str(state.state_details.flow_run_id))["result"]
     assert doc["status"] == "cancelled" and doc["skipped"] > 0
@@ -255,11 +237,8 @@ def test_a_cancel_rolls_a_reprocess_batch_back_whole_and_releases_its_claims(lib
         if event.result is None and event.phase == "running" and 0 < event.current and not answers:
             answers.append(cancel(event.operation_id))  # what `bulkops cancel` does
 
-    remove = _listen(monkeypatch, cancel_once_working)
-    try:
+    with listening(cancel_once_working):
         state = _reprocess(creator_id="creator-001", video_ids=ids, batch_size=len(ids))
-    finally:
-        remove()
     assert answers and answers[0]["cancel_requested"] is True
     assert state.is_cancelled()
     doc = _status(str(state.state_details.flow_run_id))["result"]
@@ -282,11 +261,8 @@ def test_progress_moves_inside_a_batch(sqlite_library, monkeypatch):
     slow = _SlowEmbedder(per_text_s=0.008)
     monkeypatch.setattr(task_module, "embedder_for", lambda name: slow)
     events = []
-    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
-    try:
+    with listening(lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result))):
         state = _reprocess(creator_id="creator-001", all_videos=True, batch_size=1000)
-    finally:
-        remove()
     assert state.is_completed(), state.message
     doc = state.result()
     inside = [current for current, total, done, phase, result in events
@@ -317,11 +293,8 @@ def test_progress_from_worker_processes_is_exact_and_never_goes_down(sqlite_libr
 
     monkeypatch.setattr(compute_pool.ComputePool, "chunk_and_embed", counted)
     events = []
-    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.phase, e.result)))
-    try:
+    with listening(lambda e: events.append((e.current, e.phase, e.result))):
         state = _reprocess(creator_id="creator-001", all_videos=True, batch_size=50)
-    finally:
-        remove()
     assert state.is_completed(), state.message
     doc = state.result()
     assert sum(pooled) == doc["requested"], "every video went through a worker process"
@@ -346,11 +319,8 @@ def test_delete_progress_moves_inside_a_batch(sqlite_library, monkeypatch):
 
     monkeypatch.setattr(ObjectStore, "_local_delete_many", slow_storage)
     events = []
-    remove = _listen(monkeypatch, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
-    try:
+    with listening(lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result))):
         state = _delete(creator_id="creator-001", video_ids=ids, batch_size=1000)
-    finally:
-        remove()
     assert state.is_completed(), state.message
     doc = state.result()
     assert doc["succeeded"] == len(ids)
@@ -382,12 +352,9 @@ def test_progress_from_batches_run_in_other_processes(sqlite_library, monkeypatc
     get_settings.cache_clear()
     runner = ProcessPoolTaskRunner(max_workers=2, initializer=slow_worker.install, initargs=(0.03,))
     events = []
-    remove = _listen(None, lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result)))
-    try:
+    with listening(lambda e: events.append((e.current, e.total, e.batches_done, e.phase, e.result))):
         state = bulk_reprocess.with_options(task_runner=runner)(
             creator_id="creator-001", all_videos=True, batch_size=20, return_state=True)
-    finally:
-        remove()
     assert state.is_completed(), state.message
     doc = state.result()
     assert doc["requested"] + sum(doc["not_selected"].values()) == 40
@@ -440,12 +407,9 @@ def test_a_cancel_from_prefect_reaches_batches_in_other_processes(sqlite_library
             with get_client(sync_client=True) as client:  # as the UI does: the state, no stop flag
                 client.set_flow_run_state(uuid.UUID(event.operation_id), Cancelling(), force=True)
 
-    remove = _listen(None, cancel_from_outside)
-    try:
+    with listening(cancel_from_outside):
         state = bulk_reprocess.with_options(task_runner=runner)(
             creator_id="creator-001", video_ids=ids, batch_size=len(ids) // 2, return_state=True)
-    finally:
-        remove()
     assert asked.is_set() and state.is_cancelled()
     doc = _status(str(state.state_details.flow_run_id))["result"]
     assert (doc["status"], doc["succeeded"], doc["skipped"]) == ("cancelled", 0, len(ids))
