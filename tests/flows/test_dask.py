@@ -56,7 +56,8 @@ def _embedder_loads():
 
 def test_reprocess_on_dask_loads_the_model_once_per_worker_and_reports_progress(sqlite_library, dask_settings,
                                                                                cluster):
-    from tests.flows.test_control import _listen, _status
+    from flows.progress import listening
+    from tests.flows.test_control import _status
 
     from videolib.embedders.minilm import MODEL_ID
     local, client = cluster
@@ -64,11 +65,8 @@ def test_reprocess_on_dask_loads_the_model_once_per_worker_and_reports_progress(
     lib.seed(48, creators=1, transcript_ratio=1.0, files=False)
     dask_settings(BULKOPS_DASK_ADDRESS=local.scheduler_address)
     events = []
-    remove = _listen(None, lambda e: events.append((e.current, e.batches, e.phase, e.result)))
-    try:
+    with listening(lambda e: events.append((e.current, e.batches, e.phase, e.result))):
         state = _reprocess(creator_id="creator-001", all_videos=True, embedder="minilm", batch_size=4)
-    finally:
-        remove()
     assert state.is_completed(), state.message
     doc = state.result()
     batches = max(count for _current, count, _phase, _result in events)
