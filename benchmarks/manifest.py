@@ -21,6 +21,13 @@ feed ``docs/scale.md``.
     python benchmarks/manifest.py                     # 1,000,000 videos (~40 min here)
     python benchmarks/manifest.py --videos 100000
     python benchmarks/manifest.py --smoke
+    python benchmarks/manifest.py --only stage        # staging alone, COPY against INSERT
+
+``--only stage`` seeds nothing: it stages a manifest of ``--videos`` random ids in
+``staged_ids`` the way a run plans (``videolib.staging.stage_manifest``), (s) with COPY
+through a temporary table (what runs do on PostgreSQL) and (i) with SQLAlchemy's
+multi-row INSERTs (what they did before), three rounds each, alternating, and prints
+the ratio.
 """
 
 from __future__ import annotations
@@ -128,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2,000 videos")
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--only", choices=["export", "delete"], help="run one of the two flows (both by default)")
+    parser.add_argument("--only", choices=["export", "delete", "stage"],
+                        help="run one of the two flows (both by default), or time staging alone")
     args = parser.parse_args(argv)
     if args.smoke:
         args.videos, args.chunks = 2000, 1
+    if args.only == "stage":
+        return stage_only(args)
     servers = load_servers_module()
     with contextlib.ExitStack() as stack:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-manifest-")))
@@ -241,6 +251,62 @@ def main(argv: list[str] | None = None) -> int:
                                "chunks": report.chunks, "objects": report.objects, "seed_s": seed_s,
                                "results": [{**m.__dict__, "rate": m.rate} for m in results]})
         return 0 if all(m.verified for m in results) else 1
+
+
+def stage_only(args) -> int:
+    """Stage ``args.videos`` random ids with COPY and with INSERTs, alternating."""
+    import uuid
+
+    servers = load_servers_module()
+    with contextlib.ExitStack() as stack:
+        work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-stage-")))
+        work.mkdir(parents=True, exist_ok=True)
+        note("starting PostgreSQL ...")
+        pg = servers.start_postgres(work / "pg")
+        stack.callback(pg.stop)
+        url = pg.create_database("library")
+        point_settings_at(url, str(work / "storage"), work / "data")
+        from videolib.db.engine import create_db_engine
+        from videolib.db.migrate import upgrade
+        from videolib.manifests import CHUNK
+        from videolib.staging import drop_staged, stage_manifest
+
+        engine = create_db_engine(url)
+        upgrade(engine)
+        ids = [str(uuid.uuid4()) for _ in range(args.videos)]
+        ids += ids[: len(ids) // 100]  # 1% repeated lines, as a real manifest may have
+        parts = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
+        times: dict[str, list[float]] = {"(s) COPY": [], "(i) INSERT": []}
+        counts: dict[str, int] = {}
+        for round_ in range(3):
+            for name in (("(s) COPY", "(i) INSERT") if round_ % 2 == 0 else ("(i) INSERT", "(s) COPY")):
+                op = str(uuid.uuid4())
+                began = time.monotonic()
+                staged = stage_manifest(engine, op, iter(parts), pg_copy=name.startswith("(s)"))
+                times[name].append(time.monotonic() - began)
+                counts[name] = staged.ids
+                with engine.connect() as conn:
+                    first = conn.exec_driver_sql(
+                        "SELECT video_id FROM staged_ids WHERE operation_id = %(op)s ORDER BY seq LIMIT 1",
+                        {"op": op}).scalar()
+                assert first == ids[0] and staged.ids == args.videos, (name, first, staged.ids)
+                drop_staged(engine, op)
+        engine.dispose()
+        best = {name: min(values) for name, values in times.items()}
+        machine = machine_info(postgresql="15")
+        console.print()
+        console.rule(f"staging a manifest of {len(ids):,} lines ({args.videos:,} distinct ids) on PostgreSQL")
+        console.print(machine_line(machine))
+        base = best["(i) INSERT"]
+        console.print(results_table(
+            "staging (best of 3, alternating)",
+            ["variant", "ids", "best s", "all s", "ids/s", "vs (i)"],
+            [[name, f"{counts[name]:,}", f"{best[name]:.1f}", ", ".join(f"{t:.1f}" for t in times[name]),
+              f"{args.videos / best[name]:,.0f}", f"{base / best[name]:.2f}x"] for name in times],
+            left=("variant", "all s")))
+        write_json(args.json, {"benchmark": "manifest-stage", "machine": machine, "lines": len(ids),
+                               "ids": args.videos, "seconds": times})
+        return 0
 
 
 if __name__ == "__main__":

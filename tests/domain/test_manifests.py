@@ -113,7 +113,8 @@ def test_staging_collapses_duplicates_keeps_the_creators_own_and_cuts_ranges(lib
     library.seed(40, creators=2, files=False)
     mine, theirs = library.ids("creator-001"), library.ids("creator-002")
     unknown = str(uuid.uuid4())
-    lines = mine + [m.upper() for m in mine[:5]] + theirs[:3] + ["not-a-uuid", "not-a-uuid", unknown]
+    # Repeats across the two chunks (the upper-cased ones) and inside the second (mine[18]).
+    lines = mine + [mine[18]] + [m.upper() for m in mine[:5]] + theirs[:3] + ["not-a-uuid", "not-a-uuid", unknown]
     op = str(uuid.uuid4())
     staged = stage_manifest(library.engine, op, iter([lines[:17], lines[17:]]))
     assert staged.ids == len(mine) + 3 + 1 and [e.error for e in staged.invalid] == ["invalid_id"]
@@ -131,6 +132,41 @@ def test_staging_collapses_duplicates_keeps_the_creators_own_and_cuts_ranges(lib
     drop_staged(library.engine, op)
     assert batch_ids(library.engine, batches[0]) == []
     assert batch_ids(library.engine, staged_batches(library.engine, other, 10)[0]) == mine[:3]
+
+
+def test_a_role_without_temporary_tables_stages_with_inserts(pg_server, pg_library, caplog):
+    """PostgreSQL stages through COPY into a temporary table; a role refused TEMPORARY
+    (a hardened database) gets the same staged ids through INSERTs, with a warning once."""
+    from sqlalchemy.engine import make_url
+
+    from videolib.db.engine import create_db_engine
+    from videolib.staging import _NO_TEMP, batch_ids, stage_manifest, staged_batches
+
+    dbname = make_url(pg_library.database_url).database
+    role = f"stager_{uuid.uuid4().hex[:8]}"
+    with pg_server.connect(dbname) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f'REVOKE TEMPORARY ON DATABASE "{dbname}" FROM PUBLIC')
+        conn.execute(f"GRANT SELECT, INSERT, DELETE ON staged_ids TO {role}")
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    lines = ids + ids[:3] + ["not-a-uuid"]
+    owner = pg_library.engine  # the superuser: COPY, no warning
+    restricted = create_db_engine(make_url(pg_library.database_url).set(username=role).render_as_string(hide_password=False))
+    try:
+        with caplog.at_level("WARNING", logger="videolib.staging"):
+            first = stage_manifest(owner, str(uuid.uuid4()), iter([lines[:20], lines[20:]]))
+            assert not caplog.records
+            op = str(uuid.uuid4())
+            staged = stage_manifest(restricted, op, iter([lines[:20], lines[20:]]))
+            again = stage_manifest(restricted, str(uuid.uuid4()), iter([lines[:20], lines[20:]]))
+        assert first.ids == staged.ids == again.ids == 30 and staged.n_invalid == 1
+        assert [v for b in staged_batches(restricted, op, 7) for v in batch_ids(restricted, b)] == ids
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "GRANT TEMPORARY" in warnings[0], warnings
+        assert restricted.url in _NO_TEMP and owner.url not in _NO_TEMP
+    finally:
+        _NO_TEMP.discard(restricted.url)
+        restricted.dispose()
 
 
 def test_a_line_longer_than_any_id_list_is_refused_not_read_whole(sqlite_library):
