@@ -97,3 +97,21 @@ def test_scale_benchmark_smoke(tmp_path):
     assert sorted(results[("delete", "s")]["workers"]) == ["worker-a", "worker-b"]
     assert any(label.startswith("worker-") for label in results[("delete", "w")]["peak_rss"])
     assert [r["ratio"] for r in doc["ratios"]] == ["s/w"]
+
+
+def test_manifest_benchmark_smoke(tmp_path):
+    """An export and a delete from a manifest of every id, on PostgreSQL: both verify."""
+    run_smoke("manifest.py", "--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "manifest.json"),
+              timeout=600, rows=("(u) upload", "(x) export", "(d) delete"))
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["(u) upload", "(x) export", "(d) delete"]
+    assert all(r["verified"] for r in doc["results"]) and doc["videos"] == 2000
+
+
+def test_manifest_staging_benchmark_smoke(tmp_path):
+    """Staging alone, COPY against INSERTs: both stage every distinct id in order."""
+    run_smoke("manifest.py", "--only", "stage", "--json", str(tmp_path / "stage.json"), timeout=300,
+              rows=("(s) COPY", "(i) INSERT"))
+    doc = json.loads((tmp_path / "stage.json").read_text())
+    assert doc["ids"] == 2000 and doc["lines"] == 2020
+    assert {name: len(times) for name, times in doc["seconds"].items()} == {"(s) COPY": 3, "(i) INSERT": 3}
