@@ -128,6 +128,24 @@ def run_flow(name: str, items: int, call, pg, dbname: str) -> tuple[Measurement,
     return m, document
 
 
+def postgres_library(stack: contextlib.ExitStack, work_dir: Path | None, prefix: str):
+    """A PostgreSQL server on loopback (stopped by ``stack``) with an empty library database
+    at the newest schema, the settings pointed at it: (work dir, server, engine)."""
+    work = work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    work.mkdir(parents=True, exist_ok=True)
+    note("starting PostgreSQL ...")
+    pg = load_servers_module().start_postgres(work / "pg")
+    stack.callback(pg.stop)
+    url = pg.create_database("library")
+    point_settings_at(url, str(work / "storage"), work / "data")
+    from videolib.db.engine import create_db_engine
+    from videolib.db.migrate import upgrade
+
+    engine = create_db_engine(url)
+    upgrade(engine)
+    return work, pg, engine
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=1_000_000)
@@ -142,23 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         args.videos, args.chunks = 2000, 1
     if args.only == "stage":
         return stage_only(args)
-    servers = load_servers_module()
     with contextlib.ExitStack() as stack:
-        work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-manifest-")))
-        work.mkdir(parents=True, exist_ok=True)
-        note("starting PostgreSQL ...")
-        pg = servers.start_postgres(work / "pg")
-        stack.callback(pg.stop)
+        work, pg, engine = postgres_library(stack, args.work_dir, "bulkops-manifest-")
         dbname = "library"
-        url = pg.create_database(dbname)
-        point_settings_at(url, str(work / "storage"), work / "data")
-        from videolib.db.engine import create_db_engine
-        from videolib.db.migrate import upgrade
         from videolib.seed import seed_library
         from videolib.storage import ObjectStore
 
-        engine = create_db_engine(url)
-        upgrade(engine)
         store = ObjectStore.from_url(str(work / "storage"))
         started, last = time.monotonic(), [time.monotonic()]
 
@@ -257,22 +264,11 @@ def stage_only(args) -> int:
     """Stage ``args.videos`` random ids with COPY and with INSERTs, alternating."""
     import uuid
 
-    servers = load_servers_module()
     with contextlib.ExitStack() as stack:
-        work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bulkops-stage-")))
-        work.mkdir(parents=True, exist_ok=True)
-        note("starting PostgreSQL ...")
-        pg = servers.start_postgres(work / "pg")
-        stack.callback(pg.stop)
-        url = pg.create_database("library")
-        point_settings_at(url, str(work / "storage"), work / "data")
-        from videolib.db.engine import create_db_engine
-        from videolib.db.migrate import upgrade
+        _work, _pg, engine = postgres_library(stack, args.work_dir, "bulkops-stage-")
         from videolib.manifests import CHUNK
         from videolib.staging import drop_staged, stage_manifest
 
-        engine = create_db_engine(url)
-        upgrade(engine)
         ids = [str(uuid.uuid4()) for _ in range(args.videos)]
         ids += ids[: len(ids) // 100]  # 1% repeated lines, as a real manifest may have
         parts = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)]
