@@ -20,7 +20,7 @@ from pydantic import Field
 from config import get_settings
 from flows.operation import DRY_RUN_TAG, Operation
 from flows.runners import task_runner
-from flows.selection import select_manifest, select_retry, select_videos
+from flows.selection import select_library, select_manifest, select_retry, select_videos
 from tasks.resources import engine, store
 from tasks.delete import delete_video_batch
 from videolib.delete import write_manifest
@@ -76,6 +76,8 @@ def bulk_delete(
         if retry_of:
             return select_retry(result, creator_id=creator_id, retry_of=retry_of, flow_name="bulk-delete",
                                 listed=bool(video_ids or all_videos or invalid_ids_key))
+        if all_videos and not (video_ids or invalid_ids_key):
+            return select_library(result, creator_id=creator_id, batch_size=size)
         return select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,
                              verb="delete", invalid_ids_key=invalid_ids_key)
 
@@ -110,6 +112,6 @@ def bulk_delete(
         task_kwargs={"creator_id": creator_id, "dry_run": dry_run, "trash": trash},
         batch_size=size,
         finish=finish,
-        cleanup=(lambda: drop_staged(engine(), operation.operation_id)) if manifest is not None else None,
+        cleanup=(lambda: drop_staged(engine(), operation.operation_id)) if manifest is not None or all_videos else None,
         split=split,
     )

@@ -13,11 +13,21 @@ from prefect import get_client
 from config import get_settings
 from tasks.resources import engine, store
 from videolib.ids import RequestError
-from videolib.manifests import check_manifest_key, iter_manifest, manifest_sha256
+from videolib.manifests import CHUNK, check_manifest_key, iter_manifest, manifest_sha256
 from videolib.operation import BATCH_ERROR, ItemError, OperationResult, effective_batch_size, parse_video_ids
 from videolib.report import read_retryable_ids
-from videolib.selection import check_selection, iter_creator_video_ids, read_invalid_ids, resolve_owned
+from videolib.selection import (
+    check_selection,
+    count_creator_videos,
+    iter_creator_video_ids,
+    read_invalid_ids,
+    resolve_owned,
+)
 from videolib.staging import batch_ids, keep_owned, stage_manifest, staged_batches
+
+# A whole library larger than this (a delete's ``all_videos``) is staged in the database
+# like a manifest instead of listed in the run's memory (about 100 MB per million ids).
+STAGE_LIBRARY_ABOVE = 250_000
 
 
 def select_videos(result: OperationResult, *, creator_id: str, video_ids: Sequence[str] | None, all_videos: bool,
@@ -94,8 +104,6 @@ def select_manifest(result: OperationResult, *, creator_id: str, manifest: str, 
     batches are ranges of them (each task reads its own ids back). Malformed lines are
     ``invalid_id`` items, others' and unknown ids ``not_found``; duplicates collapse.
     Sets ``result.requested`` and ``result.manifest`` (key, sha256, lines)."""
-    from flows.operation import Plan
-
     if listed:
         raise RequestError("bad_selection", "give either `manifest` or `video_ids`/`all_videos`, not both")
     check_manifest_key(creator_id, manifest)
@@ -115,8 +123,41 @@ def select_manifest(result: OperationResult, *, creator_id: str, manifest: str, 
     result.requested = staged.requested
     owned = keep_owned(engine(), result.operation_id, creator_id, exclude_statuses=exclude_statuses,
                        on_missing=result.add_errors)
-    size = effective_batch_size(owned, batch_size, settings.max_batches, workers=settings.task_workers)
-    batches = staged_batches(engine(), result.operation_id, size)
+    return staged_plan(result.operation_id, owned, batch_size)
+
+
+def staged_plan(operation_id: str, count: int, batch_size: int):
+    """A ``Plan`` whose batches are ranges of the operation's ``count`` staged ids."""
+    from flows.operation import Plan
+
+    settings = get_settings()
+    size = effective_batch_size(count, batch_size, settings.max_batches, workers=settings.task_workers)
+    batches = staged_batches(engine(), operation_id, size)
     return Plan(batches=batches, sizes=[b["count"] for b in batches],
                 failed_items=lambda i, detail: [ItemError(v, BATCH_ERROR, detail)
                                                 for v in batch_ids(engine(), batches[i])])
+
+
+def select_library(result: OperationResult, *, creator_id: str, batch_size: int):
+    """Every video of the creator (``all_videos``) for an operation that takes staged
+    batches: listed in memory up to ``STAGE_LIBRARY_ABOVE`` videos, staged in
+    ``staged_ids`` by keyset pages past that (the run drops them as it ends). Sets
+    ``result.requested``."""
+    if count_creator_videos(engine(), creator_id) <= STAGE_LIBRARY_ABOVE:
+        ids = list(iter_creator_video_ids(engine(), creator_id))
+        result.requested = len(ids)
+        return ids
+
+    def pages():
+        page: list[str] = []
+        for vid in iter_creator_video_ids(engine(), creator_id, chunk=CHUNK):
+            page.append(vid)
+            if len(page) == CHUNK:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    staged = stage_manifest(engine(), result.operation_id, pages())
+    result.requested = staged.ids
+    return staged_plan(result.operation_id, staged.ids, batch_size)

@@ -54,6 +54,39 @@ def test_delete_from_a_manifest_reports_each_line_and_touches_only_the_creators_
     assert doc["verified"]["videos"] == 20 and _staged_rows(library) == 0
 
 
+def test_a_whole_library_past_the_limit_is_staged_and_a_stopped_delete_of_it_converges(library, monkeypatch):
+    """``all_videos`` over ``STAGE_LIBRARY_ABOVE`` videos: staged like a manifest (batches
+    are ranges, not lists of ids), dropped as the run ends; stopped after its first batch
+    and run again, every video is gone exactly once and the other creator's are kept."""
+    import flows.selection
+    from flows.bulk_delete import bulk_delete
+    from flows.progress import listening
+    from prefect.exceptions import TerminationSignal
+
+    monkeypatch.setattr(flows.selection, "STAGE_LIBRARY_ABOVE", 10)
+    library.seed(200, creators=2, files=False)
+    mine, theirs = library.ids("creator-001"), library.ids("creator-002")
+    staged_meanwhile: list[int] = []
+
+    def stop_after_the_first_batch(event):
+        if event.result is None and event.batches_done == 1 and not staged_meanwhile:
+            staged_meanwhile.append(_staged_rows(library))
+            raise TerminationSignal(signal=15)
+
+    with listening(stop_after_the_first_batch):
+        stopped = bulk_delete(creator_id="creator-001", all_videos=True, batch_size=1, return_state=True)
+    assert stopped.is_cancelled(), stopped
+    assert staged_meanwhile == [len(mine)] and _staged_rows(library) == 0
+    left = library.ids("creator-001")
+    assert 0 < len(mine) - len(left) < len(mine), "the first batch ran, not all of them"
+
+    state = bulk_delete(creator_id="creator-001", all_videos=True, batch_size=5, return_state=True)
+    doc = state.result()
+    assert doc["status"] == "completed" and doc["requested"] == doc["succeeded"] == len(left), doc
+    assert library.ids("creator-001") == [] and library.ids("creator-002") == theirs
+    assert doc["verified"]["videos"] == len(left) and _staged_rows(library) == 0
+
+
 def test_manifest_refusals_in_the_flow_touch_nothing(sqlite_library):
     from flows.bulk_delete import bulk_delete
 
