@@ -23,11 +23,14 @@ feed ``docs/scale.md``.
     python benchmarks/manifest.py --smoke
     python benchmarks/manifest.py --only stage        # staging alone, COPY against INSERT
 
-``--only stage`` seeds nothing: it stages a manifest of ``--videos`` random ids in
-``staged_ids`` the way a run plans (``videolib.staging.stage_manifest``), (s) with COPY
-through a temporary table (what runs do on PostgreSQL) and (i) with SQLAlchemy's
-multi-row INSERTs (what they did before), three rounds each, alternating, and prints
-the ratio.
+``--only stage`` times planning alone. First a manifest of ``--videos`` random ids staged
+in ``staged_ids`` the way a run stages one (``videolib.staging.stage_manifest``), (s) with
+COPY through a temporary table (what runs do on PostgreSQL) and (i) with SQLAlchemy's
+multi-row INSERTs (what they did before), three rounds each, alternating. Then a library
+of ``--videos`` videos of one creator (rows only) and a delete's ``--all`` selection of it
+(``flows.selection.select_library``), (a) staged by keyset pages into range batches (past
+``STAGE_LIBRARY_ABOVE``) and (l) listed in memory (below it), with the traced memory of
+each. It prints the ratios.
 """
 
 from __future__ import annotations
@@ -287,11 +290,14 @@ def stage_only(args) -> int:
                         {"op": op}).scalar()
                 assert first == ids[0] and staged.ids == args.videos, (name, first, staged.ids)
                 drop_staged(engine, op)
+        del ids, parts
+        library = whole_library(engine, args.videos)
         engine.dispose()
         best = {name: min(values) for name, values in times.items()}
         machine = machine_info(postgresql="15")
         console.print()
-        console.rule(f"staging a manifest of {len(ids):,} lines ({args.videos:,} distinct ids) on PostgreSQL")
+        console.rule(f"staging a manifest of {args.videos + args.videos // 100:,} lines ({args.videos:,} distinct "
+                     "ids) on PostgreSQL")
         console.print(machine_line(machine))
         base = best["(i) INSERT"]
         console.print(results_table(
@@ -300,9 +306,71 @@ def stage_only(args) -> int:
             [[name, f"{counts[name]:,}", f"{best[name]:.1f}", ", ".join(f"{t:.1f}" for t in times[name]),
               f"{args.videos / best[name]:,.0f}", f"{base / best[name]:.2f}x"] for name in times],
             left=("variant", "all s")))
-        write_json(args.json, {"benchmark": "manifest-stage", "machine": machine, "lines": len(ids),
-                               "ids": args.videos, "seconds": times})
+        lbest = {name: min(m["seconds"]) for name, m in library.items()}
+        console.print(results_table(
+            f"a delete's --all of {args.videos:,} videos (best of 3, alternating)",
+            ["variant", "ids", "batches", "best s", "all s", "traced peak", "time vs (l)"],
+            [[name, f"{m['ids']:,}", str(m["batches"]), f"{lbest[name]:.1f}",
+              ", ".join(f"{t:.1f}" for t in m["seconds"]), human_bytes(m["traced_peak"]),
+              f"{lbest[name] / lbest['(l) listed']:.2f}x"] for name, m in library.items()],
+            left=("variant", "all s", "traced peak")))
+        write_json(args.json, {"benchmark": "manifest-stage", "machine": machine,
+                               "lines": args.videos + args.videos // 100, "ids": args.videos, "seconds": times,
+                               "library": library})
         return 0
+
+
+def whole_library(engine, videos: int) -> dict[str, dict[str, Any]]:
+    """Seed ``videos`` rows of one creator, then select them as a delete's ``--all`` does,
+    staged (a) and listed (l), three rounds each, alternating; then once more each under
+    ``tracemalloc`` for the memory it holds (not timed: tracing slows it)."""
+    import tracemalloc
+    import uuid
+
+    import flows.selection
+    from config import get_settings
+    from videolib.operation import OperationResult, effective_batch_size
+    from videolib.seed import seed_library
+    from videolib.staging import drop_staged
+
+    note(f"seeding {videos:,} videos (rows only) ...")
+    seed_library(engine, None, None, videos=videos, creators=1, seed=SEED, chunks_per_video=0,
+                 transcript_ratio=0.0, status="ready")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    variants = {"(a) staged": 0, "(l) listed": 10**12}  # STAGE_LIBRARY_ABOVE for each
+    out: dict[str, dict[str, Any]] = {name: {"seconds": []} for name in variants}
+    limit = flows.selection.STAGE_LIBRARY_ABOVE
+
+    def select(name: str) -> tuple[int, int]:
+        flows.selection.STAGE_LIBRARY_ABOVE = variants[name]
+        op = str(uuid.uuid4())
+        result = OperationResult(op, "delete", CREATOR)
+        try:
+            plan = flows.selection.select_library(result, creator_id=CREATOR, batch_size=1000)
+            if isinstance(plan, list):  # the flow cuts a list into batches this size
+                settings = get_settings()
+                size = effective_batch_size(len(plan), 1000, settings.max_batches, workers=settings.task_workers)
+                return result.requested, -(-len(plan) // size)
+            return result.requested, len(plan.batches)
+        finally:
+            drop_staged(engine, op)
+
+    try:
+        for round_ in range(3):
+            for name in (list(variants) if round_ % 2 == 0 else list(reversed(variants))):
+                began = time.monotonic()
+                out[name]["ids"], out[name]["batches"] = select(name)
+                out[name]["seconds"].append(time.monotonic() - began)
+                assert out[name]["ids"] == videos, (name, out[name])
+        for name in variants:
+            tracemalloc.start()
+            select(name)
+            out[name]["traced_peak"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    finally:
+        flows.selection.STAGE_LIBRARY_ABOVE = limit
+    return out
 
 
 if __name__ == "__main__":

@@ -109,9 +109,13 @@ def test_manifest_benchmark_smoke(tmp_path):
 
 
 def test_manifest_staging_benchmark_smoke(tmp_path):
-    """Staging alone, COPY against INSERTs: both stage every distinct id in order."""
+    """Staging alone, COPY against INSERTs, and a delete's --all staged against listed."""
     run_smoke("manifest.py", "--only", "stage", "--json", str(tmp_path / "stage.json"), timeout=300,
               rows=("(s) COPY", "(i) INSERT"))
     doc = json.loads((tmp_path / "stage.json").read_text())
     assert doc["ids"] == 2000 and doc["lines"] == 2020
     assert {name: len(times) for name, times in doc["seconds"].items()} == {"(s) COPY": 3, "(i) INSERT": 3}
+    library = doc["library"]  # a delete's --all, staged and listed: the same ids, the same batches
+    assert set(library) == {"(a) staged", "(l) listed"}
+    assert {m["ids"] for m in library.values()} == {2000} and {m["batches"] for m in library.values()} == {8}
+    assert all(m["traced_peak"] > 0 and len(m["seconds"]) == 3 for m in library.values())
