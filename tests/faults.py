@@ -10,7 +10,8 @@ class CrashingStore(ObjectStore):
     """A real store that dies at a chosen step (fault injection, not a mock)."""
 
     def __init__(self, inner: ObjectStore, *, fail_delete: bool = False, fail_keys: set[str] | None = None,
-                 fail_put_prefix: str | None = None, silent_keys: set[str] | None = None) -> None:
+                 fail_put_prefix: str | None = None, silent_keys: set[str] | None = None,
+                 fail_put_number: int | None = None) -> None:
         super().__init__(inner.fs, inner.root)
         self.fail_delete = fail_delete
         self.fail_keys = fail_keys or set()
@@ -18,6 +19,9 @@ class CrashingStore(ObjectStore):
         # Deletes of these keys answer success and leave the object (a storage fault: a
         # replica that missed the delete, a lying proxy): only reading back finds them.
         self.silent_keys = silent_keys or set()
+        # With a prefix: only the put number ``fail_put_number`` (1 = the first) under it dies.
+        self.fail_put_number = fail_put_number
+        self.puts = 0
 
     def delete_many(self, keys, **kwargs):
         keys = list(keys)
@@ -31,5 +35,7 @@ class CrashingStore(ObjectStore):
 
     def put(self, key, data):
         if self.fail_put_prefix and key.startswith(self.fail_put_prefix):
-            raise ConnectionError("injected crash while writing the manifest")
+            self.puts += 1
+            if self.fail_put_number is None or self.puts == self.fail_put_number:
+                raise ConnectionError("injected crash while writing the manifest")
         return super().put(key, data)

@@ -19,7 +19,10 @@ After a crash every video is gone with its objects, ``deleting``, or untouched: 
 a live row pointing at a missing file. Running a batch again (or any later delete of
 the same ids) takes the tombstones over and converges. A row is counted as deleted
 only by the operation whose ``DELETE`` removed it, so concurrent operations on the
-same videos count each video once.
+same videos count each video once. A retry of the same batch (Prefect retries a task
+whole, also after an attempt that died past its row delete) counts what the earlier
+attempt deleted as its own: the batch's audit part (:class:`AuditPart`) records it, and
+writes to the part merge, never drop an earlier attempt's records.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ def delete_batch(
     """
     ids = list(dict.fromkeys(video_ids))
     now = datetime.now(UTC)
+    part = AuditPart(store, operation_id, batch_index)
 
     # 1. Tombstones, in one transaction, only for this creator's safely-keyed rows.
     with engine.begin() as conn:
@@ -171,11 +175,11 @@ def delete_batch(
         rows = _load_rows(conn, creator_id, ids, for_update=True, purge_before=purge_before)
         eligible, errors = _classify(creator_id, ids, rows)
         marked: set[str] = set()
-        for part in chunked([row.id for row in eligible]):
+        for part_ids in chunked([row.id for row in eligible]):
             # The same condition as the read, as a compare-and-set (a restore racing a purge).
             marked.update(conn.execute(
                 update(Video)
-                .where(Video.creator_id == creator_id, Video.id.in_(part), *_which(purge_before))
+                .where(Video.creator_id == creator_id, Video.id.in_(part_ids), *_which(purge_before))
                 .values(status="deleting", updated_at=now)
                 .returning(Video.id)
             ).scalars())
@@ -183,8 +187,12 @@ def delete_batch(
             errors += [ItemError(row.id, NOT_FOUND, "no such video for this creator")
                        for row in eligible if row.id not in marked]
             eligible = [row for row in eligible if row.id in marked]
+    # A retry of this batch (the task's retries, after an attempt that died past its row
+    # delete): what the earlier attempt deleted is in the batch's audit part. Those are
+    # this batch's deletions, not "not found"; their proof is completed if it is missing.
+    earlier, errors = _deleted_earlier(engine, store, part, creator_id, errors, verify=verify)
     if not eligible:
-        return BatchOutcome(errors=errors)
+        return _outcome([], 0, errors, {}, set(), earlier, verify)
 
     # 2. Objects. A video whose objects could not all be removed keeps its tombstone.
     failures = _delete_objects(store, eligible, ticker, done_before=len(errors))
@@ -211,24 +219,24 @@ def delete_batch(
                 proof[row.id] = {"objects_absent": len(row.keys)}
         removed = confirmed
     if not removed:
-        return BatchOutcome(errors=errors, extra=_verified_counts(proof, set()) if verify else {})
+        return _outcome([], 0, errors, proof, set(), earlier, verify)
 
     # The evidence is written before the rows go: if this write fails the batch fails,
     # the tombstones stay, and a retry writes it again.
     deleted_at = datetime.now(UTC).isoformat()
-    _write_manifest_part(store, operation_id, batch_index, creator_id, removed, deleted_at, proof)
+    part.write(_records(operation_id, creator_id, removed, deleted_at, proof))
 
     # 3. Rows (chunks cascade). Only rows still tombstoned by a delete are removed; a
     # row that another operation removed meanwhile is not counted here.
     deleted: set[str] = set()
     with engine.begin() as conn:
         set_lock_timeout(conn, lock_timeout_ms)
-        for part in chunked([row.id for row in removed]):
+        for part_ids in chunked([row.id for row in removed]):
             result = conn.execute(
                 delete(Video)
                 .where(
                     Video.creator_id == creator_id,
-                    Video.id.in_(part),
+                    Video.id.in_(part_ids),
                     # `status || ''` keeps the planner off the (creator_id, status) index:
                     # it would scan every tombstone of the creator for each batch.
                     Video.status.concat("") == "deleting",
@@ -250,14 +258,57 @@ def delete_batch(
                 errors.append(ItemError(row.id, NOT_VERIFIED, "its row or transcript chunks are still in the "
                                                               "database after its delete"))
     if gone_elsewhere or verify:
-        _write_manifest_part(store, operation_id, batch_index, creator_id, mine, deleted_at, proof)
+        part.write(_records(operation_id, creator_id, mine, deleted_at, proof), drop=[row.id for row in gone_elsewhere])
     done = [row for row in mine if not verify or row.id in rows_absent]
+    objects = sum(len(row.keys) for row in mine)
+    return _outcome(done, objects, errors, {vid: proof[vid] for vid in deleted if vid in proof}, rows_absent, earlier,
+                    verify)
+
+
+def _outcome(done: list[_Row], objects: int, errors: list[ItemError], proof: dict[str, dict], rows_absent: set[str],
+             earlier: list[dict], verify: bool) -> BatchOutcome:
+    """The batch's outcome: what this attempt deleted and what an earlier attempt of it did."""
+    proof = {**proof, **{rec["video_id"]: rec["verified"] for rec in earlier if "verified" in rec}}
+    rows_absent = rows_absent | {rec["video_id"] for rec in earlier}
     return BatchOutcome(
-        succeeded=[row.id for row in done],
+        succeeded=[row.id for row in done] + [rec["video_id"] for rec in earlier],
         errors=errors,
-        objects=sum(len(row.keys) for row in mine),
-        extra=_verified_counts({vid: proof[vid] for vid in deleted if vid in proof}, rows_absent) if verify else {},
+        objects=objects + sum(len(rec["objects"]) for rec in earlier),
+        extra=_verified_counts(proof, rows_absent) if verify else {},
     )
+
+
+def _deleted_earlier(engine: Engine, store: ObjectStore, part: AuditPart, creator_id: str, errors: list[ItemError],
+                     *, verify: bool) -> tuple[list[dict], list[ItemError]]:
+    """Among the ids found missing, those an earlier attempt of this batch deleted (its
+    audit part has them, and their rows are gone): their records, proof completed, and
+    the errors without them. Only read when an id is missing (one GET of the part)."""
+    missing = [e.video_id for e in errors if e.error == NOT_FOUND]
+    if not missing:
+        return [], errors
+    ours = {vid: part.records[vid] for vid in missing
+            if vid in part.records and part.records[vid].get("creator_id") == creator_id}
+    if not ours:
+        return [], errors
+    gone = _rows_absent(engine, list(ours))  # the row of one deleted earlier cannot come back
+    ours = {vid: record for vid, record in ours.items() if vid in gone}
+    if not ours:
+        return [], errors
+    errors = [e for e in errors if not (e.error == NOT_FOUND and e.video_id in ours)]
+    unproven = {vid: record for vid, record in ours.items() if not record.get("verified", {}).get("row_absent")}
+    if verify and unproven:  # the attempt died between its row delete and its proof
+        left = store.present([key for record in unproven.values() for key in record["objects"]])
+        for vid, record in unproven.items():
+            still = [key for key in record["objects"] if key in left]
+            if still:  # not ours to count: an object came back since
+                errors.append(ItemError(vid, NOT_VERIFIED, f"deleted, yet in storage again: {', '.join(still)}"))
+                del ours[vid]
+            else:
+                record["verified"] = {"objects_absent": len(record["objects"]), "row_absent": True,
+                                      "chunks_absent": True}
+        part.write([record for vid, record in ours.items() if vid in unproven])
+    log.info("batch %s: %s videos were deleted by an earlier attempt of it", part.key, len(ours))
+    return list(ours.values()), errors
 
 
 def _rows_absent(engine: Engine, ids: list[str]) -> set[str]:
@@ -309,30 +360,47 @@ def _delete_objects(store: ObjectStore, rows: list[_Row], ticker: Ticker | None,
     return failures
 
 
-def _write_manifest_part(
-    store: ObjectStore,
-    operation_id: str,
-    batch_index: int,
-    creator_id: str,
-    rows: Sequence[_Row],
-    deleted_at: str,
-    proof: dict[str, dict] | None = None,
-) -> None:
-    lines = [
-        json.dumps(
-            {
-                "video_id": row.id,
-                "creator_id": creator_id,
-                "objects": list(row.keys),
-                "deleted_at": deleted_at,
-                "operation_id": operation_id,
-                **({"verified": proof[row.id]} if proof and row.id in proof else {}),
-            },
-            ensure_ascii=False,
-        )
-        for row in rows
-    ]
-    store.put(manifest_part_key(operation_id, batch_index), ("\n".join(lines) + "\n").encode() if lines else b"")
+def _records(operation_id: str, creator_id: str, rows: Sequence[_Row], deleted_at: str,
+             proof: dict[str, dict] | None = None) -> list[dict]:
+    return [{"video_id": row.id, "creator_id": creator_id, "objects": list(row.keys), "deleted_at": deleted_at,
+             "operation_id": operation_id, **({"verified": proof[row.id]} if proof and row.id in proof else {})}
+            for row in rows]
+
+
+class AuditPart:
+    """One batch's part of a delete's audit manifest (``audit/delete/{op}/batch-N.jsonl``,
+    one JSON record per video). Writes merge with what is there: a retried batch keeps
+    what its earlier attempt recorded, and a cleanup batch that finishes several
+    creators' tombstones (one delete call each) keeps them all."""
+
+    def __init__(self, store: ObjectStore, operation_id: str, batch_index: int) -> None:
+        self.store, self.key = store, manifest_part_key(operation_id, batch_index)
+        self._records: dict[str, dict] | None = None
+
+    @property
+    def records(self) -> dict[str, dict]:
+        """video id -> record, as stored (read once)."""
+        if self._records is None:
+            try:
+                data = self.store.get(self.key)
+            except FileNotFoundError:
+                data = b""
+            self._records = {}
+            for line in data.decode().splitlines():
+                if line:
+                    record = json.loads(line)
+                    self._records[record["video_id"]] = record
+        return self._records
+
+    def write(self, records: Sequence[dict], *, drop: Sequence[str] = ()) -> None:
+        """Add (or replace) ``records``, remove those of ``drop``; one atomic put."""
+        merged = dict(self.records)
+        for vid in drop:
+            merged.pop(vid, None)
+        merged.update({record["video_id"]: record for record in records})
+        lines = [json.dumps(record, ensure_ascii=False) for record in merged.values()]
+        self.store.put(self.key, ("\n".join(lines) + "\n").encode() if lines else b"")
+        self._records = merged
 
 
 def write_manifest(

@@ -6,8 +6,11 @@ files; one case runs on the loopback S3 endpoint.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text, update
@@ -207,6 +210,74 @@ def test_storage_error_keeps_tombstone_and_reports_item(library):
     retry = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=[ids[0]],
                          operation_id=OP, batch_index=0)
     assert retry.succeeded == [ids[0]]
+    # The batch's audit part keeps what the first call recorded beside what the retry did.
+    assert sorted(_part(library.store, OP, 0)) == sorted(ids)
+
+
+def _part(store, operation_id, batch_index) -> dict[str, dict]:
+    """video id -> record of one batch's audit part."""
+    lines = store.get(manifest_part_key(operation_id, batch_index)).decode().splitlines()
+    return {record["video_id"]: record for record in map(json.loads, filter(None, lines))}
+
+
+@pytest.mark.parametrize("died", ["before_its_proof", "after_everything"])
+def test_a_retried_batch_counts_what_its_earlier_attempt_deleted(library, died):
+    """Prefect retries a batch task whole. An attempt that died after its row delete (in
+    its second audit write, or while reporting its state) leaves the retry ids that are
+    gone: they are this batch's deletions, with their proof, not ``not_found``."""
+    library.seed(12, creators=1, chunks_per_video=2, transcript_ratio=1.0)
+    ids = library.ids("creator-001")[:6]
+    keys = _keys(library.engine, ids)
+    if died == "before_its_proof":
+        crashing = CrashingStore(library.store, fail_put_prefix="audit/", fail_put_number=2)
+        with pytest.raises(ConnectionError):
+            delete_batch(library.engine, crashing, creator_id="creator-001", video_ids=ids, operation_id=OP,
+                         batch_index=3)
+        assert _rows(library.engine, ids) == {}, "the rows went before it died"
+        assert not any("verified" in record and "row_absent" in record["verified"]
+                       for record in _part(library.store, OP, 3).values())
+    else:
+        first = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids,
+                             operation_id=OP, batch_index=3)
+        assert sorted(first.succeeded) == sorted(ids)
+
+    unknown = str(uuid.uuid4())
+    retry = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids + [unknown],
+                         operation_id=OP, batch_index=3)
+    assert sorted(retry.succeeded) == sorted(ids)
+    assert [(e.video_id, e.error) for e in retry.errors] == [(unknown, "not_found")]
+    assert retry.objects == len(keys) == 12
+    assert retry.extra["verified"] == {"videos": 6, "objects_absent": 12, "rows_absent": 6}
+    part = _part(library.store, OP, 3)
+    assert sorted(part) == sorted(ids) and {k for r in part.values() for k in r["objects"]} == set(keys)
+    assert all(r["verified"] == {"objects_absent": 2, "row_absent": True, "chunks_absent": True}
+               for r in part.values())
+    assert _chunks(library.engine, ids) == 0
+    # Another operation finds them gone: not found, and nothing of theirs in this audit.
+    other = str(uuid.uuid4())
+    late = delete_batch(library.engine, library.store, creator_id="creator-001", video_ids=ids, operation_id=other,
+                        batch_index=3)
+    assert late.succeeded == [] and {e.error for e in late.errors} == {"not_found"}
+    assert not library.store.exists(manifest_part_key(other, 3))
+
+
+def test_a_cleanup_batch_of_several_creators_keeps_every_creators_audit_records(library):
+    """Cleanup finishes the tombstones of several creators in one batch (one delete call
+    per creator, one audit part): the part keeps them all."""
+    from videolib.cleanup import Rules, finish_tombstones
+
+    library.seed(8, creators=2)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    items = [[creator, vid] for creator in ("creator-001", "creator-002") for vid in library.ids(creator)[:2]]
+    with library.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id.in_([vid for _, vid in items]))
+                     .values(status="deleting", updated_at=old))
+    outcome = finish_tombstones(library.engine, library.store, items, Rules(now=time.time()), operation_id=OP,
+                                batch_index=0, dry_run=False)
+    assert sorted(outcome.succeeded) == sorted(vid for _, vid in items) and outcome.errors == []
+    part = _part(library.store, OP, 0)
+    assert sorted(part) == sorted(vid for _, vid in items)
+    assert {vid: r["creator_id"] for vid, r in part.items()} == {vid: creator for creator, vid in items}
 
 
 def test_concurrent_deletes_count_each_video_once(library):

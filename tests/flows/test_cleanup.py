@@ -200,7 +200,7 @@ def test_cleanup_removes_exactly_what_is_due_and_a_second_run_does_nothing(libra
     done = _run_cleanup()
     assert done["status"] == "completed", done
     assert done["operation"] == "cleanup" and done["creator_id"] is None
-    assert done["cleanup"] == EXPECTED, done["cleanup"]
+    assert done["cleanup"] == EXPECTED, done
     assert done["requested"] == done["succeeded"] == 13 and done["failed"] == 0
     assert status_of(done["operation_id"])["result"] == done
 
@@ -543,3 +543,29 @@ def test_a_delete_proves_what_it_removed_and_cleanup_finishes_what_a_fault_left(
     assert cleaned["verified"] == {"videos": 1, "objects_absent": 2, "rows_absent": 1}
     assert library.ids("creator-001") == [] and not library.store.exists(left)
     assert library.ids("creator-002")
+
+
+def test_a_tombstone_batch_retried_after_its_rows_went_counts_them_finished(library, monkeypatch):
+    """Prefect retries a cleanup batch whole. The first attempt at the tombstones dies
+    after their rows went (injected in its second audit write): the retry counts them as
+    finished by this cleanup, with their proof and audit records, not as already done."""
+    import tasks.cleanup
+    from tests.faults import CrashingStore
+    from videolib.delete import read_manifest_records
+
+    library.seed(12, creators=2)
+    mine = library.ids("creator-001")
+    doomed = mine[:3]
+    for vid in doomed:
+        _set(library.engine, vid, age=2 * HOUR, status="deleting")
+    dying = CrashingStore(library.store, fail_put_prefix="audit/delete/", fail_put_number=2)
+    monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
+    done = _run_cleanup()
+    assert done["status"] == "completed" and done["failed"] == 0, done
+    assert done["cleanup"]["tombstones_finished"] == 3, done
+    assert dying.puts == 3, "died in its second audit write; the retry completed the proof"
+    assert done["verified"] == {"videos": 3, "objects_absent": 6, "rows_absent": 3}
+    records = read_manifest_records(library.store, done["operation_id"])
+    assert sorted(r["video_id"] for r in records) == sorted(doomed)
+    assert all(r["verified"]["row_absent"] for r in records)
+    assert library.ids("creator-001") == mine[3:]

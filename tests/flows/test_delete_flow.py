@@ -57,6 +57,28 @@ def test_completed_delete(library):
     assert {"progress", "markdown"} <= kinds and "table" not in kinds
 
 
+def test_a_batch_retried_after_its_rows_went_counts_them_deleted(library, monkeypatch):
+    """Prefect retries a batch task whole. Its first attempt dies after its row delete
+    (injected in its second audit write): the retry finds the rows gone and counts them
+    as the batch's deletions, proven, not as ``not_found``."""
+    import tasks.delete
+    from tests.faults import CrashingStore
+    from videolib.delete import read_manifest_records
+
+    library.seed(20, creators=2)
+    ids, theirs = library.ids("creator-001"), library.ids("creator-002")
+    dying = CrashingStore(library.store, fail_put_prefix="audit/", fail_put_number=2)
+    monkeypatch.setattr(tasks.delete, "store", lambda: dying)
+    doc = _run(creator_id="creator-001", video_ids=ids).result()  # one batch
+    assert doc["status"] == "completed" and doc["succeeded"] == len(ids) and doc["failed"] == 0, doc
+    assert dying.puts == 3, "died in its second audit write; the retry completed the proof"
+    assert doc["verified"] == {"videos": len(ids), "objects_absent": 2 * len(ids), "rows_absent": len(ids)}
+    records = read_manifest_records(library.store, doc["operation_id"])
+    assert sorted(r["video_id"] for r in records) == sorted(ids)
+    assert all(r["verified"] == {"objects_absent": 2, "row_absent": True, "chunks_absent": True} for r in records)
+    assert library.ids("creator-001") == [] and library.ids("creator-002") == theirs
+
+
 def test_partial_delete_reports_every_failed_item(sqlite_library):
     lib = sqlite_library
     lib.seed(20, creators=2)
