@@ -20,16 +20,16 @@ from pydantic import Field
 from config import get_settings
 from flows.operation import Operation, Plan
 from flows.runners import task_runner
-from flows.selection import select_manifest, select_retry, select_videos
+from flows.selection import select_manifest, select_reprocessable_library, select_retry, select_videos
 from tasks.reprocess import reprocess_video_batch
 from tasks.resources import HOLDERS, embedder_for, engine
 from videolib.db.models import GONE_STATUSES
 from videolib.chunking import chunking_config
 from videolib.compute_pool import eligible, held_compute_pool
 from videolib.embedders import check_embedder, default_batch_size
-from videolib.ids import RequestError, check_creator_id
-from videolib.operation import BatchOutcome, OperationResult, describe_not_selected
-from videolib.reprocess import release_left_claims, select_reprocessable
+from videolib.ids import check_creator_id
+from videolib.operation import BatchOutcome, OperationResult
+from videolib.reprocess import release_left_claims
 from videolib.staging import drop_staged
 
 
@@ -91,16 +91,11 @@ def bulk_reprocess(
                                listed=bool(video_ids or all_videos or invalid_ids_key),
                                exclude_statuses=GONE_STATUSES)
         elif all_videos and not video_ids and not invalid_ids_key:
-            # Only what a reprocess can act on; the rest is counted, not failed.
-            selection = select_reprocessable(engine(), creator_id, operation_id=result.operation_id,
-                                             lease_s=settings.reprocess_lease_s, holders=HOLDERS)
-            result.not_selected = selection.not_selected
-            if not selection.ids:
-                left_out = describe_not_selected(selection.not_selected)
-                raise RequestError("empty_selection", f"creator {creator_id!r} has no videos to reprocess"
-                                   + (f": {left_out}" if left_out else ""))
-            ids = selection.ids
-            result.requested = len(ids)
+            # Only what a reprocess can act on; the rest is counted, not failed. Past
+            # STAGE_LIBRARY_ABOVE videos staged in the database, not listed in memory.
+            resources.callback(drop_staged, engine(), result.operation_id)  # when the run ends, however
+            ids = select_reprocessable_library(result, creator_id=creator_id, batch_size=size,
+                                               lease_s=settings.reprocess_lease_s, holders=HOLDERS)
             task_kwargs["whole_library"] = True
         else:
             ids = select_videos(result, creator_id=creator_id, video_ids=video_ids, all_videos=all_videos,

@@ -14,7 +14,14 @@ from config import get_settings
 from tasks.resources import engine, store
 from videolib.ids import RequestError
 from videolib.manifests import CHUNK, check_manifest_key, iter_manifest, manifest_sha256
-from videolib.operation import BATCH_ERROR, ItemError, OperationResult, effective_batch_size, parse_video_ids
+from videolib.operation import (
+    BATCH_ERROR,
+    ItemError,
+    OperationResult,
+    describe_not_selected,
+    effective_batch_size,
+    parse_video_ids,
+)
 from videolib.report import read_retryable_ids
 from videolib.selection import (
     check_selection,
@@ -161,3 +168,30 @@ def select_library(result: OperationResult, *, creator_id: str, batch_size: int)
     staged = stage_manifest(engine(), result.operation_id, pages())
     result.requested = staged.ids
     return staged_plan(result.operation_id, staged.ids, batch_size)
+
+
+def select_reprocessable_library(result: OperationResult, *, creator_id: str, batch_size: int, lease_s: int,
+                                 holders=None):
+    """What a reprocess's ``all_videos`` can act on (``videolib.reprocess.reprocessable_pages``:
+    a transcript, nobody else holding it; the others counted in ``result.not_selected``),
+    listed up to ``STAGE_LIBRARY_ABOVE`` videos, staged by keyset pages past that, as a
+    delete's whole library is. Sets ``result.requested``; ``empty_selection`` when none."""
+    from videolib.reprocess import reprocessable_pages
+
+    not_selected: dict[str, int] = {}
+    pages = reprocessable_pages(engine(), creator_id, operation_id=result.operation_id, lease_s=lease_s,
+                                holders=holders, not_selected=not_selected, page=CHUNK)
+    if count_creator_videos(engine(), creator_id) > STAGE_LIBRARY_ABOVE:
+        selection = staged_plan(result.operation_id, stage_manifest(engine(), result.operation_id, pages).ids,
+                                batch_size)
+        count = sum(selection.sizes)
+    else:
+        selection = [vid for page in pages for vid in page]
+        count = len(selection)
+    result.not_selected = not_selected
+    if not count:
+        left_out = describe_not_selected(not_selected)
+        raise RequestError("empty_selection", f"creator {creator_id!r} has no videos to reprocess"
+                           + (f": {left_out}" if left_out else ""))
+    result.requested = count
+    return selection

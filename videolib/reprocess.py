@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -175,12 +175,27 @@ def select_reprocessable(
     transcript count as ``no_transcript``, those another operation or pipeline is
     processing as ``busy``; tombstones (``deleting``) are no longer the creator's
     library and are not counted. Streamed by keyset pages over (creator_id, id)."""
+    selection = Selection(ids=[], not_selected={NO_TRANSCRIPT: 0, BUSY: 0})
+    for ids in reprocessable_pages(engine, creator_id, operation_id=operation_id, lease_s=lease_s, page=page,
+                                   holders=holders, not_selected=selection.not_selected):
+        selection.ids.extend(ids)
+    return selection
+
+
+def reprocessable_pages(
+    engine: Engine, creator_id: str, *, operation_id: str, lease_s: int, not_selected: dict[str, int],
+    page: int = 10_000, holders: Holders | None = None,
+) -> Iterator[list[str]]:
+    """:func:`select_reprocessable` a keyset page at a time (a library of millions is
+    staged, never listed): the ids of each page; those left out counted in
+    ``not_selected`` as the pages go."""
     with engine.connect() as conn:
         rule = decide_takeover(conn, creator_id=creator_id, operation_id=operation_id, lease_s=lease_s,
                                holders=holders)
     has_t = _has_transcript().label("has_t")
     claimable = _claimable(rule).label("claimable")
-    selection = Selection(ids=[], not_selected={NO_TRANSCRIPT: 0, BUSY: 0})
+    for reason in (NO_TRANSCRIPT, BUSY):
+        not_selected.setdefault(reason, 0)
     last = ""
     while True:
         query = (
@@ -192,15 +207,17 @@ def select_reprocessable(
         with engine.connect() as conn:
             rows = conn.execute(query).all()
         if not rows:
-            return selection
+            return
+        ids = []
         for vid, transcript, free in rows:
             if not transcript:
-                selection.not_selected[NO_TRANSCRIPT] += 1
+                not_selected[NO_TRANSCRIPT] += 1
             elif not free:
-                selection.not_selected[BUSY] += 1
+                not_selected[BUSY] += 1
             else:
-                selection.ids.append(vid)
+                ids.append(vid)
         last = rows[-1][0]
+        yield ids
 
 
 def any_reprocessable(engine: Engine, creator_id: str, *, lease_s: int, holders: Holders | None = None) -> bool:

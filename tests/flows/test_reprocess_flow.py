@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from videolib.chunking import ChunkingConfig, chunk_transcript
-from videolib.db.models import Video, VideoChunk
+from videolib.db.models import StagedId, Video, VideoChunk
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -62,10 +62,25 @@ def test_completed_reprocess(library):
     assert status["progress"]["percent"] == 100.0 and status["result"]["succeeded"] == len(ids)
 
 
-def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library):
+@pytest.mark.parametrize("staged", [False, True], ids=["listed", "staged"])
+def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library, staged, monkeypatch):
     """Under all_videos, videos without a transcript and videos that another operation
     or pipeline holds are left out on purpose (not_selected), not failed: the run is
-    completed. A claim whose lease ran out is taken over; tombstones are not counted."""
+    completed. A claim whose lease ran out is taken over; tombstones are not counted.
+    Past ``STAGE_LIBRARY_ABOVE`` videos (10 here) the selection is staged in the
+    database, batches are ranges of it, and the staged ids are gone when the run ends."""
+    import flows.selection
+
+    stagings = []
+    if staged:
+        monkeypatch.setattr(flows.selection, "STAGE_LIBRARY_ABOVE", 10)
+        real = flows.selection.stage_manifest
+
+        def counted(*args, **kwargs):
+            stagings.append(real(*args, **kwargs))
+            return stagings[-1]
+
+        monkeypatch.setattr(flows.selection, "stage_manifest", counted)
     lib = library
     lib.seed(40, creators=2, transcript_ratio=0.6)
     everything = lib.ids("creator-001")
@@ -101,6 +116,9 @@ def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library):
     assert doc["status"] == "completed" and doc["errors"] == [] and doc["report_path"] is None
     assert doc["not_selected"] == {"no_transcript": len(no_transcript), "busy": len(busy)}
     assert doc["requested"] == doc["succeeded"] == len(selected)
+    assert [s.ids for s in stagings] == ([len(selected | {cueless})] if staged else [])
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(StagedId)).scalar() == 0
     after = _snapshot(lib)
     for vid in no_transcript - {cueless} | busy | {tombstone}:
         assert after[0][vid] == before[0][vid], "left out means left untouched"
@@ -116,7 +134,12 @@ def test_all_videos_selects_what_it_can_act_on_and_counts_the_rest(library):
     assert status["progress"] == {"current": len(selected), "total": len(selected), "percent": 100.0}
 
 
-def test_all_videos_with_nothing_to_act_on_is_refused_with_the_counts(sqlite_library):
+@pytest.mark.parametrize("staged", [False, True], ids=["listed", "staged"])
+def test_all_videos_with_nothing_to_act_on_is_refused_with_the_counts(sqlite_library, staged, monkeypatch):
+    import flows.selection
+
+    if staged:  # past the limit the (empty) selection is staged, and dropped as the run ends
+        monkeypatch.setattr(flows.selection, "STAGE_LIBRARY_ABOVE", 5)
     lib = sqlite_library
     lib.seed(10, creators=1, transcript_ratio=1.0)
     with lib.engine.begin() as conn:
@@ -128,6 +151,8 @@ def test_all_videos_with_nothing_to_act_on_is_refused_with_the_counts(sqlite_lib
     assert state.is_failed()
     assert "no videos to reprocess: 3 without a transcript, 7 busy" in state.message
     assert _snapshot(lib) == before
+    with lib.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(StagedId)).scalar() == 0
 
 
 def test_listed_ids_keep_their_per_item_errors(sqlite_library):
