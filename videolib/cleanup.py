@@ -236,25 +236,24 @@ def finish_tombstones(engine: Engine, store: ObjectStore, items: list[list[str]]
                       operation_id: str, batch_index: int, dry_run: bool, lock_timeout_ms: int = 5000,
                       ticker=None) -> BatchOutcome:
     """Finish the tombstones of one batch (``[creator, video]`` pairs, one creator or
-    several) as a delete would. Those no longer ``deleting`` are left out as done."""
+    several, found due by the scan under ``rules``) as a delete would. Those no longer
+    ``deleting`` are left out as done."""
     by_creator: dict[str, list[str]] = {}
     for creator_id, vid in items:
         by_creator.setdefault(creator_id, []).append(vid)
     total = BatchOutcome()
     for creator_id, ids in by_creator.items():
         with engine.connect() as conn:
-            still, present = set(), set()
+            status_of: dict[str, str] = {}
             for part in chunked(ids):
-                still.update(conn.execute(select(Video.id).where(
-                    # `status || ''`, as delete_batch writes it: on the (creator_id, status)
-                    # index SQLite would read every tombstone of the creator per chunk.
-                    Video.creator_id == creator_id, Video.id.in_(part), Video.status.concat("") == "deleting",
-                    Video.updated_at < rules.before(rules.tombstone_grace))).scalars())
-                present.update(conn.execute(select(Video.id).where(Video.id.in_(part))).scalars())
-        # The gone go to the delete too: an earlier attempt of this batch (a task retry)
-        # may have finished them, and the delete counts those as this batch's (its audit
-        # part says so); the others it answers not found, done by someone else.
-        due = [vid for vid in ids if vid in still or vid not in present]
+                status_of.update(conn.execute(select(Video.id, Video.status).where(Video.id.in_(part))).all())
+        # Still a tombstone, or gone, goes to the delete. Gone: an earlier attempt of this
+        # batch (a task retry) may have finished it, and the delete counts those as this
+        # batch's (its audit part says so), the others as not found, done by someone else.
+        # A tombstone marked again since the scan (by this batch's earlier attempt, or by a
+        # delete of the creator begun since) is finished all the same: the delete's
+        # compare-and-set counts each video once.
+        due = [vid for vid in ids if status_of.get(vid, "deleting") == "deleting"]
         if len(due) < len(ids):
             total.not_selected[ALREADY_DONE] = total.not_selected.get(ALREADY_DONE, 0) + len(ids) - len(due)
         if not due:

@@ -545,10 +545,33 @@ def test_a_delete_proves_what_it_removed_and_cleanup_finishes_what_a_fault_left(
     assert library.ids("creator-002")
 
 
-def test_a_tombstone_batch_retried_after_its_rows_went_counts_them_finished(library, monkeypatch):
+class _DiesOnce:
+    """A real store whose first object delete dies half-way (once: the retry finds it well)."""
+
+    def __init__(self, store):
+        from tests.faults import CrashingStore
+
+        self.dying, self.store, self.died = CrashingStore(store, fail_delete=True), store, 0
+
+    def __call__(self):
+        if self.died:
+            return self.store
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.dying, name)
+
+    def delete_many(self, keys, **kwargs):
+        self.died += 1
+        return self.dying.delete_many(keys, **kwargs)
+
+
+@pytest.mark.parametrize("died", ["after_its_rows", "in_its_object_deletes"])
+def test_a_tombstone_batch_retried_counts_them_finished(library, monkeypatch, died):
     """Prefect retries a cleanup batch whole. The first attempt at the tombstones dies
-    after their rows went (injected in its second audit write): the retry counts them as
-    finished by this cleanup, with their proof and audit records, not as already done."""
+    after their rows went (injected in its second audit write), or half-way through their
+    objects (its tombstones freshly marked): the retry finishes them and counts them as
+    this cleanup's, with their proof and audit records, not as already done."""
     import tasks.cleanup
     from tests.faults import CrashingStore
     from videolib.delete import read_manifest_records
@@ -558,12 +581,19 @@ def test_a_tombstone_batch_retried_after_its_rows_went_counts_them_finished(libr
     doomed = mine[:3]
     for vid in doomed:
         _set(library.engine, vid, age=2 * HOUR, status="deleting")
-    dying = CrashingStore(library.store, fail_put_prefix="audit/delete/", fail_put_number=2)
-    monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
+    if died == "after_its_rows":
+        dying = CrashingStore(library.store, fail_put_prefix="audit/delete/", fail_put_number=2)
+        monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
+    else:
+        once = _DiesOnce(library.store)
+        monkeypatch.setattr(tasks.cleanup, "store", lambda: once())
     done = _run_cleanup()
     assert done["status"] == "completed" and done["failed"] == 0, done
     assert done["cleanup"]["tombstones_finished"] == 3, done
-    assert dying.puts == 3, "died in its second audit write; the retry completed the proof"
+    if died == "after_its_rows":
+        assert dying.puts == 3, "died in its second audit write; the retry completed the proof"
+    else:
+        assert once.died == 1
     assert done["verified"] == {"videos": 3, "objects_absent": 6, "rows_absent": 3}
     records = read_manifest_records(library.store, done["operation_id"])
     assert sorted(r["video_id"] for r in records) == sorted(doomed)
