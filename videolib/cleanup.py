@@ -284,8 +284,28 @@ def purge_trash(engine: Engine, store: ObjectStore, items: list[list[str]], rule
             outcome = delete_batch(engine, store, creator_id=creator_id, video_ids=ids, operation_id=operation_id,
                                    batch_index=batch_index, lock_timeout_ms=lock_timeout_ms, ticker=ticker,
                                    purge_before=due)
+            missing = [e.video_id for e in outcome.errors if e.error == NOT_FOUND]
+            marked = _tombstones_among(engine, creator_id, missing) if missing else set()
+            if marked:
+                # A retry of this batch: its first attempt marked these 'deleting' (only a
+                # purge marks trashed videos) and died before their rows went. Tombstones
+                # now, finished as such.
+                outcome.errors = [e for e in outcome.errors if e.video_id not in marked]
+                merge(outcome, delete_batch(engine, store, creator_id=creator_id, video_ids=sorted(marked),
+                                            operation_id=operation_id, batch_index=batch_index,
+                                            lock_timeout_ms=lock_timeout_ms, ticker=ticker))
         merge(total, not_found_is_done(outcome))
     return counted(total, "trash")
+
+
+def _tombstones_among(engine: Engine, creator_id: str, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are the creator's tombstones (``deleting``)."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for part in chunked(ids):
+            found.update(conn.execute(select(Video.id).where(
+                Video.creator_id == creator_id, Video.id.in_(part), Video.status.concat("") == "deleting")).scalars())
+    return found
 
 
 def release_claims(engine: Engine, ids: list[str], rules: Rules, runs: Runs | None, *, operation_id: str,
