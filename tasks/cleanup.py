@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.runtime import task_run
 from prefect.cache_policies import NONE
 
 from config import get_settings
@@ -43,7 +44,8 @@ def cleanup_batch(
     if kind == "tombstone":
         outcome = finish_tombstones(engine(), store(), items, due, operation_id=operation_id, batch_index=batch_index,
                                     dry_run=dry_run, lock_timeout_ms=get_settings().lock_timeout_ms,
-                                    ticker=None if dry_run else BatchTicker(operation_id, batch_index, stop))
+                                    ticker=None if dry_run else BatchTicker(operation_id, batch_index, stop),
+                                    retried=(task_run.run_count or 1) > 1)
     elif kind == "trash":
         outcome = purge_trash(engine(), store(), items, due, operation_id=operation_id, batch_index=batch_index,
                               dry_run=dry_run, lock_timeout_ms=get_settings().lock_timeout_ms,

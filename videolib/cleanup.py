@@ -234,26 +234,29 @@ def orphan_creators(store: ObjectStore) -> list[str]:
 
 def finish_tombstones(engine: Engine, store: ObjectStore, items: list[list[str]], rules: Rules, *,
                       operation_id: str, batch_index: int, dry_run: bool, lock_timeout_ms: int = 5000,
-                      ticker=None) -> BatchOutcome:
+                      ticker=None, retried: bool = False) -> BatchOutcome:
     """Finish the tombstones of one batch (``[creator, video]`` pairs, one creator or
-    several, found due by the scan under ``rules``) as a delete would. Those no longer
-    ``deleting`` are left out as done."""
+    several) as a delete would. Those no longer ``deleting`` are left out as done, and on
+    a first attempt those marked again since the grace (a delete of the creator begun
+    since the scan finishes them); on a retry of the batch (``retried``) those are its
+    first attempt's, and finished."""
     by_creator: dict[str, list[str]] = {}
     for creator_id, vid in items:
         by_creator.setdefault(creator_id, []).append(vid)
     total = BatchOutcome()
     for creator_id, ids in by_creator.items():
         with engine.connect() as conn:
-            status_of: dict[str, str] = {}
+            found: dict[str, Any] = {}
+            old = (Video.updated_at < rules.before(rules.tombstone_grace)).label("old")
             for part in chunked(ids):
-                status_of.update(conn.execute(select(Video.id, Video.status).where(Video.id.in_(part))).all())
-        # Still a tombstone, or gone, goes to the delete. Gone: an earlier attempt of this
-        # batch (a task retry) may have finished it, and the delete counts those as this
-        # batch's (its audit part says so), the others as not found, done by someone else.
-        # A tombstone marked again since the scan (by this batch's earlier attempt, or by a
-        # delete of the creator begun since) is finished all the same: the delete's
-        # compare-and-set counts each video once.
-        due = [vid for vid in ids if status_of.get(vid, "deleting") == "deleting"]
+                found.update((row.id, row) for row in conn.execute(
+                    select(Video.id, Video.status, old).where(Video.id.in_(part))))
+        # Gone goes to the delete too: an earlier attempt of this batch may have finished
+        # it, and the delete counts those as this batch's (its audit part says so), the
+        # others as not found, done by someone else. The delete's compare-and-set counts
+        # each video once whoever else finishes it.
+        due = [vid for vid in ids if vid not in found
+               or (found[vid].status == "deleting" and (retried or found[vid].old))]
         if len(due) < len(ids):
             total.not_selected[ALREADY_DONE] = total.not_selected.get(ALREADY_DONE, 0) + len(ids) - len(due)
         if not due:

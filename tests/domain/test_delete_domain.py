@@ -415,3 +415,30 @@ def test_present_reads_storage_on_s3_by_listing_and_by_heads(s3_library):
     scattered = keys[::1200] + ["videos/c/0001/nope"]  # a span of 4800 objects: over the listing's 4 pages
     assert store.present(scattered) == set(keys[::1200])
     assert store.present([]) == set()
+
+
+def test_a_tombstone_marked_again_since_the_scan_waits_for_its_delete_unless_the_batch_is_retried(library):
+    """Cleanup's scan found the tombstones due; one was marked again since (fresh
+    ``updated_at``). On a first attempt it is a delete's begun since the scan, which
+    finishes it: left out as done. On a retry of the batch it is the first attempt's own
+    marking: finished, and counted."""
+    from videolib.cleanup import ALREADY_DONE, Rules, finish_tombstones
+
+    library.seed(6, creators=1)
+    ids = library.ids("creator-001")[:3]
+    with library.engine.begin() as conn:
+        conn.execute(update(Video).where(Video.id.in_(ids[:2]))
+                     .values(status="deleting", updated_at=datetime.now(UTC) - timedelta(hours=2)))
+        conn.execute(update(Video).where(Video.id == ids[2])
+                     .values(status="deleting", updated_at=datetime.now(UTC)))
+    items = [["creator-001", vid] for vid in ids]
+    rules = Rules(now=time.time())
+    first = finish_tombstones(library.engine, library.store, items, rules, operation_id=OP, batch_index=0,
+                              dry_run=False)
+    assert sorted(first.succeeded) == sorted(ids[:2]) and first.not_selected == {ALREADY_DONE: 1}
+    assert list(_rows(library.engine, ids)) == [ids[2]]
+    again = finish_tombstones(library.engine, library.store, items, rules, operation_id=OP, batch_index=0,
+                              dry_run=False, retried=True)
+    assert sorted(again.succeeded) == sorted(ids) and again.errors == [] and not again.not_selected
+    assert _rows(library.engine, ids) == {}
+    assert sorted(_part(library.store, OP, 0)) == sorted(ids)

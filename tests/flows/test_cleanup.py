@@ -566,14 +566,27 @@ class _DiesOnce:
         return self.dying.delete_many(keys, **kwargs)
 
 
+def _die_once(store, monkeypatch, died: str):
+    """The cleanup task's store dies once: after the rows went (its second audit write)
+    or half-way through the objects. Returns whether it died as told, and once."""
+    import tasks.cleanup
+    from tests.faults import CrashingStore
+
+    if died == "after_its_rows":
+        dying = CrashingStore(store, fail_put_prefix="audit/delete/", fail_put_number=2)
+        monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
+        return lambda: dying.puts == 3  # the retry wrote the proof the first attempt did not
+    once = _DiesOnce(store)
+    monkeypatch.setattr(tasks.cleanup, "store", lambda: once())
+    return lambda: once.died == 1
+
+
 @pytest.mark.parametrize("died", ["after_its_rows", "in_its_object_deletes"])
 def test_a_tombstone_batch_retried_counts_them_finished(library, monkeypatch, died):
     """Prefect retries a cleanup batch whole. The first attempt at the tombstones dies
     after their rows went (injected in its second audit write), or half-way through their
     objects (its tombstones freshly marked): the retry finishes them and counts them as
     this cleanup's, with their proof and audit records, not as already done."""
-    import tasks.cleanup
-    from tests.faults import CrashingStore
     from videolib.delete import read_manifest_records
 
     library.seed(12, creators=2)
@@ -581,19 +594,11 @@ def test_a_tombstone_batch_retried_counts_them_finished(library, monkeypatch, di
     doomed = mine[:3]
     for vid in doomed:
         _set(library.engine, vid, age=2 * HOUR, status="deleting")
-    if died == "after_its_rows":
-        dying = CrashingStore(library.store, fail_put_prefix="audit/delete/", fail_put_number=2)
-        monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
-    else:
-        once = _DiesOnce(library.store)
-        monkeypatch.setattr(tasks.cleanup, "store", lambda: once())
+    died_once = _die_once(library.store, monkeypatch, died)
     done = _run_cleanup()
     assert done["status"] == "completed" and done["failed"] == 0, done
     assert done["cleanup"]["tombstones_finished"] == 3, done
-    if died == "after_its_rows":
-        assert dying.puts == 3, "died in its second audit write; the retry completed the proof"
-    else:
-        assert once.died == 1
+    assert died_once()
     assert done["verified"] == {"videos": 3, "objects_absent": 6, "rows_absent": 3}
     records = read_manifest_records(library.store, done["operation_id"])
     assert sorted(r["video_id"] for r in records) == sorted(doomed)

@@ -161,26 +161,19 @@ def test_a_purge_batch_retried_counts_what_its_first_attempt_began(library, wind
     """Prefect retries a cleanup batch whole. The first attempt at purging dies after the
     rows went, or half-way through the objects (the videos marked 'deleting', no longer
     trashed): the retry finishes them and counts them purged, proven and audited."""
-    import tasks.cleanup
-    from tests.faults import CrashingStore
-    from tests.flows.test_cleanup import _DiesOnce
+    from tests.flows.test_cleanup import _die_once
     from videolib.delete import read_manifest_records
 
     library.seed(10, creators=2)
     mine = library.ids("creator-001")
     _run("DeleteRequest", creator_id="creator-001", video_ids=mine[:3])
     _age_trash(library, mine[:3], 2 * 3600)
-    if died == "after_its_rows":
-        dying = CrashingStore(library.store, fail_put_prefix="audit/delete/", fail_put_number=2)
-        monkeypatch.setattr(tasks.cleanup, "store", lambda: dying)
-    else:
-        once = _DiesOnce(library.store)
-        monkeypatch.setattr(tasks.cleanup, "store", lambda: once())
+    died_once = _die_once(library.store, monkeypatch, died)
     done = _run("CleanupRequest")
     assert done["status"] == "completed" and done["failed"] == 0, done
     assert done["cleanup"]["trash_purged"] == 3 and done["cleanup"]["tombstones_finished"] == 0, done
     assert done["verified"] == {"videos": 3, "objects_absent": 6, "rows_absent": 3}
-    assert (dying.puts == 3) if died == "after_its_rows" else (once.died == 1)
+    assert died_once()
     assert _rows(library, mine[:3]) == {} and library.ids("creator-001") == mine[3:]
     records = read_manifest_records(library.store, done["operation_id"])
     assert sorted(r["video_id"] for r in records) == sorted(mine[:3])
